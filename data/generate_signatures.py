@@ -1,0 +1,657 @@
+"""Deterministic generator of synthetic offline handwritten signatures.
+
+No public signature dataset is reachable from where signflow is built and tested,
+so the committed sample in `data/sample/` is synthesised by this script:
+
+    python data/generate_signatures.py --seed 7 --signers 10 --per-signer 30 \
+        --out data/sample --contact-sheet data/sample/contact_sheet.png
+
+How a signature is made
+-----------------------
+A *signer* is a stable style drawn from (seed, signer index): a name-like
+sequence of cursive letter shapes (a capital, then lowercase letters, in one or
+two words), letter widths and spacing (rhythm), x-height, ascender/descender
+proportions, slant, a baseline that tilts and bends, height that trails off along
+the name, an optional flourish (underline, loop-back underline, rising tail) and
+a pen-width-to-x-height ratio.
+
+A *sample* is one signing by that signer, drawn from (seed, signer, sample): the
+letter keypoints move a little (independent jitter plus a smooth elastic field),
+letter widths, spacing, slant, rotation, scale and aspect change slightly, the
+pen pressure and ink flow vary along the stroke, and the "scan" differs: canvas
+size, margins and placement, paper tone and shading, ink colour, blur, noise,
+and the file format (PNG, JPEG or GIF, by sample index).
+
+Global cues are deliberately uninformative: the canvas size is drawn per sample
+independently of the signer, the ink colour comes from a palette whose families
+are shared by several signers (and each sample may use a different pen), and pen
+widths overlap between signers. Only the shape of the signature identifies the
+signer.
+
+Determinism: every random draw comes from a numpy Generator(PCG64) seeded from a
+SeedSequence of (seed, stream, signer[, sample]); rasterisation, blur and noise
+are numpy code; the encoders get fixed options and no metadata. So the same
+arguments give byte-identical files (for the same numpy and Pillow versions,
+which MANIFEST.json records).
+
+The file is importable by path (`data` is not a package); the API is
+`generate`, `render_signature`, `render_array` and `make_contact_sheet`.
+"""
+
+import argparse
+import base64
+import hashlib
+import io
+import json
+import math
+import shutil
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import PIL
+from PIL import Image, ImageDraw, ImageFont
+
+DEFAULT_SEED = 7
+DEFAULT_SIGNERS = 10
+DEFAULT_PER_SIGNER = 30
+# Samples 0..JSONL_PER_SIGNER-1 of each signer go to signatures.jsonl (base64),
+# the rest to images/<label>/ as plain files: both ways data reaches the pipeline.
+DEFAULT_JSONL_PER_SIGNER = 20
+
+FORMATS = ("png", "jpg", "gif")
+PIL_FORMAT = {"png": "PNG", "jpg": "JPEG", "gif": "GIF"}
+
+# Random streams: one per signer style, one per (signer, sample) for the pixels
+# and one per (signer, sample) for encoder settings. The stream tag keeps them apart.
+_STYLE_STREAM = 0
+_SAMPLE_STREAM = 1
+_ENCODE_STREAM = 2
+
+Point = tuple[float, float]
+
+# --------------------------------------------------------------------------
+# Letter shapes
+#
+# Keypoints of the pen path through one letter, in a cell of width 1: x is a
+# fraction of the letter's width, y is in x-heights above the baseline. y > 1
+# reaches into the ascender zone and y < 0 into the descender zone; both zones
+# are rescaled per signer (see _zone). Every lowercase letter enters near the
+# baseline at x=0 and leaves at x=1, so letters join into a connected cursive
+# stroke; the spline through the keypoints rounds them into loops and arcs.
+# --------------------------------------------------------------------------
+
+_LOWER: dict[str, list[Point]] = {
+    "a": [(0.0, 0.15), (0.55, 0.85), (0.72, 0.95), (0.35, 1.0), (0.05, 0.55), (0.2, 0.05),
+          (0.58, 0.35), (0.78, 0.95), (0.72, 0.35), (0.82, 0.04), (1.0, 0.22)],
+    "c": [(0.0, 0.2), (0.55, 0.88), (0.68, 0.82), (0.35, 0.98), (0.05, 0.5), (0.3, 0.02), (1.0, 0.28)],
+    "e": [(0.0, 0.1), (0.62, 0.45), (0.66, 0.8), (0.42, 0.96), (0.15, 0.6), (0.3, 0.05), (1.0, 0.25)],
+    "i": [(0.0, 0.2), (0.45, 0.95), (0.5, 0.2), (0.68, 0.02), (1.0, 0.28)],
+    "l": [(0.0, 0.1), (0.55, 1.3), (0.68, 1.95), (0.48, 2.2), (0.3, 1.85), (0.35, 0.6), (0.5, 0.02),
+          (1.0, 0.28)],
+    "m": [(0.0, 0.1), (0.12, 0.95), (0.12, 0.0), (0.24, 0.85), (0.38, 0.95), (0.45, 0.0), (0.56, 0.85),
+          (0.72, 0.95), (0.78, 0.1), (1.0, 0.28)],
+    "n": [(0.0, 0.1), (0.2, 0.95), (0.2, 0.0), (0.36, 0.85), (0.6, 0.95), (0.7, 0.1), (1.0, 0.28)],
+    "o": [(0.0, 0.2), (0.45, 0.9), (0.42, 1.0), (0.12, 0.6), (0.3, 0.04), (0.66, 0.38), (0.55, 0.95),
+          (0.78, 0.88), (1.0, 0.78)],
+    "r": [(0.0, 0.1), (0.3, 0.95), (0.45, 0.78), (0.7, 0.95), (0.7, 0.4), (0.76, 0.04), (1.0, 0.28)],
+    "s": [(0.0, 0.1), (0.42, 1.0), (0.35, 0.58), (0.72, 0.3), (0.45, 0.0), (0.18, 0.12), (1.0, 0.3)],
+    "u": [(0.0, 0.3), (0.15, 0.95), (0.15, 0.2), (0.35, 0.02), (0.6, 0.5), (0.65, 0.95), (0.65, 0.2),
+          (0.8, 0.02), (1.0, 0.28)],
+    "h": [(0.0, 0.1), (0.4, 1.5), (0.5, 2.15), (0.3, 2.2), (0.25, 1.2), (0.22, 0.0), (0.4, 0.85),
+          (0.65, 0.95), (0.72, 0.1), (1.0, 0.28)],
+    "d": [(0.0, 0.2), (0.5, 0.9), (0.3, 1.0), (0.05, 0.5), (0.25, 0.02), (0.6, 0.5), (0.75, 1.6),
+          (0.8, 2.2), (0.72, 1.0), (0.76, 0.05), (1.0, 0.3)],
+    "t": [(0.0, 0.1), (0.4, 1.1), (0.5, 1.7), (0.45, 0.4), (0.6, 0.02), (1.0, 0.3)],
+    "g": [(0.0, 0.2), (0.5, 0.9), (0.3, 1.0), (0.05, 0.5), (0.25, 0.02), (0.6, 0.5), (0.72, 0.95),
+          (0.66, -0.4), (0.45, -1.0), (0.2, -0.8), (0.45, -0.2), (1.0, 0.3)],
+    "y": [(0.0, 0.3), (0.15, 0.95), (0.15, 0.2), (0.35, 0.02), (0.65, 0.95), (0.6, -0.5), (0.4, -1.0),
+          (0.15, -0.75), (0.5, -0.1), (1.0, 0.35)],
+}
+# Natural letter widths in x-heights (before the signer's own width factors).
+_LOWER_WIDTH = {"a": 0.9, "c": 0.7, "e": 0.65, "i": 0.45, "l": 0.55, "m": 1.25, "n": 0.9, "o": 0.8,
+                "r": 0.75, "s": 0.7, "u": 0.9, "h": 0.9, "d": 0.95, "t": 0.55, "g": 0.9, "y": 0.9}
+# Rough English letter frequencies, so names look like names rather than noise.
+_LOWER_WEIGHT = {"a": 8, "c": 3, "e": 11, "i": 7, "l": 4, "m": 3, "n": 7, "o": 7, "r": 6, "s": 6,
+                 "u": 3, "h": 4, "d": 4, "t": 6, "g": 2, "y": 2}
+# Pen-lift extras drawn after the word: i-dots and t-bars, in cell coordinates.
+_EXTRA: dict[str, list[Point]] = {
+    "i": [(0.5, 1.55), (0.58, 1.62)],
+    "t": [(0.1, 1.08), (0.9, 1.18)],
+}
+
+# Capitals, in a cell of width 1 and height in x-heights (the top near 2.5).
+# Each ends near the baseline on the right so the surname can continue from it.
+_CAPITAL: dict[str, list[Point]] = {
+    "O": [(0.72, 2.35), (0.3, 2.5), (0.0, 1.4), (0.2, 0.08), (0.7, 0.2), (0.95, 1.4), (0.7, 2.35),
+          (0.45, 2.0), (0.6, 0.6), (1.0, 0.3)],
+    "J": [(0.15, 2.0), (0.55, 2.6), (0.82, 2.45), (0.62, 0.8), (0.42, -0.8), (0.12, -1.0), (0.05, -0.4),
+          (0.5, 0.2), (1.0, 0.3)],
+    "M": [(0.0, 0.0), (0.1, 2.3), (0.3, 0.2), (0.48, 2.4), (0.66, 0.0), (0.78, 0.9), (1.0, 0.3)],
+    "S": [(0.9, 2.35), (0.55, 2.6), (0.22, 2.05), (0.68, 1.35), (0.8, 0.5), (0.4, 0.0), (0.05, 0.3),
+          (0.3, 0.62), (1.0, 0.3)],
+    "R": [(0.12, 0.05), (0.22, 2.4), (0.5, 2.6), (0.86, 2.2), (0.6, 1.42), (0.22, 1.3), (0.6, 1.1),
+          (0.84, 0.08), (1.0, 0.3)],
+    "E": [(0.82, 2.3), (0.42, 2.6), (0.14, 2.1), (0.46, 1.5), (0.3, 1.36), (0.05, 0.8), (0.3, 0.05),
+          (0.8, 0.2), (1.0, 0.3)],
+    "L": [(0.55, 1.6), (0.8, 2.5), (0.55, 2.6), (0.4, 1.6), (0.25, 0.3), (0.05, 0.05), (0.2, -0.1),
+          (0.6, 0.15), (1.0, 0.3)],
+    "H": [(0.05, 2.3), (0.2, 1.2), (0.12, 0.0), (0.3, 1.05), (0.75, 1.3), (0.86, 2.4), (0.72, 0.9),
+          (0.8, 0.04), (1.0, 0.3)],
+    "C": [(0.85, 2.2), (0.62, 2.55), (0.2, 2.2), (0.02, 1.2), (0.25, 0.1), (0.7, 0.05), (1.0, 0.35)],
+    "B": [(0.15, 0.1), (0.2, 2.45), (0.55, 2.6), (0.75, 2.1), (0.3, 1.4), (0.8, 1.1), (0.6, 0.1),
+          (0.15, 0.1), (0.6, 0.25), (1.0, 0.3)],
+}
+_CAPITAL_WIDTH = {"O": 1.3, "J": 1.1, "M": 1.6, "S": 1.2, "R": 1.3, "E": 1.1, "L": 1.2, "H": 1.5,
+                  "C": 1.2, "B": 1.2}
+
+# Ink families (RGB), shared across signers: ballpoint black, two blues, blue-black, violet.
+_INK_FAMILIES = np.array([
+    [28, 28, 34],
+    [28, 48, 140],
+    [36, 78, 190],
+    [24, 32, 78],
+    [78, 44, 120],
+], dtype=np.float64)
+# Paper tones: white office paper, cream, light grey recycled, cool white.
+_PAPER_TONES = np.array([
+    [250, 250, 247],
+    [246, 240, 226],
+    [236, 235, 231],
+    [243, 246, 250],
+], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Letter:
+    """One letter of a signer's name: its shape and the signer's habits for it."""
+
+    key: str
+    capital: bool
+    width: float  # x-heights
+    height: float  # scale of the letter's heights (signatures trail off towards the end)
+    gap: float  # space before the next letter, x-heights
+    lift_after: bool  # pen lift after this letter (word break, or a capital drawn apart)
+    extra: bool  # an i-dot or t-bar is drawn (people skip some, but consistently)
+
+
+@dataclass(frozen=True)
+class Style:
+    """What stays the same every time a signer signs."""
+
+    letters: tuple[Letter, ...]
+    initial_dot: bool  # "J. Smith": a full stop after a lone initial
+    slant: float  # shear, x += slant * y
+    tilt: float  # radians; positive runs uphill
+    bend: float  # baseline curvature, x-heights per x-height squared
+    ascender: float  # ascender zone scale
+    descender: float  # descender zone scale
+    flourish: str  # one of FLOURISHES
+    flourish_size: float
+    pen_ratio: float  # pen radius / x-height
+    ink_family: int  # index into _INK_FAMILIES: the signer's usual pen
+
+
+FLOURISHES = ("none", "underline", "loop", "tail", "bar")
+
+
+@dataclass
+class Stroke:
+    """One pen-down path in letter space (x-heights, y up), with how loosely each keypoint repeats."""
+
+    points: np.ndarray  # (n, 2)
+    jitter: np.ndarray  # (n,) standard deviation of the per-signing noise, x-heights
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(k) for k in key])))
+
+
+@lru_cache(maxsize=256)
+def signer_style(seed: int, signer: int) -> Style:
+    """The stable identity of one signer, drawn from (seed, signer) only."""
+    rng = _rng(seed, _STYLE_STREAM, signer)
+    layout = str(rng.choice(["full", "initial", "single"], p=[0.45, 0.3, 0.25]))
+    # Lowercase letters per word; an initial is a capital alone.
+    word_lengths = {"full": [int(rng.integers(2, 5)), int(rng.integers(3, 7))],
+                    "initial": [0, int(rng.integers(4, 8))],
+                    "single": [int(rng.integers(5, 9))]}[layout]
+    keys = list(_LOWER_WEIGHT)
+    weights = np.array([_LOWER_WEIGHT[k] for k in keys], dtype=np.float64)
+    weights /= weights.sum()
+    letter_width = rng.uniform(0.75, 1.25)  # narrow vs wide hands
+    spacing = rng.uniform(0.0, 0.25)
+    decay = rng.uniform(0.0, 0.4)
+    capital_apart = bool(rng.random() < 0.35)
+
+    letters: list[Letter] = []
+    n_total = sum(word_lengths) + len(word_lengths)
+    for n_lower in word_lengths:
+        word = [(str(rng.choice(list(_CAPITAL))), True)] + [(str(k), False) for k in rng.choice(keys, n_lower, p=weights)]
+        for pos, (key, capital) in enumerate(word):
+            last_in_word = pos == len(word) - 1
+            progress = len(letters) / max(1, n_total - 1)
+            natural = _CAPITAL_WIDTH[key] if capital else _LOWER_WIDTH[key]
+            letters.append(Letter(
+                key=key,
+                capital=capital,
+                width=natural * letter_width * rng.uniform(0.8, 1.2),
+                height=(1.0 - decay * progress) * rng.uniform(0.9, 1.1) * (rng.uniform(0.85, 1.2) if capital else 1.0),
+                gap=rng.uniform(0.7, 1.3) if last_in_word else spacing * rng.uniform(0.5, 1.5),
+                lift_after=last_in_word or (capital and capital_apart),
+                extra=key in _EXTRA and not capital and bool(rng.random() < 0.8),
+            ))
+    return Style(
+        letters=tuple(letters),
+        initial_dot=layout == "initial" and bool(rng.random() < 0.7),
+        slant=rng.uniform(-0.1, 0.6),
+        tilt=rng.uniform(-0.06, 0.12),
+        bend=rng.uniform(-0.012, 0.012),
+        ascender=rng.uniform(0.75, 1.25),
+        descender=rng.uniform(0.7, 1.2),
+        flourish=str(rng.choice(FLOURISHES, p=[0.4, 0.2, 0.15, 0.1, 0.15])),
+        flourish_size=rng.uniform(0.8, 1.2),
+        pen_ratio=rng.uniform(0.055, 0.11),
+        # Families are dealt round-robin so each is shared by several signers.
+        ink_family=(signer + seed) % len(_INK_FAMILIES),
+    )
+
+
+def _zone(y: np.ndarray, style: Style) -> np.ndarray:
+    """Rescale the ascender (y > 1) and descender (y < 0) zones for this signer."""
+    return np.where(y > 1.0, 1.0 + (y - 1.0) * style.ascender, np.where(y < 0.0, y * style.descender, y))
+
+
+def _layout_strokes(style: Style, rng: np.random.Generator) -> list[Stroke]:
+    """Lay the letters out for one signing, as pen strokes in letter space.
+
+    Widths, gaps and heights vary a little per signing; the letter shapes, their
+    order, the pen lifts and the flourish do not.
+    """
+    words: list[np.ndarray] = []
+    extras: list[np.ndarray] = []
+    current: list[np.ndarray] = []
+    x = 0.0
+    for letter in style.letters:
+        shape = np.array(_CAPITAL[letter.key] if letter.capital else _LOWER[letter.key])
+        width = letter.width * rng.normal(1.0, 0.05)
+        height = letter.height * rng.normal(1.0, 0.04)
+
+        def place(cell: np.ndarray) -> np.ndarray:
+            return np.column_stack([x + cell[:, 0] * width, _zone(cell[:, 1], style) * height])
+
+        # Joined letters share the pen path: the previous letter's exit already
+        # leads into this one, so its entry point is dropped.
+        current.append(place(shape) if not current else place(shape)[1:])
+        if letter.extra:
+            extras.append(place(np.array(_EXTRA[letter.key])))
+        x += width + letter.gap * rng.normal(1.0, 0.1)
+        if letter.lift_after:
+            words.append(np.concatenate(current))
+            current = []
+    if style.initial_dot:
+        dot_x = style.letters[0].width + 0.15
+        extras.append(np.array([[dot_x, 0.04], [dot_x + 0.08, 0.0]]))
+
+    strokes = [Stroke(w, np.full(len(w), 0.04)) for w in words]
+    tail, separate = _flourish(style, strokes[-1].points[-1], x)
+    if len(tail):
+        # Flourishes are looser than letters: their keypoints jitter more.
+        last = strokes[-1]
+        strokes[-1] = Stroke(np.vstack([last.points, tail]), np.concatenate([last.jitter, np.full(len(tail), 0.1)]))
+    if len(separate):
+        strokes.append(Stroke(separate, np.full(len(separate), 0.1)))
+    strokes.extend(Stroke(e, np.full(len(e), 0.05)) for e in extras)
+    return strokes
+
+
+def _flourish(style: Style, end: np.ndarray, length: float) -> tuple[np.ndarray, np.ndarray]:
+    """The signer's closing gesture: (points continuing the last stroke, a separate stroke)."""
+    s = style.flourish_size
+    ex, ey = float(end[0]), float(end[1])
+    depth = -0.5 - 0.6 * style.descender  # below the descenders
+    none = np.empty((0, 2))
+    if style.flourish == "underline":
+        # The last letter swings down and back left under the whole name.
+        return np.array([[ex + 0.5 * s, ey - 0.15], [ex + 0.3 * s, depth], [length * 0.5, depth - 0.15 * s],
+                         [-0.2 * s, depth + 0.1]]), none
+    if style.flourish == "loop":
+        # Down into a loop, back left under the name, then a sweep to the right.
+        return np.array([[ex + 0.6 * s, ey - 0.2], [ex + 0.45 * s, depth - 0.3 * s], [ex - 0.2, depth],
+                         [length * 0.35, depth - 0.1], [-0.15, depth + 0.15], [0.1, depth - 0.4 * s],
+                         [length * 0.75, depth - 0.35 * s]]), none
+    if style.flourish == "tail":
+        return np.array([[ex + 0.6 * s, ey + 0.15], [ex + 1.3 * s, ey + 1.5 * s]]), none
+    if style.flourish == "bar":
+        # A separate, slightly curved underline with a hook, drawn after the name.
+        y0 = depth - 0.1
+        return none, np.array([[-0.1, y0 + 0.1], [length * 0.35, y0 - 0.1 * s], [length * 0.8, y0 - 0.05],
+                               [length + 0.3 * s, y0 + 0.25 * s]])
+    return none, none
+
+
+def _spline(points: np.ndarray, per_unit: float = 24.0) -> np.ndarray:
+    """Centripetal Catmull-Rom curve through `points`, ~`per_unit` samples per x-height.
+
+    The centripetal form never overshoots into cusps or stray loops between
+    keypoints, so a letter's loops are exactly the ones its keypoints describe.
+    """
+    if len(points) == 2:
+        return np.linspace(points[0], points[1], 8)
+    ext = np.vstack([2 * points[0] - points[1], points, 2 * points[-1] - points[-2]])
+    p0, p1, p2, p3 = ext[:-3], ext[1:-2], ext[2:-1], ext[3:]  # one row per segment p1 -> p2
+    chord = np.linalg.norm(np.diff(ext, axis=0), axis=1)
+    t1 = np.sqrt(chord[:-2]) + 1e-6
+    t2 = t1 + np.sqrt(chord[1:-1]) + 1e-6
+    t3 = t2 + np.sqrt(chord[2:]) + 1e-6
+    counts = np.maximum(2, np.ceil(chord[1:-1] * per_unit).astype(np.int64))
+    seg = np.repeat(np.arange(len(counts)), counts)
+    step = np.arange(len(seg)) - np.repeat(np.cumsum(counts) - counts, counts)
+    t = (t1[seg] + (t2 - t1)[seg] * step / counts[seg])[:, None]
+    p0, p1, p2, p3 = p0[seg], p1[seg], p2[seg], p3[seg]
+    t1, t2, t3 = t1[seg, None], t2[seg, None], t3[seg, None]
+    a1 = (t1 - t) / t1 * p0 + t / t1 * p1
+    a2 = (t2 - t) / (t2 - t1) * p1 + (t - t1) / (t2 - t1) * p2
+    a3 = (t3 - t) / (t3 - t2) * p2 + (t - t2) / (t3 - t2) * p3
+    b1 = (t2 - t) / t2 * a1 + t / t2 * a2
+    b2 = (t3 - t) / (t3 - t1) * a2 + (t - t1) / (t3 - t1) * a3
+    curve = (t2 - t) / (t2 - t1) * b1 + (t - t1) / (t2 - t1) * b2
+    return np.vstack([curve, points[-1:]])
+
+
+def _resample(path: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """Points every `step` pixels along `path`, and their arc length."""
+    seg = np.linalg.norm(np.diff(path, axis=0), axis=1)
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    s = np.append(np.arange(0.0, arc[-1], step), arc[-1])
+    return np.column_stack([np.interp(s, arc, path[:, 0]), np.interp(s, arc, path[:, 1])]), s
+
+
+def _wave(s: np.ndarray, rng: np.random.Generator, wavelengths: tuple[float, float]) -> np.ndarray:
+    """Smooth noise in [-1, 1] along arc length: a sum of two random sinusoids."""
+    lam = rng.uniform(*wavelengths, size=2)
+    phase = rng.uniform(0, 2 * np.pi, size=2)
+    return 0.5 * (np.sin(2 * np.pi * s / lam[0] + phase[0]) + np.sin(2 * np.pi * s / lam[1] + phase[1]))
+
+
+def _stamp(alpha: np.ndarray, pts: np.ndarray, radius: np.ndarray, ink: np.ndarray) -> None:
+    """Rasterise discs of `radius` at `pts` into `alpha` (max-composited), antialiased analytically."""
+    height, width = alpha.shape
+    k = int(math.ceil(radius.max() + 1.0))
+    off = np.arange(-k, k + 1)
+    cx = np.rint(pts[:, 0]).astype(np.int64)
+    cy = np.rint(pts[:, 1]).astype(np.int64)
+    gx = cx[:, None, None] + off[None, None, :]
+    gy = cy[:, None, None] + off[None, :, None]
+    dist = np.sqrt((gx - pts[:, 0, None, None]) ** 2 + (gy - pts[:, 1, None, None]) ** 2)
+    # Coverage of a pixel by a disc is ~ the signed distance of its centre to the edge.
+    cover = np.clip(radius[:, None, None] + 0.5 - dist, 0.0, 1.0) * ink[:, None, None]
+    keep = (cover > 0) & (gx >= 0) & (gx < width) & (gy >= 0) & (gy < height)
+    np.maximum.at(alpha.reshape(-1), (gy * width + gx)[keep], cover[keep])
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of an (height, width, channels) image, edges padded."""
+    r = max(1, int(math.ceil(3 * sigma)))
+    kernel = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    kernel /= kernel.sum()
+    height, width = img.shape[:2]
+    padded = np.pad(img, ((r, r), (0, 0), (0, 0)), mode="edge")
+    img = sum(w * padded[i:i + height] for i, w in enumerate(kernel))
+    padded = np.pad(img, ((0, 0), (r, r), (0, 0)), mode="edge")
+    return sum(w * padded[:, i:i + width] for i, w in enumerate(kernel))
+
+
+def render_array(seed: int, signer: int, sample: int) -> np.ndarray:
+    """One signing by `signer`, as an RGB uint8 array (height, width, 3)."""
+    style = signer_style(seed, signer)
+    rng = _rng(seed, _SAMPLE_STREAM, signer, sample)
+
+    # 1. The pen path in letter space, with this signing's wobble: independent
+    #    keypoint noise plus a smooth elastic field over the whole name.
+    amp = rng.uniform(0.03, 0.07, size=4)
+    lam = rng.uniform(2.0, 6.0, size=4)
+    phase = rng.uniform(0, 2 * np.pi, size=4)
+    paths = []
+    for stroke in _layout_strokes(style, rng):
+        p = stroke.points + rng.normal(0.0, 1.0, stroke.points.shape) * stroke.jitter[:, None]
+        x, y = p[:, 0].copy(), p[:, 1].copy()
+        p[:, 0] += amp[0] * np.sin(2 * np.pi * x / lam[0] + phase[0]) + amp[1] * np.sin(2 * np.pi * y / lam[1] + phase[1])
+        p[:, 1] += amp[2] * np.sin(2 * np.pi * x / lam[2] + phase[2]) + amp[3] * np.sin(2 * np.pi * y / lam[3] + phase[3])
+        paths.append(_spline(p))
+
+    # 2. Slant, baseline bend, tilt and aspect: the signer's habit plus this signing's deviation.
+    slant = style.slant + rng.normal(0.0, 0.05)
+    angle = style.tilt + rng.normal(0.0, 0.03)
+    aspect = rng.normal(1.0, 0.05)
+    mid = 0.5 * (min(p[:, 0].min() for p in paths) + max(p[:, 0].max() for p in paths))
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    shaped = []
+    for p in paths:
+        x = (p[:, 0] + slant * p[:, 1]) * aspect
+        y = p[:, 1] + style.bend * (p[:, 0] - mid) ** 2
+        shaped.append(np.column_stack([x, -y]) @ rot.T)  # y flipped: image rows grow downwards
+
+    # 3. The scan: a canvas whose size owes nothing to the signer, the signature
+    #    scaled to fill a random share of it and placed with random margins.
+    width = int(rng.integers(220, 421))
+    height = int(np.clip(round(width / rng.uniform(1.8, 3.8)), 80, 170))
+    lo = np.min([p.min(axis=0) for p in shaped], axis=0)
+    hi = np.max([p.max(axis=0) for p in shaped], axis=0)
+    margin = 6.0
+    fill = rng.uniform(0.65, 0.92)
+    scale = fill * min((width - 2 * margin) / (hi[0] - lo[0]), (height - 2 * margin) / (hi[1] - lo[1]))
+    slack = np.array([width, height]) - 2 * margin - (hi - lo) * scale
+    origin = margin + rng.uniform(0.0, 1.0, size=2) * slack
+
+    # 4. Ink: pen radius from the signer's pen-to-letter ratio (so pens overlap
+    #    across signers), pressure and ink flow wavering along the stroke.
+    radius0 = max(0.6, style.pen_ratio * scale * rng.normal(1.0, 0.12))
+    alpha = np.zeros((height, width))
+    for p in shaped:
+        pts, s = _resample((p - lo) * scale + origin, step=0.35)
+        taper_in = np.clip(0.4 + 0.6 * s / (4 * radius0 + 1e-9), 0.0, 1.0)
+        taper_out = np.clip(0.25 + 0.75 * (s[-1] - s) / (8 * radius0 + 1e-9), 0.0, 1.0)
+        radius = radius0 * (1.0 + 0.2 * _wave(s, rng, (20.0, 80.0)))
+        if s[-1] > 6 * radius0:  # dots and short bars are pressed, not flicked
+            radius = radius * taper_in * taper_out
+        ink = np.clip(0.9 + 0.12 * _wave(s, rng, (30.0, 120.0)), 0.0, 1.0)
+        _stamp(alpha, pts, np.maximum(radius, 0.35), ink)
+    # Ballpoint grain: ink does not cover the paper fibres evenly.
+    alpha *= 1.0 - np.clip(rng.normal(0.05, 0.05, alpha.shape), 0.0, 0.3)
+
+    # 5. Colours: the signer's usual pen most of the time, any pen otherwise;
+    #    the paper's tone, shading and an occasional printed signature line.
+    family = style.ink_family if rng.random() < 0.6 else int(rng.integers(len(_INK_FAMILIES)))
+    ink_rgb = np.clip(_INK_FAMILIES[family] + rng.normal(0.0, 10.0, 3), 0, 255)
+    strength = rng.uniform(0.88, 1.0)
+    paper = _PAPER_TONES[int(rng.integers(len(_PAPER_TONES)))] + rng.normal(0.0, 3.0, 3)
+    yy, xx = np.mgrid[0:height, 0:width]
+    shade_dir = rng.normal(0.0, 1.0, 2)
+    shade = (xx / width - 0.5) * shade_dir[0] + (yy / height - 0.5) * shade_dir[1]
+    img = paper[None, None, :] + 4.0 * shade[:, :, None]
+    if rng.random() < 0.2:
+        line_y = origin[1] + (hi[1] - lo[1]) * scale * rng.uniform(0.7, 0.95)
+        line = np.clip(1.0 - np.abs(yy - line_y), 0.0, 1.0) * ((xx > width * 0.05) & (xx < width * 0.95))
+        img -= 70.0 * line[:, :, None]
+    a = (alpha * strength)[:, :, None]
+    img = img * (1.0 - a) + ink_rgb[None, None, :] * a
+
+    # 6. Scanner: optics blur, sensor noise (mostly luminance).
+    img = _blur(img, rng.uniform(0.35, 0.8))
+    # Luminance-only noise: a colour sensor's chroma noise would triple the PNG
+    # sizes for no gain in realism at this scale.
+    img = img + rng.normal(0.0, rng.uniform(0.5, 1.6), (height, width, 1))
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def format_for(sample: int) -> str:
+    """The file format of a sample: cycles by sample index, so no signer owns a format."""
+    return FORMATS[sample % len(FORMATS)]
+
+
+def encode(pixels: np.ndarray, fmt: str, quality: int = 90) -> bytes:
+    """Encode RGB pixels with fixed options and no metadata, so the bytes are reproducible."""
+    buf = io.BytesIO()
+    if fmt == "png":
+        Image.fromarray(pixels, "RGB").save(buf, format="PNG", compress_level=9, optimize=False)
+    elif fmt == "jpg":
+        Image.fromarray(pixels, "RGB").save(buf, format="JPEG", quality=quality, subsampling=2,
+                                            optimize=False, progressive=False)
+    elif fmt == "gif":
+        _palette_image(pixels).save(buf, format="GIF", optimize=False)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    return buf.getvalue()
+
+
+def _palette_image(pixels: np.ndarray, levels: int = 64) -> Image.Image:
+    """A palette image whose colours run from the paper to the ink.
+
+    A signature scan is a blend of two colours, so a ramp between them keeps it
+    faithful with few colours; building the palette here (not with Pillow's
+    quantizer) keeps the result independent of Pillow's quantisation algorithm.
+    """
+    flat = pixels.reshape(-1, 3).astype(np.float64)
+    lum = flat @ np.array([0.299, 0.587, 0.114])
+    light = flat[lum >= np.percentile(lum, 60)].mean(axis=0)  # the paper: most of the canvas
+    dark = flat[lum <= np.percentile(lum, 0.5)].mean(axis=0)  # the ink's core
+    span = light - dark
+    t = np.clip((flat - dark) @ span / max(float(span @ span), 1e-9), 0.0, 1.0)
+    index = np.rint(t * (levels - 1)).astype(np.uint8).reshape(pixels.shape[:2])
+    palette = np.rint(dark[None, :] + np.linspace(0.0, 1.0, levels)[:, None] * span[None, :])
+    img = Image.fromarray(index, "P")
+    img.putpalette(np.clip(palette, 0, 255).astype(np.uint8).reshape(-1).tolist())
+    return img
+
+
+def render_signature(seed: int, signer: int, sample: int, fmt: str | None = None) -> bytes:
+    """One signing by `signer`, encoded as `fmt` ("png", "jpg", "gif"; default: by sample index).
+
+    The pixels do not depend on `fmt`, so a sample differs between formats only by encoding.
+    """
+    fmt = fmt or format_for(sample)
+    # JPEG quality has its own stream so the pixels never depend on the format.
+    quality = int(_rng(seed, _ENCODE_STREAM, signer, sample).integers(85, 93))
+    return encode(render_array(seed, signer, sample), fmt, quality)
+
+
+def label_for(signer: int) -> str:
+    return f"signer_{signer:02d}"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def generate(seed: int, signers: int, per_signer: int, out_dir: Path,
+             jsonl_per_signer: int = DEFAULT_JSONL_PER_SIGNER) -> dict:
+    """Write the sample set into `out_dir` and return its manifest (also written as MANIFEST.json).
+
+    signatures.jsonl holds samples 0..jsonl_per_signer-1 of every signer, ordered
+    sample-major (sample 0 of every signer, then sample 1, ...) so any prefix of
+    the file covers all signers. images/<label>/ holds the remaining samples.
+    Earlier outputs (signatures.jsonl, images/) are replaced; other files in
+    `out_dir` are left alone.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images_dir = out_dir / "images"
+    if images_dir.exists():
+        shutil.rmtree(images_dir)
+
+    in_jsonl = min(jsonl_per_signer, per_signer)
+    with open(out_dir / "signatures.jsonl", "w", encoding="ascii", newline="\n") as f:
+        for sample in range(in_jsonl):
+            for signer in range(signers):
+                b64 = base64.b64encode(render_signature(seed, signer, sample)).decode("ascii")
+                f.write(json.dumps({"image": {"b64": b64}, "label": label_for(signer)}) + "\n")
+    for signer in range(signers):
+        label = label_for(signer)
+        for sample in range(in_jsonl, per_signer):
+            path = images_dir / label / f"{label}_{sample:02d}.{format_for(sample)}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(render_signature(seed, signer, sample))
+
+    files = sorted(p for p in out_dir.rglob("*") if p.is_file() and (p.name == "signatures.jsonl" or images_dir in p.parents))
+    manifest = {
+        "generator": "data/generate_signatures.py",
+        "args": {"seed": seed, "signers": signers, "per_signer": per_signer, "jsonl_per_signer": in_jsonl},
+        # Byte-identical output is promised for the same versions of these.
+        "versions": {"numpy": np.__version__, "pillow": PIL.__version__},
+        "files": {p.relative_to(out_dir).as_posix(): _sha256(p) for p in files},
+    }
+    (out_dir / "MANIFEST.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="ascii")
+    return manifest
+
+
+def read_samples(out_dir: Path) -> dict[str, list[tuple[int, bytes]]]:
+    """Every sample in a generated folder: label -> [(sample index, encoded bytes)] in sample order."""
+    out_dir = Path(out_dir)
+    samples: dict[str, list[tuple[int, bytes]]] = {}
+    counts: dict[str, int] = {}
+    with open(out_dir / "signatures.jsonl", encoding="ascii") as f:
+        for line in f:
+            record = json.loads(line)
+            label = record["label"]
+            index = counts.get(label, 0)
+            counts[label] = index + 1
+            samples.setdefault(label, []).append((index, base64.b64decode(record["image"]["b64"])))
+    for path in sorted((out_dir / "images").glob("*/*.*")):
+        index = int(path.stem.rsplit("_", 1)[1])
+        samples.setdefault(path.parent.name, []).append((index, path.read_bytes()))
+    return {label: sorted(items) for label, items in sorted(samples.items())}
+
+
+def make_contact_sheet(out_dir: Path, png_path: Path, columns: int = 8, cell: tuple[int, int] = (180, 72)) -> Path:
+    """A grid preview of a generated folder: one row per signer, `columns` samples spread over its range."""
+    samples = read_samples(out_dir)
+    cell_w, cell_h = cell
+    label_w, pad = 78, 4
+    sheet = Image.new("RGB", (label_w + columns * (cell_w + pad) + pad, len(samples) * (cell_h + pad) + pad),
+                      (96, 96, 96))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for row, (label, items) in enumerate(samples.items()):
+        y = pad + row * (cell_h + pad)
+        draw.text((6, y + cell_h // 2 - 6), label, fill=(255, 255, 255), font=font)
+        picks = np.linspace(0, len(items) - 1, min(columns, len(items))).round().astype(int)
+        for col, pick in enumerate(picks):
+            index, data = items[pick]
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = (img.format or "?").lower()
+                thumb = img.convert("RGB")
+            thumb.thumbnail((cell_w, cell_h), Image.Resampling.LANCZOS)
+            x = label_w + pad + col * (cell_w + pad)
+            sheet.paste(thumb, (x + (cell_w - thumb.width) // 2, y + (cell_h - thumb.height) // 2))
+            draw.text((x + 2, y + cell_h - 11), f"#{index} {fmt}", fill=(200, 0, 0), font=font)
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(png_path, format="PNG", optimize=True)
+    return png_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"non-negative (default {DEFAULT_SEED})")
+    parser.add_argument("--signers", type=int, default=DEFAULT_SIGNERS, help=f"default {DEFAULT_SIGNERS}")
+    parser.add_argument("--per-signer", type=int, default=DEFAULT_PER_SIGNER, help=f"default {DEFAULT_PER_SIGNER}")
+    parser.add_argument("--jsonl-per-signer", type=int, default=DEFAULT_JSONL_PER_SIGNER,
+                        help=f"samples per signer written to signatures.jsonl (default {DEFAULT_JSONL_PER_SIGNER})")
+    parser.add_argument("--out", type=Path, default=Path("data/sample"))
+    parser.add_argument("--contact-sheet", type=Path, help="also write a preview grid PNG here")
+    args = parser.parse_args(argv)
+    if args.seed < 0 or args.signers < 1 or args.per_signer < 1 or args.jsonl_per_signer < 0:
+        parser.error("--seed must be >= 0, --signers and --per-signer >= 1, --jsonl-per-signer >= 0")
+    manifest = generate(args.seed, args.signers, args.per_signer, args.out, args.jsonl_per_signer)
+    print(f"wrote {len(manifest['files'])} files to {args.out}", file=sys.stderr)
+    if args.contact_sheet:
+        print(f"wrote {make_contact_sheet(args.out, args.contact_sheet)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

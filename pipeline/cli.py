@@ -1,0 +1,47 @@
+"""`signflow` command line: one subcommand per job, each implemented in the module that owns it.
+
+Subcommand modules are imported only when chosen, so `signflow serve` never loads
+TFX and `signflow --help` is fast. Each module provides `add_arguments(parser)`
+and `main(args) -> int`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# Before anything imports TensorFlow (see pipeline/__init__.py).
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("pipeline.local_runner", "run the whole pipeline once, locally"),
+    "ingest": ("components.ingest.cli", "ingest the inbox into a new span and print the counts"),
+    "versions": ("pipeline.rollback", "list served model versions and their lineage"),
+    "rollback": ("pipeline.rollback", "take the newest (or every version newer than --to) out of service"),
+    "serve": ("serving.cli", "run the TF Serving-compatible model server"),
+    "predict": ("serving.client", "send an image to a running server and print the answer"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="signflow", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    # Parse just the command name, then let its own module define the rest.
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        parser.parse_args(argv[:1] or ["--help"])
+    name = argv[0]
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    command_parser = argparse.ArgumentParser(prog=f"signflow {name}", description=SUBCOMMANDS[name][1])
+    add_arguments = getattr(module, f"add_{name.replace('-', '_')}_arguments", None) or module.add_arguments
+    run = getattr(module, f"{name.replace('-', '_')}_main", None) or module.main
+    add_arguments(command_parser)
+    return int(run(command_parser.parse_args(argv[1:])) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

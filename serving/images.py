@@ -1,0 +1,118 @@
+"""Base64 and image-byte checks shared by ingestion (training side) and the server.
+
+This is the one place where signflow decodes base64 and decides whether bytes are
+an image it accepts. It lives in `serving/` because the serving side must deploy
+without TFX; the training side imports it from here.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import re
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+# A signature scan is a few hundred pixels wide; 40 MP leaves room for photos and
+# still refuses decompression bombs (a 30000 x 30000 PNG is 900 MP).
+DEFAULT_MAX_PIXELS = 40_000_000
+
+# Formats the serving graph can decode (tf.io.decode_image), by Pillow's name.
+ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP")
+
+_DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w=.+-]+)*;base64,", re.IGNORECASE)
+_STANDARD = re.compile(rb"^[A-Za-z0-9+/]*={0,2}$")
+_URL_SAFE = re.compile(rb"^[A-Za-z0-9_-]*={0,2}$")
+
+
+class InvalidImage(ValueError):
+    """Bytes or text that are not an acceptable image. `reason` is a short, stable code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str  # "PNG", "JPEG", "GIF" or "BMP"
+    width: int
+    height: int
+    sha256: str
+
+
+def decode_b64(text: str | bytes, *, lenient: bool) -> bytes:
+    """Decode base64 text.
+
+    strict (lenient=False) is TF Serving's rule for `{"b64": ...}` values: the
+    standard alphabet only, padding optional, no whitespace. A client that works
+    against signflow's server must also work against the real TF Serving, so the
+    server uses strict.
+
+    lenient (lenient=True) is for ingested data: also the URL-safe alphabet,
+    missing padding, embedded whitespace/newlines, and a `data:image/...;base64,`
+    prefix as a browser canvas produces.
+    """
+    if isinstance(text, str):
+        if lenient:
+            text = _DATA_URL.sub("", text.strip(), count=1)
+        try:
+            raw = text.encode("ascii")
+        except UnicodeEncodeError:
+            raise InvalidImage("invalid_base64", "base64 text contains non-ASCII characters") from None
+    else:
+        raw = text
+    if lenient:
+        raw = b"".join(raw.split())
+        if not _URL_SAFE.match(raw) and not _STANDARD.match(raw):
+            raise InvalidImage("invalid_base64", "characters outside the base64 alphabets")
+        raw = raw.replace(b"-", b"+").replace(b"_", b"/")
+    elif not _STANDARD.match(raw):
+        raise InvalidImage(
+            "invalid_base64",
+            "not standard base64 (alphabet A-Z a-z 0-9 + /; URL-safe '-' and '_' are not accepted)",
+        )
+    raw = raw.rstrip(b"=")
+    if len(raw) % 4 == 1:
+        raise InvalidImage("invalid_base64", "base64 text has an impossible length")
+    try:
+        return base64.b64decode(raw + b"=" * (-len(raw) % 4), validate=True)
+    except binascii.Error as err:
+        raise InvalidImage("invalid_base64", str(err)) from None
+
+
+def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Check that `data` is a complete PNG/JPEG/GIF/BMP within the pixel limit.
+
+    The header is read first and the size checked before any pixel is decoded, so
+    a decompression bomb costs a few bytes of parsing, not gigabytes of memory.
+    Then the image is fully decoded once to catch truncated or corrupt files.
+    """
+    if not data:
+        raise InvalidImage("empty_image", "zero bytes")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (and past 2x raises) on its own bomb limit; ours is explicit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = img.format or ""
+                width, height = img.size
+                if fmt not in ACCEPTED_FORMATS:
+                    raise InvalidImage("unsupported_format", f"{fmt or 'unknown'} is not one of {', '.join(ACCEPTED_FORMATS)}")
+                if width <= 0 or height <= 0:
+                    raise InvalidImage("empty_image", f"{width}x{height} pixels")
+                if width * height > max_pixels:
+                    raise InvalidImage("too_many_pixels", f"{width}x{height} exceeds the limit of {max_pixels} pixels")
+                img.load()
+    except InvalidImage:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as err:
+        raise InvalidImage("not_an_image", str(err)) from None
+    except (OSError, SyntaxError, ValueError) as err:
+        # Pillow reports truncated and corrupt data as OSError/SyntaxError.
+        raise InvalidImage("corrupt_image", str(err) or type(err).__name__) from None
+    return ImageInfo(format=fmt, width=width, height=height, sha256=hashlib.sha256(data).hexdigest())

@@ -1,0 +1,44 @@
+"""TF Serving's model directory layout, shared by the server, the Pusher and rollback.
+
+    <model_base_path>/
+        3/                     a version: saved_model.pb, variables/, assets/, assets.extra/
+        7/                     the highest number is what the `latest` policy serves
+        .incoming-8-<pid>/     a push in progress (a non-numeric name: TF Serving ignores it)
+        .rolled_back/5/        a version taken out of service by `signflow rollback`
+
+Only children whose name is a non-negative integer are versions; TF Serving skips
+everything else, which is what makes staging and rollback folders safe.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+STAGING_PREFIX = ".incoming-"
+ROLLED_BACK_DIR = ".rolled_back"
+SAVED_MODEL_FILE = "saved_model.pb"
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+LABELS_FILE = Path("assets") / "labels.txt"
+
+
+def parse_version(name: str) -> int | None:
+    """The version number a folder name stands for, or None if it is not a version."""
+    if name.isascii() and name.isdigit():
+        return int(name)
+    return None
+
+
+def list_versions(model_base_path: str | Path) -> list[int]:
+    """Version numbers present under `model_base_path`, ascending. Missing base: []."""
+    base = Path(model_base_path)
+    if not base.is_dir():
+        return []
+    versions = []
+    for child in base.iterdir():
+        version = parse_version(child.name)
+        if version is not None and child.is_dir():
+            versions.append(version)
+    return sorted(versions)
+
+
+def version_path(model_base_path: str | Path, version: int) -> Path:
+    return Path(model_base_path) / str(version)

@@ -1,0 +1,5 @@
+import os
+
+# Before anything imports TensorFlow (see pipeline/__init__.py).
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
