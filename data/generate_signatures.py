@@ -10,10 +10,11 @@ How a signature is made
 -----------------------
 A *signer* is a stable style drawn from (seed, signer index): a name-like
 sequence of cursive letter shapes (a capital, then lowercase letters, in one or
-two words), letter widths and spacing (rhythm), x-height, ascender/descender
-proportions, slant, a baseline that tilts and bends, height that trails off along
-the name, an optional flourish (underline, loop-back underline, rising tail) and
-a pen-width-to-x-height ratio.
+two words) with the signer's own quirks on every letter, letter widths and
+spacing (rhythm), proportions of ascenders, descenders and capitals to the
+x-height, slant, a baseline that tilts and bends, height that trails off along
+the name, an optional flourish (underline, loop-back underline, separate bar,
+rising tail) and a pen-width-to-x-height ratio.
 
 A *sample* is one signing by that signer, drawn from (seed, signer, sample): the
 letter keypoints move a little (independent jitter plus a smooth elastic field),
@@ -57,12 +58,16 @@ from PIL import Image, ImageDraw, ImageFont
 DEFAULT_SEED = 7
 DEFAULT_SIGNERS = 10
 DEFAULT_PER_SIGNER = 30
-# Samples 0..JSONL_PER_SIGNER-1 of each signer go to signatures.jsonl (base64),
+# Samples 0..DEFAULT_JSONL_PER_SIGNER-1 of each signer go to signatures.jsonl (base64),
 # the rest to images/<label>/ as plain files: both ways data reaches the pipeline.
 DEFAULT_JSONL_PER_SIGNER = 20
 
-FORMATS = ("png", "jpg", "gif")
+# File extension -> Pillow's format name.
 PIL_FORMAT = {"png": "PNG", "jpg": "JPEG", "gif": "GIF"}
+FORMATS = tuple(PIL_FORMAT)
+# Formats by sample index. JPEG is what phones and most scanners send, so it is
+# half of the cycle (which also keeps the committed sample small).
+_FORMAT_CYCLE = ("jpg", "png", "jpg", "gif")
 
 # Random streams: one per signer style, one per (signer, sample) for the pixels
 # and one per (signer, sample) for encoder settings. The stream tag keeps them apart.
@@ -164,17 +169,16 @@ _PAPER_TONES = np.array([
 ], dtype=np.float64)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Letter:
-    """One letter of a signer's name: its shape and the signer's habits for it."""
+    """One letter of a signer's name, as this signer writes it."""
 
-    key: str
-    capital: bool
+    shape: np.ndarray  # (n, 2) keypoints in the letter's cell: the model shape plus the signer's quirks
+    extra: np.ndarray | None  # the i-dot or t-bar, if this signer draws it here
     width: float  # x-heights
     height: float  # scale of the letter's heights (signatures trail off towards the end)
     gap: float  # space before the next letter, x-heights
     lift_after: bool  # pen lift after this letter (word break, or a capital drawn apart)
-    extra: bool  # an i-dot or t-bar is drawn (people skip some, but consistently)
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,7 @@ class Stroke:
 
 
 def _rng(*key: int) -> np.random.Generator:
+    """A generator that depends only on `key` (so on no global state and no call order)."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(k) for k in key])))
 
 
@@ -225,23 +230,30 @@ def signer_style(seed: int, signer: int) -> Style:
     spacing = rng.uniform(0.0, 0.25)
     decay = rng.uniform(0.0, 0.4)
     capital_apart = bool(rng.random() < 0.35)
+    quirk_size = rng.uniform(0.04, 0.09)
 
     letters: list[Letter] = []
     n_total = sum(word_lengths) + len(word_lengths)
     for n_lower in word_lengths:
-        word = [(str(rng.choice(list(_CAPITAL))), True)] + [(str(k), False) for k in rng.choice(keys, n_lower, p=weights)]
+        first = str(rng.choice(list(_CAPITAL)))  # drawn before the lowercase letters
+        word = [(first, True)] + [(str(k), False) for k in rng.choice(keys, n_lower, p=weights)]
         for pos, (key, capital) in enumerate(word):
             last_in_word = pos == len(word) - 1
             progress = len(letters) / max(1, n_total - 1)
+            model = np.array(_CAPITAL[key] if capital else _LOWER[key])
             natural = _CAPITAL_WIDTH[key] if capital else _LOWER_WIDTH[key]
+            # Quirks: each signer bends every letter their own way, so the same
+            # letter differs between signers, not only the name.
+            quirk = rng.normal(0.0, quirk_size, model.shape)
+            quirk[0] = 0.0  # keep the entry on the baseline so letters still join
+            has_extra = key in _EXTRA and not capital and rng.random() < 0.8
             letters.append(Letter(
-                key=key,
-                capital=capital,
+                shape=model + quirk,
+                extra=np.array(_EXTRA[key]) + rng.normal(0.0, 0.1, (2, 2)) if has_extra else None,
                 width=natural * letter_width * rng.uniform(0.8, 1.2),
                 height=(1.0 - decay * progress) * rng.uniform(0.9, 1.1) * (rng.uniform(0.85, 1.2) if capital else 1.0),
                 gap=rng.uniform(0.7, 1.3) if last_in_word else spacing * rng.uniform(0.5, 1.5),
                 lift_after=last_in_word or (capital and capital_apart),
-                extra=key in _EXTRA and not capital and bool(rng.random() < 0.8),
             ))
     return Style(
         letters=tuple(letters),
@@ -264,6 +276,11 @@ def _zone(y: np.ndarray, style: Style) -> np.ndarray:
     return np.where(y > 1.0, 1.0 + (y - 1.0) * style.ascender, np.where(y < 0.0, y * style.descender, y))
 
 
+def _place(cell: np.ndarray, x: float, width: float, height: float, style: Style) -> np.ndarray:
+    """Cell keypoints of a letter -> letter space, for a letter starting at `x`."""
+    return np.column_stack([x + cell[:, 0] * width, _zone(cell[:, 1], style) * height])
+
+
 def _layout_strokes(style: Style, rng: np.random.Generator) -> list[Stroke]:
     """Lay the letters out for one signing, as pen strokes in letter space.
 
@@ -275,18 +292,14 @@ def _layout_strokes(style: Style, rng: np.random.Generator) -> list[Stroke]:
     current: list[np.ndarray] = []
     x = 0.0
     for letter in style.letters:
-        shape = np.array(_CAPITAL[letter.key] if letter.capital else _LOWER[letter.key])
-        width = letter.width * rng.normal(1.0, 0.05)
-        height = letter.height * rng.normal(1.0, 0.04)
-
-        def place(cell: np.ndarray) -> np.ndarray:
-            return np.column_stack([x + cell[:, 0] * width, _zone(cell[:, 1], style) * height])
-
+        width = letter.width * rng.normal(1.0, 0.07)
+        height = letter.height * rng.normal(1.0, 0.05)
+        placed = _place(letter.shape, x, width, height, style)
         # Joined letters share the pen path: the previous letter's exit already
         # leads into this one, so its entry point is dropped.
-        current.append(place(shape) if not current else place(shape)[1:])
-        if letter.extra:
-            extras.append(place(np.array(_EXTRA[letter.key])))
+        current.append(placed if not current else placed[1:])
+        if letter.extra is not None:
+            extras.append(_place(letter.extra, x, width, height, style))
         x += width + letter.gap * rng.normal(1.0, 0.1)
         if letter.lift_after:
             words.append(np.concatenate(current))
@@ -295,7 +308,7 @@ def _layout_strokes(style: Style, rng: np.random.Generator) -> list[Stroke]:
         dot_x = style.letters[0].width + 0.15
         extras.append(np.array([[dot_x, 0.04], [dot_x + 0.08, 0.0]]))
 
-    strokes = [Stroke(w, np.full(len(w), 0.04)) for w in words]
+    strokes = [Stroke(w, np.full(len(w), 0.05)) for w in words]
     tail, separate = _flourish(style, strokes[-1].points[-1], x)
     if len(tail):
         # Flourishes are looser than letters: their keypoints jitter more.
@@ -323,6 +336,7 @@ def _flourish(style: Style, end: np.ndarray, length: float) -> tuple[np.ndarray,
                          [length * 0.35, depth - 0.1], [-0.15, depth + 0.15], [0.1, depth - 0.4 * s],
                          [length * 0.75, depth - 0.35 * s]]), none
     if style.flourish == "tail":
+        # The pen leaves the last letter in a rising stroke up and to the right.
         return np.array([[ex + 0.6 * s, ey + 0.15], [ex + 1.3 * s, ey + 1.5 * s]]), none
     if style.flourish == "bar":
         # A separate, slightly curved underline with a hook, drawn after the name.
@@ -411,20 +425,19 @@ def render_array(seed: int, signer: int, sample: int) -> np.ndarray:
 
     # 1. The pen path in letter space, with this signing's wobble: independent
     #    keypoint noise plus a smooth elastic field over the whole name.
-    amp = rng.uniform(0.03, 0.07, size=4)
+    amp = rng.uniform(0.04, 0.09, size=4)
     lam = rng.uniform(2.0, 6.0, size=4)
     phase = rng.uniform(0, 2 * np.pi, size=4)
     paths = []
     for stroke in _layout_strokes(style, rng):
         p = stroke.points + rng.normal(0.0, 1.0, stroke.points.shape) * stroke.jitter[:, None]
-        x, y = p[:, 0].copy(), p[:, 1].copy()
-        p[:, 0] += amp[0] * np.sin(2 * np.pi * x / lam[0] + phase[0]) + amp[1] * np.sin(2 * np.pi * y / lam[1] + phase[1])
-        p[:, 1] += amp[2] * np.sin(2 * np.pi * x / lam[2] + phase[2]) + amp[3] * np.sin(2 * np.pi * y / lam[3] + phase[3])
-        paths.append(_spline(p))
+        # Elastic field: dx and dy are each a sinusoid of x plus one of y.
+        waves = amp * np.sin(2 * np.pi * p[:, [0, 1, 0, 1]] / lam + phase)
+        paths.append(_spline(p + np.column_stack([waves[:, 0] + waves[:, 1], waves[:, 2] + waves[:, 3]])))
 
     # 2. Slant, baseline bend, tilt and aspect: the signer's habit plus this signing's deviation.
-    slant = style.slant + rng.normal(0.0, 0.05)
-    angle = style.tilt + rng.normal(0.0, 0.03)
+    slant = style.slant + rng.normal(0.0, 0.06)
+    angle = style.tilt + rng.normal(0.0, 0.035)
     aspect = rng.normal(1.0, 0.05)
     mid = 0.5 * (min(p[:, 0].min() for p in paths) + max(p[:, 0].max() for p in paths))
     rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
@@ -438,22 +451,28 @@ def render_array(seed: int, signer: int, sample: int) -> np.ndarray:
     #    scaled to fill a random share of it and placed with random margins.
     width = int(rng.integers(220, 421))
     height = int(np.clip(round(width / rng.uniform(1.8, 3.8)), 80, 170))
-    lo = np.min([p.min(axis=0) for p in shaped], axis=0)
-    hi = np.max([p.max(axis=0) for p in shaped], axis=0)
-    margin = 6.0
+    pen = style.pen_ratio * rng.normal(1.0, 0.12)  # pen radius in x-heights for this signing
+    # The box around the ink, not just the pen's path: the path's box grown by
+    # the widest the pen gets (radius * (1 + pressure wave)).
+    lo = np.min([p.min(axis=0) for p in shaped], axis=0) - 1.25 * pen
+    hi = np.max([p.max(axis=0) for p in shaped], axis=0) + 1.25 * pen
+    margin = 3.0  # pixels, so the blur never reaches the edge
     fill = rng.uniform(0.65, 0.92)
     scale = fill * min((width - 2 * margin) / (hi[0] - lo[0]), (height - 2 * margin) / (hi[1] - lo[1]))
     slack = np.array([width, height]) - 2 * margin - (hi - lo) * scale
     origin = margin + rng.uniform(0.0, 1.0, size=2) * slack
 
-    # 4. Ink: pen radius from the signer's pen-to-letter ratio (so pens overlap
-    #    across signers), pressure and ink flow wavering along the stroke.
-    radius0 = max(0.6, style.pen_ratio * scale * rng.normal(1.0, 0.12))
+    # 4. Ink: the pen radius follows the letter size (a pen-to-letter ratio whose
+    #    range is shared by all signers), pressure and ink flow waver along the stroke.
+    radius0 = max(0.6, pen * scale)
+    # Disc spacing grows with the pen: the edge of a stroke stays smooth to
+    # within ~0.05 px while thick pens stamp a third as many discs.
+    step = max(0.35, 0.3 * radius0)
     alpha = np.zeros((height, width))
     for p in shaped:
-        pts, s = _resample((p - lo) * scale + origin, step=0.35)
-        taper_in = np.clip(0.4 + 0.6 * s / (4 * radius0 + 1e-9), 0.0, 1.0)
-        taper_out = np.clip(0.25 + 0.75 * (s[-1] - s) / (8 * radius0 + 1e-9), 0.0, 1.0)
+        pts, s = _resample((p - lo) * scale + origin, step)
+        taper_in = np.clip(0.4 + 0.6 * s / (4 * radius0), 0.0, 1.0)
+        taper_out = np.clip(0.25 + 0.75 * (s[-1] - s) / (8 * radius0), 0.0, 1.0)
         radius = radius0 * (1.0 + 0.2 * _wave(s, rng, (20.0, 80.0)))
         if s[-1] > 6 * radius0:  # dots and short bars are pressed, not flicked
             radius = radius * taper_in * taper_out
@@ -466,44 +485,45 @@ def render_array(seed: int, signer: int, sample: int) -> np.ndarray:
     #    the paper's tone, shading and an occasional printed signature line.
     family = style.ink_family if rng.random() < 0.6 else int(rng.integers(len(_INK_FAMILIES)))
     ink_rgb = np.clip(_INK_FAMILIES[family] + rng.normal(0.0, 10.0, 3), 0, 255)
-    strength = rng.uniform(0.88, 1.0)
+    alpha *= rng.uniform(0.88, 1.0)
     paper = _PAPER_TONES[int(rng.integers(len(_PAPER_TONES)))] + rng.normal(0.0, 3.0, 3)
-    yy, xx = np.mgrid[0:height, 0:width]
+    yy, xx = np.arange(height)[:, None], np.arange(width)[None, :]
     shade_dir = rng.normal(0.0, 1.0, 2)
     shade = (xx / width - 0.5) * shade_dir[0] + (yy / height - 0.5) * shade_dir[1]
-    img = paper[None, None, :] + 4.0 * shade[:, :, None]
+    line = np.zeros((height, width))
     if rng.random() < 0.2:
         line_y = origin[1] + (hi[1] - lo[1]) * scale * rng.uniform(0.7, 0.95)
         line = np.clip(1.0 - np.abs(yy - line_y), 0.0, 1.0) * ((xx > width * 0.05) & (xx < width * 0.95))
-        img -= 70.0 * line[:, :, None]
-    a = (alpha * strength)[:, :, None]
-    img = img * (1.0 - a) + ink_rgb[None, None, :] * a
 
-    # 6. Scanner: optics blur, sensor noise (mostly luminance).
-    img = _blur(img, rng.uniform(0.35, 0.8))
-    # Luminance-only noise: a colour sensor's chroma noise would triple the PNG
-    # sizes for no gain in realism at this scale.
-    img = img + rng.normal(0.0, rng.uniform(0.5, 1.6), (height, width, 1))
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    # 6. Scanner: optics blur, then sensor noise. The paper is smooth, so
+    #    blurring the ink and line coverage equals blurring the scan, at less cost.
+    cover = _blur(np.stack([alpha, line], axis=2), rng.uniform(0.35, 0.8))
+    ink_cover, line_cover = cover[:, :, :1], cover[:, :, 1:]
+    img = paper + 4.0 * shade[:, :, None] - 70.0 * line_cover
+    img = img * (1.0 - ink_cover) + ink_rgb * ink_cover
+    # Integer luminance-only noise, the same on all three channels: independent
+    # per-channel noise would triple the PNG sizes for no gain in realism here.
+    noise = np.rint(rng.normal(0.0, rng.uniform(0.2, 0.6), (height, width, 1)))
+    return np.clip(np.rint(img) + noise, 0, 255).astype(np.uint8)
 
 
 def format_for(sample: int) -> str:
     """The file format of a sample: cycles by sample index, so no signer owns a format."""
-    return FORMATS[sample % len(FORMATS)]
+    return _FORMAT_CYCLE[sample % len(_FORMAT_CYCLE)]
 
 
 def encode(pixels: np.ndarray, fmt: str, quality: int = 90) -> bytes:
     """Encode RGB pixels with fixed options and no metadata, so the bytes are reproducible."""
-    buf = io.BytesIO()
-    if fmt == "png":
-        Image.fromarray(pixels, "RGB").save(buf, format="PNG", compress_level=9, optimize=False)
-    elif fmt == "jpg":
-        Image.fromarray(pixels, "RGB").save(buf, format="JPEG", quality=quality, subsampling=2,
-                                            optimize=False, progressive=False)
-    elif fmt == "gif":
-        _palette_image(pixels).save(buf, format="GIF", optimize=False)
-    else:
+    options: dict[str, dict] = {
+        "png": {"compress_level": 6, "optimize": False},
+        "jpg": {"quality": quality, "subsampling": 2, "optimize": False, "progressive": False},  # 2: 4:2:0
+        "gif": {"optimize": False},
+    }
+    if fmt not in options:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    image = _palette_image(pixels) if fmt == "gif" else Image.fromarray(pixels, "RGB")
+    buf = io.BytesIO()
+    image.save(buf, format=PIL_FORMAT[fmt], **options[fmt])
     return buf.getvalue()
 
 
@@ -539,7 +559,13 @@ def render_signature(seed: int, signer: int, sample: int, fmt: str | None = None
 
 
 def label_for(signer: int) -> str:
+    """The class label of a signer: signer_00, signer_01, ..."""
     return f"signer_{signer:02d}"
+
+
+def record_line(data: bytes, label: str) -> str:
+    """One line of signatures.jsonl (without the newline): the image as standard base64, and its label."""
+    return json.dumps({"image": {"b64": base64.b64encode(data).decode("ascii")}, "label": label})
 
 
 def _sha256(path: Path) -> str:
@@ -566,8 +592,7 @@ def generate(seed: int, signers: int, per_signer: int, out_dir: Path,
     with open(out_dir / "signatures.jsonl", "w", encoding="ascii", newline="\n") as f:
         for sample in range(in_jsonl):
             for signer in range(signers):
-                b64 = base64.b64encode(render_signature(seed, signer, sample)).decode("ascii")
-                f.write(json.dumps({"image": {"b64": b64}, "label": label_for(signer)}) + "\n")
+                f.write(record_line(render_signature(seed, signer, sample), label_for(signer)) + "\n")
     for signer in range(signers):
         label = label_for(signer)
         for sample in range(in_jsonl, per_signer):
@@ -575,13 +600,13 @@ def generate(seed: int, signers: int, per_signer: int, out_dir: Path,
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(render_signature(seed, signer, sample))
 
-    files = sorted(p for p in out_dir.rglob("*") if p.is_file() and (p.name == "signatures.jsonl" or images_dir in p.parents))
+    files = [out_dir / "signatures.jsonl", *(p for p in images_dir.rglob("*") if p.is_file())]
     manifest = {
         "generator": "data/generate_signatures.py",
         "args": {"seed": seed, "signers": signers, "per_signer": per_signer, "jsonl_per_signer": in_jsonl},
         # Byte-identical output is promised for the same versions of these.
         "versions": {"numpy": np.__version__, "pillow": PIL.__version__},
-        "files": {p.relative_to(out_dir).as_posix(): _sha256(p) for p in files},
+        "files": dict(sorted((p.relative_to(out_dir).as_posix(), _sha256(p)) for p in files)),
     }
     (out_dir / "MANIFEST.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="ascii")
     return manifest
@@ -617,9 +642,8 @@ def make_contact_sheet(out_dir: Path, png_path: Path, columns: int = 8, cell: tu
     for row, (label, items) in enumerate(samples.items()):
         y = pad + row * (cell_h + pad)
         draw.text((6, y + cell_h // 2 - 6), label, fill=(255, 255, 255), font=font)
-        picks = np.linspace(0, len(items) - 1, min(columns, len(items))).round().astype(int)
-        for col, pick in enumerate(picks):
-            index, data = items[pick]
+        # Every k-th sample: spans the set and, with the format cycle, all formats.
+        for col, (index, data) in enumerate(items[::max(1, len(items) // columns)][:columns]):
             with Image.open(io.BytesIO(data)) as img:
                 fmt = (img.format or "?").lower()
                 thumb = img.convert("RGB")
@@ -629,7 +653,8 @@ def make_contact_sheet(out_dir: Path, png_path: Path, columns: int = 8, cell: tu
             draw.text((x + 2, y + cell_h - 11), f"#{index} {fmt}", fill=(200, 0, 0), font=font)
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(png_path, format="PNG", optimize=True)
+    # 256 colours are plenty for a preview and keep it small enough to commit.
+    sheet.quantize(256, dither=Image.Dither.NONE).save(png_path, format="PNG", optimize=True)
     return png_path
 
 

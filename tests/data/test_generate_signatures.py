@@ -1,0 +1,194 @@
+"""The synthetic signature generator (data/generate_signatures.py) and the sample it committed.
+
+`data` is not a package, so the generator is loaded by path, as other code does.
+"""
+import base64
+import hashlib
+import importlib.util
+import io
+import json
+import re
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import PIL
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+GENERATOR = REPO / "data" / "generate_signatures.py"
+SAMPLE = REPO / "data" / "sample"
+STANDARD_B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+
+
+@pytest.fixture(scope="module")
+def gen() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("generate_signatures", GENERATOR)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def committed() -> dict:
+    return json.loads((SAMPLE / "MANIFEST.json").read_text())
+
+
+def _output_files(out_dir: Path) -> list[str]:
+    """What generate() owns in a folder: signatures.jsonl and images/**."""
+    owned = [p for p in (out_dir / "images").rglob("*") if p.is_file()] + list(out_dir.glob("signatures.jsonl"))
+    return sorted(p.relative_to(out_dir).as_posix() for p in owned)
+
+
+# ---------------------------------------------------------------- determinism
+
+def test_same_seed_gives_identical_bytes_and_another_seed_does_not(gen, tmp_path):
+    # 8 samples with 4 in the JSONL puts every format into images/ as files too.
+    first = gen.generate(3, 2, 8, tmp_path / "a", jsonl_per_signer=4)
+    second = gen.generate(3, 2, 8, tmp_path / "b", jsonl_per_signer=4)
+    assert first == second
+    assert (tmp_path / "a" / "MANIFEST.json").read_bytes() == (tmp_path / "b" / "MANIFEST.json").read_bytes()
+    assert _output_files(tmp_path / "a") == sorted(first["files"]) == _output_files(tmp_path / "b")
+    for rel in first["files"]:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), f"{rel} differs"
+    assert {p.rsplit(".", 1)[1] for p in first["files"] if p.startswith("images/")} == set(gen.FORMATS)
+
+    other = gen.generate(4, 2, 8, tmp_path / "c", jsonl_per_signer=4)
+    assert other["files"].keys() == first["files"].keys()
+    assert all(other["files"][rel] != first["files"][rel] for rel in first["files"])
+
+
+def test_render_signature_encodes_the_requested_format(gen):
+    pixels = gen.render_array(7, 1, 2)
+    for fmt in gen.FORMATS:
+        data = gen.render_signature(7, 1, 2, fmt)
+        assert data == gen.render_signature(7, 1, 2, fmt)
+        with Image.open(io.BytesIO(data)) as img:
+            assert img.format == gen.PIL_FORMAT[fmt]
+            assert img.size == (pixels.shape[1], pixels.shape[0])
+    # Lossless PNG round-trips the rendered pixels: the format only changes the encoding.
+    with Image.open(io.BytesIO(gen.render_signature(7, 1, 2, "png"))) as img:
+        assert np.array_equal(np.asarray(img.convert("RGB")), pixels)
+
+
+def test_cli_writes_the_sample_and_a_contact_sheet(gen, tmp_path):
+    assert gen.main(["--seed", "5", "--signers", "2", "--per-signer", "3", "--jsonl-per-signer", "2",
+                     "--out", str(tmp_path / "out"), "--contact-sheet", str(tmp_path / "sheet.png")]) == 0
+    manifest = json.loads((tmp_path / "out" / "MANIFEST.json").read_text())
+    assert manifest["args"] == {"seed": 5, "signers": 2, "per_signer": 3, "jsonl_per_signer": 2}
+    assert sorted(manifest["files"]) == _output_files(tmp_path / "out")
+    with Image.open(tmp_path / "sheet.png") as sheet:
+        assert sheet.format == "PNG" and sheet.width > sheet.height
+
+
+# ------------------------------------------------------- the committed sample
+
+def test_committed_files_match_the_manifest(committed):
+    assert _output_files(SAMPLE) == sorted(committed["files"]), "stray or missing files in data/sample"
+    for rel, digest in committed["files"].items():
+        actual = hashlib.sha256((SAMPLE / rel).read_bytes()).hexdigest()
+        assert actual == digest, f"{rel} is not what MANIFEST.json says"
+
+
+def test_committed_sample_is_exactly_what_the_generator_makes(gen, committed):
+    """Regenerate every sample of a few signers (first, middle, last) and compare the bytes.
+
+    All 300 would take several seconds; a generator or numpy/Pillow change shows
+    in any signer, and the manifest test above ties the rest to their hashes.
+    """
+    args = committed["args"]
+    signers, lines = args["signers"], (SAMPLE / "signatures.jsonl").read_text(encoding="ascii").splitlines()
+    versions = f"committed with {committed['versions']}, now numpy {np.__version__}, Pillow {PIL.__version__}"
+    hint = f"data/sample is not what data/generate_signatures.py makes ({versions}); regenerate it (data/README.md)"
+    for signer in sorted({0, signers // 2, signers - 1}):
+        label = gen.label_for(signer)
+        for sample in range(args["per_signer"]):
+            fresh = gen.render_signature(args["seed"], signer, sample)
+            if sample < args["jsonl_per_signer"]:
+                # signatures.jsonl is sample-major: line n holds sample n // signers of signer n % signers.
+                assert lines[sample * signers + signer] == gen.record_line(fresh, label), f"{label} #{sample}: {hint}"
+            else:
+                rel = f"images/{label}/{label}_{sample:02d}.{gen.format_for(sample)}"
+                assert (SAMPLE / rel).read_bytes() == fresh, f"{rel}: {hint}"
+
+
+def test_committed_records_and_images_decode_in_their_declared_format(gen, committed):
+    args = committed["args"]
+    labels = [f"signer_{i:02d}" for i in range(args["signers"])]
+    lines = (SAMPLE / "signatures.jsonl").read_text(encoding="ascii").splitlines()
+    assert len(lines) == args["signers"] * args["jsonl_per_signer"]
+    encoded: list[tuple[str, bytes]] = []
+    for n, line in enumerate(lines):
+        record = json.loads(line)
+        assert set(record) == {"image", "label"} and set(record["image"]) == {"b64"}
+        # Sample-major order: line n is sample n // signers of signer n % signers.
+        assert record["label"] == labels[n % args["signers"]]
+        assert STANDARD_B64.match(record["image"]["b64"]), "not standard base64"
+        encoded.append((gen.format_for(n // args["signers"]), base64.b64decode(record["image"]["b64"], validate=True)))
+    for label in labels:
+        files = sorted((SAMPLE / "images" / label).iterdir())
+        assert [p.name.rsplit(".", 1)[0] for p in files] == [
+            f"{label}_{i:02d}" for i in range(args["jsonl_per_signer"], args["per_signer"])]
+        encoded += [(p.suffix[1:], p.read_bytes()) for p in files]
+
+    assert {fmt for fmt, _ in encoded} == set(gen.FORMATS)
+    for fmt, data in encoded:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            assert img.format == gen.PIL_FORMAT[fmt]
+            assert img.width > img.height
+            assert 220 <= img.width <= 420 and 80 <= img.height <= 170
+            if fmt == "gif":
+                assert img.mode == "P"
+
+
+# ----------------------------------------------------------- no easy cue
+
+def _features(data: bytes) -> dict[str, np.ndarray]:
+    """Trivial global features of a signature image, and a crude shape descriptor to compare them with."""
+    with Image.open(io.BytesIO(data)) as img:
+        rgb = np.asarray(img.convert("RGB"), dtype=np.float64)
+    lum = rgb.mean(axis=2)
+    darkness = np.median(lum) - lum  # the paper is most of the canvas
+    ink = darkness > 60
+    ys, xs = np.nonzero(ink)
+    crop = Image.fromarray(darkness[ys.min():ys.max() + 1, xs.min():xs.max() + 1].clip(0, 255).astype(np.uint8))
+    shape = np.asarray(crop.resize((96, 32), Image.Resampling.BILINEAR), dtype=np.float64).ravel()
+    return {
+        "size": np.array([rgb.shape[1], rgb.shape[0]], dtype=np.float64),
+        "ink colour": rgb[ink].mean(axis=0),
+        "ink fraction": np.array([ink.mean()]),
+        "shape": shape / np.linalg.norm(shape),
+    }
+
+
+def _nearest_centroid_accuracy(train: list[tuple[str, np.ndarray]], test: list[tuple[str, np.ndarray]]) -> float:
+    x = np.array([f for _, f in train])
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-9
+    labels = sorted({label for label, _ in train})
+    centroids = np.array([np.mean([(f - mean) / std for lab, f in train if lab == label], axis=0) for label in labels])
+    hits = [labels[int(np.argmin(((centroids - (f - mean) / std) ** 2).sum(axis=1)))] == label for label, f in test]
+    return float(np.mean(hits))
+
+
+def test_only_the_shape_identifies_the_signer(gen):
+    """Train on the JSONL samples, test on the image files: global cues must be near chance, shape not."""
+    samples = gen.read_samples(SAMPLE)
+    jsonl_count = json.loads((SAMPLE / "MANIFEST.json").read_text())["args"]["jsonl_per_signer"]
+    rows = [(label, index, _features(data)) for label, items in samples.items() for index, data in items]
+    for _, _, f in rows:
+        f["all global cues"] = np.concatenate([f["size"], f["ink colour"], f["ink fraction"]])
+
+    def accuracy(name: str) -> float:
+        train = [(label, f[name]) for label, index, f in rows if index < jsonl_count]
+        test = [(label, f[name]) for label, index, f in rows if index >= jsonl_count]
+        return _nearest_centroid_accuracy(train, test)
+
+    chance = 1 / len(samples)
+    cues = {name: accuracy(name) for name in ("size", "ink colour", "ink fraction", "all global cues")}
+    shape = accuracy("shape")
+    assert max(cues.values()) < 0.5, f"a global cue identifies signers (chance {chance:.2f}): {cues}"
+    assert cues["size"] < 2 * chance, f"image size tracks the signer: {cues}"
+    assert shape >= 0.9, f"shape alone should identify signers: {shape:.2f}"
+    assert shape > 2 * max(cues.values())
