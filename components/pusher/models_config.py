@@ -1,0 +1,58 @@
+"""TF Serving's `--model_config_file`: a text ModelServerConfig beside the model folders.
+
+Built and printed with the generated protos (tensorflow_serving.config), so what
+TF Serving parses is exactly what we wrote. An existing file is read back and
+only this model's entry is added or refreshed: other models, and a version
+policy or version_labels an operator set by hand, are kept.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from components.pusher.records import write_atomically
+
+MODELS_CONFIG_FILE = "models.config"
+
+
+def read_models_config(path: str | Path) -> model_server_config_pb2.ModelServerConfig:
+    """Parse a models.config; a missing file is an empty config."""
+    config = model_server_config_pb2.ModelServerConfig()
+    path = Path(path)
+    if path.is_file():
+        text_format.Parse(path.read_text(encoding="utf-8"), config)
+    return config
+
+
+def write_models_config(path: str | Path, model_name: str, model_base_path: str | Path) -> model_server_config_pb2.ModelServerConfig:
+    """Add or refresh `model_name` in the models.config at `path`; returns the config written.
+
+    A new entry serves the highest version (the `latest` policy with one
+    version), which is what rollback relies on.
+    """
+    path = Path(path)
+    config = read_models_config(path)
+    if config.WhichOneof("config") == "custom_model_config":
+        raise ValueError(f"{path} holds a custom_model_config; signflow only manages model_config_list")
+    entry = _find_entry(config, model_name)
+    if entry is None:
+        entry = config.model_config_list.config.add(name=model_name, model_platform="tensorflow")
+        entry.model_version_policy.latest.num_versions = 1
+    entry.base_path = str(Path(model_base_path).resolve())
+    write_atomically(path, text_format.MessageToString(config))
+    return config
+
+
+def labelled_versions(path: str | Path, model_name: str) -> set[int]:
+    """Versions that `model_name`'s version_labels point to (retention keeps them)."""
+    entry = _find_entry(read_models_config(path), model_name)
+    return set(entry.version_labels.values()) if entry is not None else set()
+
+
+def _find_entry(config: model_server_config_pb2.ModelServerConfig, model_name: str) -> model_server_config_pb2.ModelConfig | None:
+    for entry in config.model_config_list.config:
+        if entry.name == model_name:
+            return entry
+    return None

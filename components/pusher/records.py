@@ -1,0 +1,243 @@
+"""What the Pusher and `signflow rollback` remember beside TF Serving's version folders.
+
+    <model_base_path>/
+        .pushes/<version>.json          one push record per version number ever handed out
+        .rolled_back/<version>/         a version taken out of service (serving.layout.ROLLED_BACK_DIR)
+            ROLLBACK_NOTE.json          when, why and by whom
+        .pinned                         versions retention must keep, one per line ('#' comments)
+
+All of these have non-integer names, so TF Serving and signflow's server never
+mistake them for versions. Push records outlive their version folder: they are
+what keeps a version number from ever being handed out twice, and what tells
+the Pusher which Model artifact a rolled-back version came from. This module
+uses the standard library only, so a bare push (and its crash test) starts fast.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from serving.layout import ROLLED_BACK_DIR, parse_version
+
+RECORDS_DIR = ".pushes"
+PIN_FILE = ".pinned"
+ROLLBACK_NOTE_FILE = "ROLLBACK_NOTE.json"
+
+# Push record states. A record whose state is STAGING but whose folder never
+# appeared belongs to a push that crashed: its number stays used.
+STAGING = "staging"
+LIVE = "live"
+FAILED = "failed"
+
+
+@dataclass
+class PushRecord:
+    """One push: the version number it got and the Model artifact it came from."""
+
+    version: int
+    model_name: str
+    model_uri: str
+    state: str = STAGING
+    model_id: int | None = None
+    pipeline_name: str | None = None
+    pipeline_run_id: str | None = None
+    source_path: str | None = None
+    reserved_at: float | None = None
+    pushed_at: float | None = None
+    removed_at: float | None = None
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "PushRecord":
+        data = json.loads(text)
+        known = {name for name in cls.__dataclass_fields__}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclass
+class RollbackNote:
+    """Why a version left the watched folder; written next to its moved files."""
+
+    version: int
+    rolled_back_at: float
+    reason: str
+    user: str
+    host: str
+    serving_after: int | None
+    push: PushRecord | None
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["rolled_back_at_iso"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.rolled_back_at))
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "RollbackNote":
+        data = json.loads(text)
+        push = data.get("push")
+        return cls(
+            version=int(data["version"]),
+            rolled_back_at=float(data["rolled_back_at"]),
+            reason=str(data.get("reason", "")),
+            user=str(data.get("user", "")),
+            host=str(data.get("host", "")),
+            serving_after=data.get("serving_after"),
+            push=PushRecord(**push) if isinstance(push, dict) else None,
+        )
+
+
+def records_dir(model_base_path: str | Path) -> Path:
+    return Path(model_base_path) / RECORDS_DIR
+
+
+def record_path(model_base_path: str | Path, version: int) -> Path:
+    return records_dir(model_base_path) / f"{version}.json"
+
+
+def read_record(model_base_path: str | Path, version: int) -> PushRecord | None:
+    """The push record of `version`, or None if there is none or it is unreadable.
+
+    A record can be unreadable only if a push died while creating it, before any
+    of its files were copied, so treating it as absent loses nothing.
+    """
+    try:
+        return PushRecord.from_json(record_path(model_base_path, version).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def recorded_versions(model_base_path: str | Path) -> list[int]:
+    """Every version number a push record exists for (handed out at least once), ascending."""
+    directory = records_dir(model_base_path)
+    if not directory.is_dir():
+        return []
+    versions = (parse_version(path.stem) for path in directory.glob("*.json"))
+    return sorted(v for v in versions if v is not None)
+
+
+def create_record_exclusively(model_base_path: str | Path, record: PushRecord) -> bool:
+    """Create the record file only if no record for that version exists yet.
+
+    O_EXCL makes this the reservation of the version number: two Pushers racing
+    for the same number cannot both win. Returns False if the number is taken.
+    """
+    directory = records_dir(model_base_path)
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(record_path(model_base_path, record.version), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(record.to_json())
+        handle.flush()
+        os.fsync(handle.fileno())
+    fsync_dir(directory)
+    return True
+
+
+def update_record(model_base_path: str | Path, record: PushRecord) -> None:
+    """Replace the record of `record.version` atomically."""
+    write_atomically(record_path(model_base_path, record.version), record.to_json())
+
+
+def rolled_back_dir(model_base_path: str | Path) -> Path:
+    return Path(model_base_path) / ROLLED_BACK_DIR
+
+
+def rolled_back_versions(model_base_path: str | Path) -> list[int]:
+    """Versions under `.rolled_back/`, ascending."""
+    directory = rolled_back_dir(model_base_path)
+    if not directory.is_dir():
+        return []
+    versions = (parse_version(child.name) for child in directory.iterdir() if child.is_dir())
+    return sorted(v for v in versions if v is not None)
+
+
+def read_rollback_note(model_base_path: str | Path, version: int) -> RollbackNote | None:
+    path = rolled_back_dir(model_base_path) / str(version) / ROLLBACK_NOTE_FILE
+    try:
+        return RollbackNote.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def find_rolled_back_push(model_base_path: str | Path, model_uri: str) -> tuple[int, RollbackNote | None] | None:
+    """The rolled-back version that `model_uri` was pushed as, with its note; None if none was.
+
+    The push record is the authority on which model a version held; the note's
+    copy of it covers a record that was deleted by hand.
+    """
+    for version in reversed(rolled_back_versions(model_base_path)):
+        note = read_rollback_note(model_base_path, version)
+        record = read_record(model_base_path, version) or (note.push if note else None)
+        if record is not None and record.model_uri == model_uri:
+            return version, note
+    return None
+
+
+def new_rollback_note(version: int, reason: str, serving_after: int | None, push: PushRecord | None) -> RollbackNote:
+    """A note stamped with the current user and host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        # No passwd entry (e.g. an arbitrary uid in a container).
+        user = str(os.getuid())
+    return RollbackNote(
+        version=version,
+        rolled_back_at=time.time(),
+        reason=reason,
+        user=user,
+        host=socket.gethostname(),
+        serving_after=serving_after,
+        push=push,
+    )
+
+
+def read_pins(model_base_path: str | Path) -> set[int]:
+    """Versions listed in `<model_base_path>/.pinned`. Raises ValueError on a line that is not a version.
+
+    A typo must not silently unpin a version (retention would then delete it),
+    so a bad line is an error rather than skipped.
+    """
+    path = Path(model_base_path) / PIN_FILE
+    if not path.is_file():
+        return set()
+    pins = set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        version = parse_version(text)
+        if version is None:
+            raise ValueError(f"{path}:{number}: {text!r} is not a version number")
+        pins.add(version)
+    return pins
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,1 @@
+"""Serves the candidate model in a separate process and checks its answers; see component.py."""

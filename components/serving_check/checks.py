@@ -1,0 +1,180 @@
+"""The serving contract as checks on plain arrays, whatever server produced them.
+
+Each check returns a list of problems (empty: fine), phrased for the log line
+that explains why a model was not infra-blessed.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SERVING_SIGNATURE = "serving_default"
+CLASSIFY_SIGNATURE = "classify"
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+IMAGE_INPUT = "image_bytes"
+CLASSIFY_INPUT = "inputs"
+
+# DataType enum values from tensorflow/core/framework/types.proto.
+DT_FLOAT = 1
+DT_STRING = 7
+
+# name -> (inputs {alias: dtype}, outputs {alias: dtype}, method)
+SIGNATURE_CONTRACT = {
+    SERVING_SIGNATURE: ({IMAGE_INPUT: DT_STRING}, {"probabilities": DT_FLOAT, "label": DT_STRING, "score": DT_FLOAT}, PREDICT_METHOD),
+    CLASSIFY_SIGNATURE: ({CLASSIFY_INPUT: DT_STRING}, {"classes": DT_STRING, "scores": DT_FLOAT}, CLASSIFY_METHOD),
+}
+
+# Softmax in float32 sums to 1 within a few ulps per class.
+SUM_TOLERANCE = 1e-3
+# `score` is max(probabilities) computed in the same graph: equal up to rounding.
+SCORE_CONSISTENCY_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class EvalPrediction:
+    """One line of the Trainer's eval_predictions.jsonl."""
+
+    sha256: str
+    label: str
+    predicted: str
+    score: float
+
+
+def check_signature_defs(signature_defs: Mapping, num_labels: int) -> list[str]:
+    """The SignatureDefs TF Serving will use (from saved_model.pb) against the contract."""
+    problems = []
+    for name, (inputs, outputs, method) in SIGNATURE_CONTRACT.items():
+        if name not in signature_defs:
+            problems.append(f"signature {name!r} missing (has {sorted(signature_defs)})")
+            continue
+        signature = signature_defs[name]
+        if signature.method_name != method:
+            problems.append(f"signature {name!r} has method_name {signature.method_name!r}, TF Serving needs {method!r}")
+        for kind, expected, actual in (("input", inputs, signature.inputs), ("output", outputs, signature.outputs)):
+            if set(actual) != set(expected):
+                problems.append(f"signature {name!r} {kind}s are {sorted(actual)}, the contract says {sorted(expected)}")
+                continue
+            for alias, dtype in expected.items():
+                if actual[alias].dtype != dtype:
+                    problems.append(f"signature {name!r} {kind} {alias!r} has dtype enum {actual[alias].dtype}, expected {dtype}")
+        if name == SERVING_SIGNATURE and "probabilities" in signature.outputs:
+            dims = [d.size for d in signature.outputs["probabilities"].tensor_shape.dim]
+            if len(dims) != 2 or dims[1] not in (-1, num_labels):
+                problems.append(f"output 'probabilities' has shape {dims}, expected [-1, {num_labels}] (labels.txt)")
+    return problems
+
+
+def check_predict(outputs: Mapping[str, np.ndarray], count: int, labels: Sequence[str], where: str) -> list[str]:
+    """serving_default's answer to `count` images: keys, shapes, dtypes, probabilities, label, score."""
+    expected = {"probabilities", "label", "score"}
+    if not expected <= set(outputs):
+        return [f"{where}: outputs {sorted(outputs)} lack {sorted(expected - set(outputs))}"]
+    probabilities = np.asarray(outputs["probabilities"])
+    label = np.asarray(outputs["label"])
+    score = np.asarray(outputs["score"])
+    problems = _check_distribution(probabilities, count, len(labels), where, "probabilities")
+    if label.shape != (count,):
+        problems.append(f"{where}: 'label' has shape {label.shape}, expected ({count},)")
+    if score.shape != (count,) or score.dtype != np.float32:
+        problems.append(f"{where}: 'score' is {score.dtype}{list(score.shape)}, expected float32[{count}]")
+    if problems:
+        return problems
+    for row, (name, value) in enumerate(zip(label, score)):
+        text = as_text(name)
+        if text not in labels:
+            problems.append(f"{where}: row {row} label {text!r} is not in labels.txt")
+            continue
+        top = labels[int(np.argmax(probabilities[row]))]
+        if text != top and not np.isclose(probabilities[row][labels.index(text)], probabilities[row].max(), atol=SCORE_CONSISTENCY_TOLERANCE):
+            problems.append(f"{where}: row {row} label {text!r} is not the most probable class {top!r}")
+        if abs(float(value) - float(probabilities[row].max())) > SCORE_CONSISTENCY_TOLERANCE:
+            problems.append(f"{where}: row {row} score {float(value):.6f} is not max(probabilities) {float(probabilities[row].max()):.6f}")
+    return problems
+
+
+def check_classify(outputs: Mapping[str, np.ndarray], count: int, labels: Sequence[str], where: str) -> list[str]:
+    """classify's answer to `count` examples: every row ranks exactly the labels, scores a distribution."""
+    if not {"classes", "scores"} <= set(outputs):
+        return [f"{where}: outputs {sorted(outputs)} lack 'classes'/'scores'"]
+    classes = np.asarray(outputs["classes"])
+    problems = _check_distribution(np.asarray(outputs["scores"]), count, len(labels), where, "scores")
+    if classes.shape != (count, len(labels)):
+        problems.append(f"{where}: 'classes' has shape {classes.shape}, expected ({count}, {len(labels)})")
+        return problems
+    for row in range(count):
+        names = sorted(as_text(value) for value in classes[row])
+        if names != sorted(labels):
+            problems.append(f"{where}: row {row} classes {names} are not the labels in labels.txt")
+            break
+    return problems
+
+
+def top_classes(outputs: Mapping[str, np.ndarray]) -> list[str]:
+    """The highest-scoring class of each classify row."""
+    classes = np.asarray(outputs["classes"])
+    scores = np.asarray(outputs["scores"])
+    return [as_text(classes[row][int(np.argmax(scores[row]))]) for row in range(len(classes))]
+
+
+def read_eval_predictions(path: str | Path) -> dict[str, EvalPrediction]:
+    """eval_predictions.jsonl by image sha256. Lines for the same image must agree (same bytes, same model)."""
+    predictions: dict[str, EvalPrediction] = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+                item = EvalPrediction(str(data["sha256"]), str(data["label"]), str(data["predicted"]), float(data["score"]))
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{number}: not an eval prediction ({err})") from None
+            predictions.setdefault(item.sha256, item)
+    return predictions
+
+
+def compare_with_eval_predictions(
+    sha256s: Sequence[str],
+    labels: Sequence[str],
+    scores: Sequence[float],
+    expected: Mapping[str, EvalPrediction],
+    tolerance: float,
+    where: str,
+) -> tuple[int, list[str]]:
+    """Serving's top label and score per image against the Trainer's. Returns (images compared, problems)."""
+    compared = 0
+    problems = []
+    for sha256, label, score in zip(sha256s, labels, scores):
+        trainer = expected.get(sha256)
+        if trainer is None:
+            continue
+        compared += 1
+        if label != trainer.predicted:
+            problems.append(f"{where}: image {sha256[:12]} served as {label!r} ({score:.4f}), "
+                            f"the Trainer predicted {trainer.predicted!r} ({trainer.score:.4f})")
+        elif abs(score - trainer.score) > tolerance:
+            problems.append(f"{where}: image {sha256[:12]} score {score:.6f} differs from the Trainer's "
+                            f"{trainer.score:.6f} by more than {tolerance}")
+    return compared, problems
+
+
+def as_text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _check_distribution(values: np.ndarray, count: int, num_labels: int, where: str, name: str) -> list[str]:
+    if values.dtype != np.float32 or values.shape != (count, num_labels):
+        return [f"{where}: {name!r} is {values.dtype}{list(values.shape)}, expected float32[{count}, {num_labels}] (labels.txt)"]
+    if not np.all(np.isfinite(values)):
+        return [f"{where}: {name!r} has NaN or infinite values"]
+    if values.min() < 0 or values.max() > 1 + SUM_TOLERANCE:
+        return [f"{where}: {name!r} has values outside [0, 1]"]
+    sums = values.sum(axis=1)
+    worst = int(np.argmax(np.abs(sums - 1)))
+    if abs(sums[worst] - 1) > SUM_TOLERANCE:
+        return [f"{where}: {name!r} row {worst} sums to {sums[worst]:.6f}, not 1"]
+    return []

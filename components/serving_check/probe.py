@@ -1,0 +1,258 @@
+"""The serving check's child process: load the candidate, send it real requests, judge the answers.
+
+    python -m components.serving_check.probe REQUEST.json RESULT.json
+
+Runs apart from the pipeline so that a model which crashes, hangs or leaks on
+load takes down only this process (the executor enforces the deadline), and so
+that the model is loaded fresh, as a model server would. RESULT.json lists the
+problems found; none means infra-blessed.
+"""
+from __future__ import annotations
+
+# Run with -m: the `components` package's __init__ sets TF_USE_LEGACY_KERAS before TensorFlow loads.
+import base64
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import prediction_log_pb2
+
+from components.serving_check import checks
+from components.serving_check.backends import BackendError, ModelServerBackend, ObjectBackend, SessionBackend
+from serving.images import InvalidImage
+from serving.layout import LABELS_FILE, SAVED_MODEL_FILE, WARMUP_FILE
+
+# TF Serving reads at most this many warmup records and fails the load past it.
+MAX_WARMUP_RECORDS = 1000
+IN_PROCESS = "saved_model"
+MODEL_SERVER = "tensorflow_model_server"
+
+
+@dataclass
+class ProbeRequest:
+    """What the executor asks the probe to check (written as REQUEST.json)."""
+
+    model_path: str
+    example_files: list[str]
+    num_examples: int
+    max_loading_seconds: float
+    score_tolerance: float
+    server: str  # IN_PROCESS or MODEL_SERVER
+    workdir: str
+    model_name: str = "candidate"
+    eval_predictions: str | None = None
+    model_server_binary: str | None = None
+
+
+@dataclass
+class ProbeResult:
+    """What the probe found (written as RESULT.json)."""
+
+    problems: list[str] = field(default_factory=list)
+    backends: list[str] = field(default_factory=list)
+    load_seconds: dict[str, float] = field(default_factory=dict)
+    requests: int = 0
+    images: int = 0
+    compared_with_trainer: int = 0
+
+
+@dataclass
+class EvalImage:
+    serialized_example: bytes
+    image: bytes
+
+
+def run_probe(request: ProbeRequest) -> ProbeResult:
+    """Check the SavedModel file, then load and exercise it with each backend; collect every problem."""
+    result = ProbeResult()
+    model = Path(request.model_path)
+    if not (model / SAVED_MODEL_FILE).is_file():
+        result.problems.append(f"{model} has no {SAVED_MODEL_FILE}")
+        return result
+    labels_path = model / LABELS_FILE
+    if not labels_path.is_file():
+        result.problems.append(f"{LABELS_FILE} missing from the SavedModel")
+        return result
+    labels = [line for line in labels_path.read_text(encoding="utf-8").splitlines() if line]
+    result.problems += _check_saved_model_file(model / SAVED_MODEL_FILE, len(labels))
+    warmup, warmup_problems = _read_warmup(model / WARMUP_FILE)
+    result.problems += warmup_problems
+    images = _read_eval_images(request.example_files, request.num_examples)
+    if not images:
+        result.problems.append("no eval examples with image_raw to send")
+        return result
+    result.images = len(images)
+    expected = None
+    if request.eval_predictions:
+        try:
+            expected = checks.read_eval_predictions(request.eval_predictions)
+        except (OSError, ValueError) as err:
+            result.problems.append(f"the Trainer's eval predictions are unreadable: {_one_line(err)}")
+            return result
+
+    deadline = time.monotonic() + request.max_loading_seconds
+    if request.server == MODEL_SERVER:
+        backends = [ModelServerBackend(request.model_server_binary, model, request.model_name, Path(request.workdir), deadline)]
+    else:
+        backends = [SessionBackend(model), ObjectBackend(model)]
+    for backend in backends:
+        result.backends.append(backend.name)
+        started = time.monotonic()
+        try:
+            backend.load()
+        except Exception as err:  # noqa: BLE001  any load failure is a finding, not a crash of the check
+            result.problems.append(f"{backend.name}: failed to load: {_one_line(err)}")
+            backend.close()
+            continue
+        seconds = time.monotonic() - started
+        result.load_seconds[backend.name] = round(seconds, 3)
+        if seconds > request.max_loading_seconds:
+            result.problems.append(f"{backend.name}: loading took {seconds:.1f}s, the limit is {request.max_loading_seconds}s")
+        try:
+            _exercise(backend, labels, warmup, images, expected, request.score_tolerance, result)
+        finally:
+            backend.close()
+    return result
+
+
+def _exercise(backend, labels: list[str], warmup: list[prediction_log_pb2.PredictionLog], images: list[EvalImage],
+              expected: dict[str, checks.EvalPrediction] | None, tolerance: float, result: ProbeResult) -> None:
+    """Send warmup, base64 and classify requests to one backend; append what is wrong to `result`."""
+    name = backend.name
+
+    def attempt(what: str, call):
+        result.requests += 1
+        try:
+            return call()
+        except (BackendError, InvalidImage) as err:
+            result.problems.append(f"{name}: {what} failed: {_one_line(err)}")
+        except Exception as err:  # noqa: BLE001  an unexpected error is still the model's finding
+            result.problems.append(f"{name}: {what} failed: {type(err).__name__}: {_one_line(err)}")
+        return None
+
+    for index, log in enumerate(warmup):
+        predict = log.predict_log.request
+        signature = predict.model_spec.signature_name or checks.SERVING_SIGNATURE
+        inputs = {alias: tf.make_ndarray(tensor) for alias, tensor in predict.inputs.items()}
+        outputs = attempt(f"warmup request {index}", lambda: backend.predict(signature, inputs))
+        if outputs is not None and signature == checks.SERVING_SIGNATURE:
+            count = len(next(iter(inputs.values()))) if inputs else 0
+            result.problems += checks.check_predict(outputs, count, labels, f"{name} warmup request {index}")
+
+    # Base64 requests in TF Serving's REST shape: all images in one batch, then one alone.
+    served_labels = None
+    for batch in (images, images[:1]):
+        body = json.dumps({
+            "signature_name": checks.SERVING_SIGNATURE,
+            "instances": [{checks.IMAGE_INPUT: {"b64": base64.b64encode(item.image).decode("ascii")}} for item in batch],
+        })
+        where = f"{name} b64 predict of {len(batch)}"
+        outputs = attempt(where, lambda: backend.predict_rest(body))
+        if outputs is None:
+            continue
+        problems = checks.check_predict(outputs, len(batch), labels, where)
+        result.problems += problems
+        if problems or batch is not images:
+            continue
+        served_labels = [checks.as_text(value) for value in outputs["label"]]
+        if expected is not None:
+            compared, mismatches = checks.compare_with_eval_predictions(
+                [hashlib.sha256(item.image).hexdigest() for item in images],
+                served_labels,
+                [float(value) for value in outputs["score"]],
+                expected,
+                tolerance,
+                name,
+            )
+            result.compared_with_trainer = max(result.compared_with_trainer, compared)
+            result.problems += mismatches
+            if compared == 0:
+                result.problems.append(f"{name}: none of the {len(images)} eval images is in the Trainer's eval_predictions.jsonl")
+
+    # Classify: the seed's shape (image bytes under "image") and ExampleGen's examples as they are.
+    seed_examples = [_image_example(item.image) for item in images]
+    for what, examples in (("classify of 'image' examples", seed_examples),
+                           ("classify of eval-split examples", [item.serialized_example for item in images])):
+        outputs = attempt(what, lambda: backend.classify(examples))
+        if outputs is None:
+            continue
+        problems = checks.check_classify(outputs, len(examples), labels, f"{name} {what}")
+        result.problems += problems
+        if not problems and served_labels is not None and checks.top_classes(outputs) != served_labels:
+            result.problems.append(f"{name}: {what} ranks first {checks.top_classes(outputs)}, "
+                                   f"serving_default said {served_labels}")
+
+
+def _check_saved_model_file(path: Path, num_labels: int) -> list[str]:
+    """The SignatureDefs TF Serving reads from saved_model.pb (the `serve` MetaGraph)."""
+    saved_model = saved_model_pb2.SavedModel()
+    try:
+        saved_model.ParseFromString(path.read_bytes())
+    except Exception as err:  # noqa: BLE001  protobuf raises DecodeError or RuntimeWarning-like errors
+        return [f"{SAVED_MODEL_FILE} does not parse: {_one_line(err)}"]
+    serving = [graph for graph in saved_model.meta_graphs if tf.saved_model.SERVING in graph.meta_info_def.tags]
+    if not serving:
+        return [f"{SAVED_MODEL_FILE} has no MetaGraph tagged '{tf.saved_model.SERVING}'"]
+    return checks.check_signature_defs(serving[0].signature_def, num_labels)
+
+
+def _read_warmup(path: Path) -> tuple[list[prediction_log_pb2.PredictionLog], list[str]]:
+    if not path.is_file():
+        return [], [f"{WARMUP_FILE} missing (the export contract requires warmup requests)"]
+    logs = []
+    try:
+        for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            logs.append(prediction_log_pb2.PredictionLog.FromString(raw))
+    except Exception as err:  # noqa: BLE001  a corrupt file is a finding
+        return [], [f"{WARMUP_FILE} is not a TFRecord of PredictionLog: {_one_line(err)}"]
+    problems = []
+    if not logs:
+        problems.append(f"{WARMUP_FILE} is empty")
+    if len(logs) > MAX_WARMUP_RECORDS:
+        problems.append(f"{WARMUP_FILE} has {len(logs)} records; TF Serving refuses more than {MAX_WARMUP_RECORDS}")
+    kinds = {log.WhichOneof("log_type") for log in logs} - {"predict_log"}
+    if kinds:
+        problems.append(f"{WARMUP_FILE} holds {sorted(map(str, kinds))} records; the contract is predict requests")
+    return [log for log in logs if log.WhichOneof("log_type") == "predict_log"], problems
+
+
+def _read_eval_images(files: list[str], limit: int) -> list[EvalImage]:
+    images = []
+    for path in sorted(files):
+        compression = "GZIP" if path.endswith(".gz") else ""
+        for raw in tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator():
+            example = tf.train.Example.FromString(raw)
+            feature = example.features.feature.get("image_raw")
+            if feature is None or not feature.bytes_list.value:
+                continue
+            images.append(EvalImage(serialized_example=raw, image=feature.bytes_list.value[0]))
+            if len(images) >= limit:
+                return images
+    return images
+
+
+def _image_example(image: bytes) -> bytes:
+    feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))
+    return tf.train.Example(features=tf.train.Features(feature={"image": feature})).SerializeToString()
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:300] or type(err).__name__
+
+
+def main(argv: list[str]) -> int:
+    request_path, result_path = argv[1:3]
+    request = ProbeRequest(**json.loads(Path(request_path).read_text(encoding="utf-8")))
+    result = run_probe(request)
+    Path(result_path).write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
