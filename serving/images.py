@@ -49,7 +49,8 @@ def decode_b64(text: str | bytes, *, lenient: bool) -> bytes:
     """Decode base64 text.
 
     strict (lenient=False) is TF Serving's rule for `{"b64": ...}` values: the
-    standard alphabet only, padding optional, no whitespace. A client that works
+    standard alphabet only, padding optional but exact when present, whitespace
+    ignored. A client that works
     against signflow's server must also work against the real TF Serving, so the
     server uses strict.
 
@@ -66,17 +67,25 @@ def decode_b64(text: str | bytes, *, lenient: bool) -> bytes:
             raise InvalidImage("invalid_base64", "base64 text contains non-ASCII characters") from None
     else:
         raw = text
+    # Whitespace is ignored by both TF Serving's decoder and the lenient one.
+    raw = b"".join(raw.split())
     if lenient:
-        raw = b"".join(raw.split())
         if not _URL_SAFE.match(raw) and not _STANDARD.match(raw):
             raise InvalidImage("invalid_base64", "characters outside the base64 alphabets")
-        raw = raw.replace(b"-", b"+").replace(b"_", b"/")
-    elif not _STANDARD.match(raw):
-        raise InvalidImage(
-            "invalid_base64",
-            "not standard base64 (alphabet A-Z a-z 0-9 + /; URL-safe '-' and '_' are not accepted)",
-        )
-    raw = raw.rstrip(b"=")
+        raw = raw.replace(b"-", b"+").replace(b"_", b"/").rstrip(b"=")
+    else:
+        if not _STANDARD.match(raw):
+            raise InvalidImage(
+                "invalid_base64",
+                "not standard base64 (alphabet A-Z a-z 0-9 + /; URL-safe '-' and '_' are not accepted)",
+            )
+        # TF Serving: padding is optional, but when present it must be exact.
+        if raw.endswith(b"=") and len(raw) % 4:
+            raise InvalidImage("invalid_base64", "base64 padding is wrong for the text's length")
+        unpadded = raw.rstrip(b"=")
+        if raw != unpadded and len(raw) - len(unpadded) != -len(unpadded) % 4:
+            raise InvalidImage("invalid_base64", "base64 padding is wrong for the text's length")
+        raw = unpadded
     if len(raw) % 4 == 1:
         raise InvalidImage("invalid_base64", "base64 text has an impossible length")
     try:
@@ -110,8 +119,10 @@ def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
                 img.load()
     except InvalidImage:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError) as err:
-        raise InvalidImage("not_an_image", str(err)) from None
+    except Image.DecompressionBombError as err:
+        raise InvalidImage("too_many_pixels", str(err)) from None
+    except UnidentifiedImageError:
+        raise InvalidImage("not_an_image", "not a PNG, JPEG, GIF or BMP image") from None
     except (OSError, SyntaxError, ValueError) as err:
         # Pillow reports truncated and corrupt data as OSError/SyntaxError.
         raise InvalidImage("corrupt_image", str(err) or type(err).__name__) from None

@@ -1,0 +1,275 @@
+"""Wiring: one asyncio event loop runs the REST server (uvicorn) and the gRPC server (grpc.aio).
+
+Both transports share one Handlers object, hence one registry and one set of
+batchers. Models run on a thread pool, never on the loop. Startup follows TF
+Serving's order: the models present on disk are loaded (and warmed up) first,
+then the ports open; the version watcher and the config-file poller then run
+in the background.
+
+`ModelServer` is the async object; `ServerThread` runs one on a background
+thread (tests, embedding); `run(settings)` is the command-line entry.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import grpc
+import uvicorn
+from starlette.routing import BaseRoute
+
+from serving import errors, grpc_service, rest
+from serving.handlers import Handlers
+from serving.metrics import Metrics
+from serving.registry import Registry, load_servable
+from serving.repository import Watcher
+from serving.settings import ModelConfig, Settings, SettingsError, read_model_config_file
+
+log = logging.getLogger(__name__)
+
+
+class _Uvicorn(uvicorn.Server):
+    # NOTE: signals belong to ModelServer (both transports stop together), not to uvicorn.
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+class ModelServer:
+    """The model server: `await start()`, then `await run_until_stopped()`; `request_stop()` ends it."""
+
+    def __init__(self, settings: Settings, *, ephemeral_ports: bool = False,
+                 extra_routes: Sequence[BaseRoute] = ()):
+        """With `ephemeral_ports`, a port of 0 means "any free port" instead of "disabled"."""
+        self.settings = settings
+        self.metrics = Metrics()
+        self._ephemeral = ephemeral_ports
+        self._extra_routes = extra_routes
+        self._executor = concurrent.futures.ThreadPoolExecutor(settings.execution_threads, "model")
+        batching_options, batch_executor = None, None
+        if settings.enable_batching:
+            from serving.batching import BatchingOptions
+
+            batching_options = BatchingOptions.from_text_proto(settings.batching_parameters)
+            batch_executor = concurrent.futures.ThreadPoolExecutor(batching_options.num_batch_threads, "batch")
+        self._batch_executor = batch_executor
+        self.registry = Registry(
+            lambda name, version, path: load_servable(name, version, path, warmup=settings.enable_model_warmup),
+            allow_version_labels_for_unavailable_models=settings.allow_version_labels_for_unavailable_models,
+            on_event=self.metrics.load_event,
+            on_unloaded=lambda servable: self.handlers.on_unloaded(servable),
+        )
+        self.handlers = Handlers(
+            self.registry, settings, self._executor, batching_options=batching_options,
+            batch_executor=batch_executor, on_batch=self.metrics.batch)
+        self._watcher = Watcher(self.registry.configs, self.registry.reconcile, settings.file_system_poll_wait_seconds)
+        self._config_text: str | None = None
+        self._stopping: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._uvicorn: _Uvicorn | None = None
+        self._uvicorn_task: asyncio.Task | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self.rest_port: int | None = None
+        self.grpc_port: int | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.handlers.bind_loop(loop)
+        self._stopping = asyncio.Event()
+        self.registry.apply_config(self.settings.models)
+        if self.settings.model_config_file:
+            self._config_text = Path(self.settings.model_config_file).read_text(encoding="utf-8")
+        if self.settings.file_system_poll_wait_seconds >= 0:
+            await loop.run_in_executor(self._executor, self._watcher.poll_once)
+        self._watcher.start()
+        await self._start_grpc()
+        await self._start_rest()
+        if self.settings.model_config_file and self.settings.model_config_file_poll_wait_seconds > 0:
+            self._tasks.append(loop.create_task(self._poll_config_file()))
+
+    async def _start_grpc(self) -> None:
+        port = self.settings.grpc_port
+        if port == 0 and not self._ephemeral:
+            return
+        limit = self.settings.max_request_bytes
+        self._grpc = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", 2**31 - 1),
+            ("grpc.so_reuseport", 0),
+        ])
+        grpc_service.add_services(self._grpc, self.handlers, self.metrics, self.reload_config)
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(f"{self.settings.host}:{port}")
+        except RuntimeError as err:
+            raise OSError(f"cannot listen for gRPC on {self.settings.host}:{port}: {err}") from None
+        if not self.grpc_port:
+            raise OSError(f"cannot listen for gRPC on {self.settings.host}:{port}")
+        await self._grpc.start()
+
+    async def _start_rest(self) -> None:
+        port = self.settings.rest_api_port
+        if port == 0 and not self._ephemeral:
+            return
+        sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.settings.host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self.rest_port = sock.getsockname()[1]
+        app = rest.create_app(self.handlers, self.settings, self.metrics, self._extra_routes)
+        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
+                                http="httptools", timeout_graceful_shutdown=5)
+        self._uvicorn = _Uvicorn(config)
+        self._uvicorn_task = asyncio.get_running_loop().create_task(self._uvicorn.serve(sockets=[sock]))
+        while not self._uvicorn.started:
+            if self._uvicorn_task.done():
+                self._uvicorn_task.result()  # startup failed: raise its error
+            await asyncio.sleep(0.01)
+
+    async def reload_config(self, models: tuple[ModelConfig, ...]) -> None:
+        """Serve exactly `models` from now on (HandleReloadConfigRequest, config file change).
+
+        Returns once the new models' versions are loaded (or failed), as TF Serving does.
+        """
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.registry.apply_config, models)
+        await loop.run_in_executor(self._executor, self._watcher.poll_once)
+
+    async def _poll_config_file(self) -> None:
+        path = self.settings.model_config_file
+        while True:
+            await asyncio.sleep(self.settings.model_config_file_poll_wait_seconds)
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+                if text == self._config_text:
+                    continue
+                models = read_model_config_file(path)
+                await self.reload_config(models)
+                self._config_text = text
+                log.info("Applied the new model config from %s", path)
+            except (OSError, SettingsError, errors.ServingError) as err:
+                # As TF Serving: a bad config file is logged and the old config keeps serving.
+                log.error("Not applying %s: %s", path, err)
+
+    def request_stop(self) -> None:
+        """Ask run_until_stopped() to shut down (thread-safe through loop.call_soon_threadsafe)."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def run_until_stopped(self) -> None:
+        """After start(): serve until request_stop(), then shut everything down."""
+        await self._stopping.wait()
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        # The watcher may be in the middle of a load: wait for it off the loop.
+        await asyncio.get_running_loop().run_in_executor(None, self._watcher.stop)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+            await asyncio.gather(self._uvicorn_task, return_exceptions=True)
+            self._uvicorn = self._uvicorn_task = None
+        if self._grpc is not None:
+            await self._grpc.stop(grace=2)
+            self._grpc = None
+        self.registry.unload_all()
+        await self.handlers.aclose()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._batch_executor is not None:
+            self._batch_executor.shutdown(wait=False, cancel_futures=True)
+
+
+class ServerThread:
+    """A ModelServer on its own thread and event loop. `start()` returns once it serves."""
+
+    def __init__(self, settings: Settings, *, ephemeral_ports: bool = True,
+                 extra_routes: Sequence[BaseRoute] = ()):
+        self.server = ModelServer(settings, ephemeral_ports=ephemeral_ports, extra_routes=extra_routes)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="model-server", daemon=True)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self, timeout: float = 120) -> "ServerThread":
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("model server did not start in time")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def main():
+            try:
+                await self.server.start()
+            except BaseException as err:
+                self._error = err
+                self._ready.set()
+                return
+            self._ready.set()
+            await self.server.run_until_stopped()
+
+        self._loop.run_until_complete(main())
+        self._loop.close()
+
+    def call(self, coroutine, timeout: float = 60):
+        """Run a coroutine on the server's loop (e.g. reload_config) and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def stop(self, timeout: float = 30) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self.server.request_stop)
+            self._thread.join(timeout)
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.server.settings.host}:{self.server.rest_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.server.settings.host}:{self.server.grpc_port}"
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def run(settings: Settings) -> int:
+    """Serve until SIGINT/SIGTERM. Returns the process exit code."""
+
+    async def main() -> int:
+        server = ModelServer(settings)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, server.request_stop)
+        try:
+            await server.start()
+        except (OSError, errors.ServingError) as err:
+            print(f"Failed to start server. Error: {err}", file=sys.stderr)
+            await server._shutdown()
+            return 1
+        listening = []
+        if server.grpc_port:
+            listening.append(f"gRPC at {settings.host}:{server.grpc_port}")
+        if server.rest_port:
+            listening.append(f"HTTP/REST at http://{settings.host}:{server.rest_port}")
+        print(f"signflow model server: {', '.join(listening)}", flush=True)
+        await server.run_until_stopped()
+        return 0
+
+    return asyncio.run(main())

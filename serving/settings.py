@@ -1,0 +1,287 @@
+"""The server's settings: one typed object, built once from tensorflow_model_server's flags.
+
+Flag names, defaults and meanings are TF Serving's (`model_servers/main.cc`,
+`server.h`), so a command line works unchanged against the real
+`tensorflow_model_server`. The config files are TF Serving's text protobufs,
+parsed with the protos from tensorflow-serving-api. Only `--host` and the
+request limits are signflow's own.
+
+This module never imports TensorFlow: a bad flag or config file fails in a
+fraction of a second, before the 10-second TensorFlow import.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Mapping
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import images
+
+DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_INSTANCES_PER_REQUEST = 1000
+
+
+class SettingsError(ValueError):
+    """A flag or config file the server cannot start with; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """ServableVersionPolicy: which version folders on disk are served."""
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    num_versions: int = 1  # latest: how many of the highest versions
+    versions: tuple[int, ...] = ()  # specific: exactly these
+
+    def select(self, on_disk: list[int]) -> list[int]:
+        """The versions to serve out of those present on disk (ascending)."""
+        if self.kind == "all":
+            return sorted(on_disk)
+        if self.kind == "specific":
+            return sorted(set(on_disk) & set(self.versions))
+        return sorted(on_disk)[-max(self.num_versions, 1):] if on_disk else []
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One entry of ModelServerConfig.model_config_list."""
+
+    name: str
+    base_path: str
+    policy: VersionPolicy = VersionPolicy()
+    version_labels: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `signflow serve` / `python -m serving` is told. See cli.py for the flags."""
+
+    host: str = "127.0.0.1"
+    """Interface both ports bind to. TF Serving binds every interface; signflow stays local unless told."""
+    grpc_port: int = 8500
+    """--port: gRPC port; 0 disables gRPC (TF Serving's meaning)."""
+    rest_api_port: int = 8501
+    """--rest_api_port: REST port; 0 disables REST. TF Serving's default is 0; its Docker image passes 8501."""
+    model_name: str = "default"
+    """--model_name: the single model's name when no --model_config_file is given."""
+    model_base_path: str = ""
+    """--model_base_path: folder of integer-named version folders (absolute, as TF Serving requires)."""
+    model_config_file: str = ""
+    """--model_config_file: text-format ModelServerConfig; replaces --model_name/--model_base_path."""
+    model_config_file_poll_wait_seconds: int = 0
+    """Seconds between re-reads of --model_config_file; 0 reads it once."""
+    file_system_poll_wait_seconds: int = 1
+    """Seconds between scans of the base paths for version folders; 0 scans once, < 0 never."""
+    enable_batching: bool = False
+    """--enable_batching: gather concurrent predict requests into one model call."""
+    batching_parameters_file: str = ""
+    """--batching_parameters_file: text-format BatchingParameters (needs --enable_batching)."""
+    batching_parameters: str = ""
+    """The text of --batching_parameters_file ("" means the scheduler's defaults)."""
+    monitoring_config_file: str = ""
+    """--monitoring_config_file: text-format MonitoringConfig."""
+    prometheus_enabled: bool = False
+    """prometheus_config.enable from the monitoring config."""
+    prometheus_path: str = DEFAULT_PROMETHEUS_PATH
+    """prometheus_config.path, on the REST port."""
+    rest_api_timeout_in_ms: int = 30000
+    """--rest_api_timeout_in_ms: a REST inference call past this answers 504; <= 0 means no limit."""
+    enable_model_warmup: bool = True
+    """--enable_model_warmup: replay assets.extra/tf_serving_warmup_requests before a version serves."""
+    allow_version_labels_for_unavailable_models: bool = False
+    """--allow_version_labels_for_unavailable_models: a new label may name a version not yet loaded."""
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    """signflow: largest REST body / gRPC message accepted (413 / RESOURCE_EXHAUSTED beyond)."""
+    max_instances_per_request: int = DEFAULT_MAX_INSTANCES_PER_REQUEST
+    """signflow: most instances (rows, examples) in one request."""
+    max_image_pixels: int = images.DEFAULT_MAX_PIXELS
+    """signflow: largest image (width x height) the image_bytes input accepts."""
+    models: tuple[ModelConfig, ...] = ()
+    """The models to serve, from the config file or from --model_name/--model_base_path."""
+    execution_threads: int = max(4, 2 * (os.cpu_count() or 1))
+    """Threads that run models and decode requests, off the event loop."""
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def build_settings(**flags) -> Settings:
+    """Settings from flag values (names as the flags), reading and checking the config files.
+
+    Raises SettingsError with TF Serving's wording where it has one.
+    """
+    settings = Settings(**flags)
+    if settings.batching_parameters_file and not settings.enable_batching:
+        raise SettingsError(
+            "server_options.batching_parameters_file is set without setting "
+            "server_options.enable_batching to true.")
+    if settings.grpc_port == 0 and settings.rest_api_port == 0:
+        raise SettingsError("At least one of --port or --rest_api_port must be set (non-zero).")
+    if settings.grpc_port and settings.grpc_port == settings.rest_api_port:
+        raise SettingsError(f"--rest_api_port ({settings.rest_api_port}) must differ from --port.")
+    for name in ("max_request_bytes", "max_instances_per_request", "max_image_pixels"):
+        if getattr(settings, name) <= 0:
+            raise SettingsError(f"--{name} must be positive")
+
+    if settings.model_config_file:
+        models = read_model_config_file(settings.model_config_file)
+    elif settings.model_base_path:
+        models = (ModelConfig(name=settings.model_name, base_path=settings.model_base_path),)
+        _check_models(models)
+    else:
+        raise SettingsError("Both server_options.model_base_path and server_options.model_config_file are empty!")
+
+    batching_text = ""
+    if settings.batching_parameters_file:
+        batching_text = _read_text(settings.batching_parameters_file, "--batching_parameters_file")
+        _check_batching_parameters(batching_text, settings.batching_parameters_file)
+
+    prometheus_enabled, prometheus_path = False, DEFAULT_PROMETHEUS_PATH
+    if settings.monitoring_config_file:
+        prometheus_enabled, prometheus_path = read_monitoring_config_file(settings.monitoring_config_file)
+
+    return settings.replace(
+        models=models,
+        batching_parameters=batching_text,
+        prometheus_enabled=prometheus_enabled,
+        prometheus_path=prometheus_path,
+    )
+
+
+def read_model_config_file(path: str) -> tuple[ModelConfig, ...]:
+    """Parse a text-format ModelServerConfig into ModelConfigs, checked as ServerCore checks them."""
+    text = _read_text(path, "--model_config_file")
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as err:
+        raise SettingsError(
+            f"Error parsing text-format tensorflow.serving.ModelServerConfig in {path}: {err}") from None
+    return models_from_proto(config)
+
+
+def models_from_proto(config) -> tuple[ModelConfig, ...]:
+    """ModelConfigs from a ModelServerConfig proto (a file, or HandleReloadConfigRequest)."""
+    if config.WhichOneof("config") != "model_config_list":
+        raise SettingsError(
+            "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+            "Only ModelConfigList is currently supported")
+    models = []
+    for entry in config.model_config_list.config:
+        if not entry.model_platform and not entry.model_type:
+            raise SettingsError(
+                "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+                f"ModelServerConfig::model_platform, model name is {entry.name}")
+        if entry.model_platform and entry.model_platform != "tensorflow":
+            raise SettingsError(
+                f"Model {entry.name}: model_platform {entry.model_platform!r} is not supported "
+                "(only 'tensorflow')")
+        models.append(ModelConfig(
+            name=entry.name,
+            base_path=entry.base_path,
+            policy=_policy_from_proto(entry.model_version_policy),
+            version_labels=dict(entry.version_labels),
+        ))
+    models = tuple(models)
+    _check_models(models)
+    return models
+
+
+def _policy_from_proto(policy) -> VersionPolicy:
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "all":
+        return VersionPolicy("all")
+    if kind == "specific":
+        return VersionPolicy("specific", versions=tuple(policy.specific.versions))
+    if kind == "latest":
+        return VersionPolicy("latest", num_versions=max(policy.latest.num_versions, 1))
+    return VersionPolicy()
+
+
+def _check_models(models: tuple[ModelConfig, ...]) -> None:
+    seen = set()
+    for model in models:
+        if not model.name:
+            raise SettingsError("A model in the config has no name")
+        if model.name in seen:
+            raise SettingsError(f"Illegal to list model {model.name} multiple times in config list")
+        seen.add(model.name)
+        if not Path(model.base_path).is_absolute():
+            raise SettingsError(
+                f"Expected model {model.name} to have an absolute path or URI; "
+                f"got base_path()={model.base_path}")
+
+
+def _check_batching_parameters(text: str, path: str) -> None:
+    # NOTE: imported here so that settings stays importable while batching.py is
+    # developed separately; its parser is the one authority on the format.
+    from serving.batching import BatchingOptions
+
+    try:
+        BatchingOptions.from_text_proto(text)
+    except Exception as err:  # its parser raises protobuf's ParseError or ValueError
+        raise SettingsError(
+            f"Error parsing text-format tensorflow.serving.BatchingParameters in {path}: {err}") from None
+
+
+def read_monitoring_config_file(path: str) -> tuple[bool, str]:
+    """(enabled, path) from a text-format MonitoringConfig."""
+    text = _read_text(path, "--monitoring_config_file")
+    config = _monitoring_config_class()()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as err:
+        raise SettingsError(
+            f"Error parsing text-format tensorflow.serving.MonitoringConfig in {path}: {err}") from None
+    prometheus = config.prometheus_config
+    metrics_path = prometheus.path or DEFAULT_PROMETHEUS_PATH
+    if prometheus.enable and not metrics_path.startswith("/"):
+        raise SettingsError(f"prometheus_config.path must start with '/': {metrics_path!r}")
+    return prometheus.enable, metrics_path
+
+
+_MONITORING_CLASS = None
+
+
+def _monitoring_config_class():
+    """tensorflow.serving.MonitoringConfig, built from its .proto definition.
+
+    tensorflow-serving-api does not ship monitoring_config_pb2; the message is two
+    fields (tensorflow_serving/config/monitoring_config.proto), declared here with
+    the same package, names and numbers so the text format is identical.
+    """
+    global _MONITORING_CLASS
+    if _MONITORING_CLASS is None:
+        proto = descriptor_pb2.FileDescriptorProto(
+            name="signflow/tensorflow_serving/config/monitoring_config.proto",
+            package="tensorflow.serving", syntax="proto3")
+        prometheus = proto.message_type.add(name="PrometheusConfig")
+        prometheus.field.add(name="enable", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
+                             label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL, json_name="enable")
+        prometheus.field.add(name="path", number=2, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+                             label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL, json_name="path")
+        monitoring = proto.message_type.add(name="MonitoringConfig")
+        monitoring.field.add(name="prometheus_config", number=1,
+                             type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+                             type_name=".tensorflow.serving.PrometheusConfig",
+                             label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
+                             json_name="prometheusConfig")
+        # A private pool: the TF protos in the default pool may define the same names.
+        pool = descriptor_pool.DescriptorPool()
+        pool.Add(proto)
+        descriptor = pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")
+        _MONITORING_CLASS = message_factory.MessageFactory(pool).GetPrototype(descriptor)
+    return _MONITORING_CLASS
+
+
+def _read_text(path: str, flag: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SettingsError(f"{flag}: cannot read {path}: {err}") from None

@@ -1,0 +1,133 @@
+"""Tiny SavedModels with TF Serving's test shapes, for the conformance and version tests.
+
+They mirror the models TF Serving's own tests use (half_plus_two with classify and
+regress signatures, a multi-input model, a bytes model), plus models that are
+slow, fail at run time, or take a dtype JSON cannot express. Each saves in well
+under a second. signflow's real model comes from tests/fixtures/tiny_model.py.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.data.experimental.ops import testing as data_testing
+from tensorflow.python.saved_model import fingerprinting_utils
+
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+
+def _set_methods(path: Path, methods: dict[str, str]) -> None:
+    """tf.saved_model.save marks every signature predict; TF Serving's classify/regress need their own."""
+    graph = path / "saved_model.pb"
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString(graph.read_bytes())
+    for meta_graph in saved_model.meta_graphs:
+        for name, method in methods.items():
+            meta_graph.signature_def[name].method_name = method
+    graph.write_bytes(saved_model.SerializeToString())
+    fingerprinting_utils.write_fingerprint(str(path))
+
+
+class _HalfPlusTwo(tf.Module):
+    """TF Serving's half_plus_two: y = x / 2 + 2, with classify and regress over tf.Examples."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    def predict(self, x):
+        return {"y": x / 2.0 + 2.0}
+
+    def _parse(self, inputs):
+        return tf.io.parse_example(inputs, {"x": tf.io.FixedLenFeature([1], tf.float32)})["x"]
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def classify(self, inputs):
+        return {"scores": self._parse(inputs) / 2.0 + 2.0}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def regress(self, inputs):
+        return {"outputs": self._parse(inputs) / 2.0 + 2.0}
+
+
+def build_half_plus_two(path: Path) -> Path:
+    module = _HalfPlusTwo()
+    tf.saved_model.save(module, str(path), signatures={
+        "serving_default": module.predict,
+        "classify_x_to_y": module.classify,
+        "regress_x_to_y": module.regress,
+    })
+    _set_methods(path, {"classify_x_to_y": CLASSIFY_METHOD, "regress_x_to_y": REGRESS_METHOD})
+    return path
+
+
+class _MultiInput(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="a"), tf.TensorSpec([None], tf.string, name="b")])
+    def predict(self, a, b):
+        return {"o": a * 2 + tf.strings.length(b)}
+
+
+def build_multi_input(path: Path) -> Path:
+    module = _MultiInput()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    return path
+
+
+class _Bytes(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="s_in")])
+    def predict(self, s_in):
+        return {"out_bytes": tf.identity(s_in)}
+
+
+def build_bytes_identity(path: Path) -> Path:
+    module = _Bytes()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    return path
+
+
+class _Slow(tf.Module):
+    """Sleeps x[0] milliseconds (a tf.data sleep: no CPU burnt), then returns x.
+
+    NOTE: the sleeping op holds one of TensorFlow's inter-op threads, which every
+    model in the process shares: keep sleeps short, or other models wait too.
+    """
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    def predict(self, x):
+        micros = tf.cast(x[0] * 1000.0, tf.int64)
+        # take(1): the sleep runs before every GetNext, end of sequence included.
+        waited = tf.data.Dataset.range(1).apply(data_testing.sleep(micros)).take(1).reduce(
+            tf.constant(0, tf.int64), lambda total, item: total + item)
+        return {"y": x + tf.cast(waited, tf.float32)}
+
+
+def build_slow(path: Path) -> Path:
+    module = _Slow()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    return path
+
+
+class _Broken(tf.Module):
+    """Fails inside the graph with an UNKNOWN error (an I/O error reading /proc/self/mem)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    def predict(self, x):
+        data = tf.io.read_file("/proc/self/mem")
+        return {"y": x + tf.cast(tf.strings.length(data), tf.float32)}
+
+
+def build_broken(path: Path) -> Path:
+    module = _Broken()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    return path
+
+
+class _Half(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float16, name="x")])
+    def predict(self, x):
+        return {"y": x * 2}
+
+
+def build_half_precision(path: Path) -> Path:
+    module = _Half()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    return path
