@@ -1,0 +1,337 @@
+"""Reading landed files into records, validating them, and building tf.Examples.
+
+Pure Python (no Beam, no TFX) so tests and the benchmark can call it directly.
+Every record read ends as exactly one `Accepted` or one `Rejected`; nothing is
+dropped silently. What counts as one record:
+
+- a non-blank line of a `.jsonl` file;
+- an element of `instances`, a row of columnar `inputs`, or an element of
+  `examples` in a `.json` file (a `.json` file holding one record object is one
+  record; a `.json` file that cannot be parsed, or has none of those shapes, is
+  one rejected record);
+- an image file;
+- any other file (rejected as `unsupported_file`).
+
+Base64 is decoded and image bytes are checked only by `serving.images`.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import unicodedata
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import tensorflow as tf
+
+from serving.images import DEFAULT_MAX_PIXELS, ImageInfo, InvalidImage, decode_b64, inspect_image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
+JSONL_SUFFIX = ".jsonl"
+JSON_SUFFIX = ".json"
+
+# Keys that may hold the image, in the order they are looked up.
+IMAGE_KEYS = ("image_bytes", "image")
+BARE_B64_KEY = "b64"
+
+# Reason codes written to the quarantine file, besides those of
+# serving.images.InvalidImage (invalid_base64, empty_image, not_an_image,
+# corrupt_image, too_many_pixels, unsupported_format).
+INVALID_JSON = "invalid_json"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_IMAGE = "missing_image"
+INVALID_IMAGE_FIELD = "invalid_image_field"
+INVALID_LABEL = "invalid_label"
+UNKNOWN_JSON_SHAPE = "unknown_json_shape"
+INVALID_COLUMNS = "invalid_columns"
+UNREADABLE_FILE = "unreadable_file"
+UNSUPPORTED_FILE = "unsupported_file"
+
+
+@dataclass(frozen=True)
+class LandedFile:
+    """One file of a span, as listed in the span's MANIFEST.json."""
+
+    path: str  # absolute path of the landed copy
+    name: str  # path relative to the landing folder, e.g. "span-3/inbox/batch.jsonl"
+    order: int  # position in the manifest (ties in de-duplication go to the lowest)
+    folder_label: str | None  # the signer folder an image file sits in, if any
+    unreadable: str | None = None  # why the original could not be read (then nothing was copied)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A decodable image within limits, with its label (None: unlabelled)."""
+
+    source: str
+    order: tuple[int, int]  # (file order, record number): a total order within a span
+    image: bytes
+    info: ImageInfo
+    label: str | None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record that cannot be used, with the reason and what was read."""
+
+    source: str
+    reason: str
+    message: str
+    record: Any  # the parsed JSON value, the raw line text, or None for a whole file
+    path: str  # the landed file that holds the original bytes
+
+    def to_json(self, span: int) -> dict:
+        return {
+            "reason": self.reason,
+            "message": self.message,
+            "source": self.source,
+            "span": span,
+            "path": self.path,
+            "record": self.record,
+        }
+
+
+Outcome = Accepted | Rejected
+
+
+def read_landed_file(
+    landed: LandedFile,
+    *,
+    label_keys: Sequence[str] = ("label",),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[Outcome]:
+    """Yield one outcome per record in `landed`, in file order."""
+    suffix = os.path.splitext(landed.name)[1].lower()
+    if landed.unreadable is not None:
+        yield Rejected(landed.name, UNREADABLE_FILE, landed.unreadable, None, landed.path)
+    elif suffix in IMAGE_SUFFIXES:
+        yield _read_image_file(landed, max_pixels)
+    elif suffix == JSONL_SUFFIX:
+        yield from _read_jsonl(landed, label_keys, max_pixels)
+    elif suffix == JSON_SUFFIX:
+        yield from _read_json(landed, label_keys, max_pixels)
+    else:
+        yield Rejected(
+            landed.name,
+            UNSUPPORTED_FILE,
+            f"'{suffix or 'no extension'}' is not one of .jsonl, .json, {', '.join(IMAGE_SUFFIXES)}",
+            None,
+            landed.path,
+        )
+
+
+def parse_record(
+    obj: Any,
+    source: str,
+    order: tuple[int, int],
+    path: str,
+    *,
+    label_keys: Sequence[str] = ("label",),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Outcome:
+    """Validate one JSON record: the image as {"b64": ...} under image_bytes/image, or a bare "b64" string."""
+    if not isinstance(obj, dict):
+        return Rejected(source, NOT_AN_OBJECT, f"expected a JSON object, got {_json_type(obj)}", obj, path)
+    text = _image_text(obj)
+    if isinstance(text, _Problem):
+        return Rejected(source, text.reason, text.message, obj, path)
+    label = _label(obj, label_keys)
+    if isinstance(label, _Problem):
+        return Rejected(source, label.reason, label.message, obj, path)
+    try:
+        data = decode_b64(text, lenient=True)
+        info = inspect_image(data, max_pixels=max_pixels)
+    except InvalidImage as err:
+        return Rejected(source, err.reason, err.detail, obj, path)
+    return Accepted(source, order, data, info, label)
+
+
+def to_example(accepted: Accepted, ingested_at: int) -> tf.train.Example:
+    """The tf.Example of the shared contract (labelled records only)."""
+    if accepted.label is None:
+        raise ValueError(f"{accepted.source}: unlabelled records do not become examples")
+
+    def _bytes(value: bytes) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def _int(value: int) -> tf.train.Feature:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    info = accepted.info
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image_raw": _bytes(accepted.image),
+                "label": _bytes(accepted.label.encode("utf-8")),
+                "sha256": _bytes(info.sha256.encode("ascii")),
+                "source": _bytes(accepted.source.encode("utf-8")),
+                "width": _int(info.width),
+                "height": _int(info.height),
+                "format": _bytes(info.format.encode("ascii")),
+                "ingested_at": _int(ingested_at),
+            }
+        )
+    )
+
+
+def unlabelled_entry(accepted: Accepted, span: int) -> dict:
+    """A line of the unlabelled store, in the JSON Lines input shape.
+
+    Fill in "label" and drop the file into the inbox to ingest it.
+    """
+    info = accepted.info
+    return {
+        "image": {"b64": base64.b64encode(accepted.image).decode("ascii")},
+        "label": None,
+        "source": accepted.source,
+        "span": span,
+        "sha256": info.sha256,
+        "format": info.format,
+        "width": info.width,
+        "height": info.height,
+    }
+
+
+@dataclass(frozen=True)
+class _Problem:
+    reason: str
+    message: str
+
+
+def _image_text(obj: dict) -> str | _Problem:
+    for key in IMAGE_KEYS:
+        if key in obj:
+            value = obj[key]
+            if isinstance(value, dict) and isinstance(value.get(BARE_B64_KEY), str):
+                return value[BARE_B64_KEY]
+            return _Problem(INVALID_IMAGE_FIELD, f'"{key}" must be {{"b64": "<base64 text>"}}, got {_json_type(value)}')
+    if BARE_B64_KEY in obj:
+        value = obj[BARE_B64_KEY]
+        if isinstance(value, str):
+            return value
+        return _Problem(INVALID_IMAGE_FIELD, f'"b64" must be base64 text, got {_json_type(value)}')
+    return _Problem(MISSING_IMAGE, f"no image under {', '.join(repr(k) for k in IMAGE_KEYS)} or {BARE_B64_KEY!r}")
+
+
+def _label(obj: dict, label_keys: Sequence[str]) -> str | None | _Problem:
+    for key in label_keys:
+        value = obj.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            return _Problem(INVALID_LABEL, f"label {key!r} must be a string, got {_json_type(value)}")
+        if not value.strip():
+            return None
+        # NOTE: labels become lines of the model's assets/labels.txt, so a
+        # control character (a newline above all) would corrupt the class list.
+        if any(unicodedata.category(ch) == "Cc" for ch in value):
+            return _Problem(INVALID_LABEL, f"label {key!r} contains control characters: {value!r}")
+        return value
+    return None
+
+
+def _read_image_file(landed: LandedFile, max_pixels: int) -> Outcome:
+    try:
+        with open(landed.path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        return Rejected(landed.name, UNREADABLE_FILE, str(err), None, landed.path)
+    try:
+        info = inspect_image(data, max_pixels=max_pixels)
+    except InvalidImage as err:
+        return Rejected(landed.name, err.reason, err.detail, None, landed.path)
+    return Accepted(landed.name, (landed.order, 1), data, info, landed.folder_label)
+
+
+def _read_jsonl(landed: LandedFile, label_keys: Sequence[str], max_pixels: int) -> Iterator[Outcome]:
+    try:
+        f = open(landed.path, "rb")
+    except OSError as err:
+        yield Rejected(landed.name, UNREADABLE_FILE, str(err), None, landed.path)
+        return
+    with f:
+        line_no = 0
+        while True:
+            try:
+                raw = f.readline()
+            except OSError as err:
+                yield Rejected(f"{landed.name}:{line_no + 1}", UNREADABLE_FILE, str(err), None, landed.path)
+                return
+            if not raw:
+                return
+            line_no += 1
+            if not raw.strip():
+                continue
+            source = f"{landed.name}:{line_no}"
+            try:
+                obj = json.loads(raw)
+            except (UnicodeDecodeError, ValueError) as err:
+                text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                yield Rejected(source, INVALID_JSON, str(err), text, landed.path)
+                continue
+            yield parse_record(
+                obj, source, (landed.order, line_no), landed.path, label_keys=label_keys, max_pixels=max_pixels
+            )
+
+
+def _read_json(landed: LandedFile, label_keys: Sequence[str], max_pixels: int) -> Iterator[Outcome]:
+    try:
+        with open(landed.path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        yield Rejected(landed.name, UNREADABLE_FILE, str(err), None, landed.path)
+        return
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as err:
+        yield Rejected(landed.name, INVALID_JSON, str(err), raw.decode("utf-8", errors="replace"), landed.path)
+        return
+    rows = _json_rows(doc)
+    if isinstance(rows, _Problem):
+        yield Rejected(landed.name, rows.reason, rows.message, doc, landed.path)
+        return
+    for number, row in enumerate(rows, start=1):
+        yield parse_record(
+            row,
+            f"{landed.name}:{number}",
+            (landed.order, number),
+            landed.path,
+            label_keys=label_keys,
+            max_pixels=max_pixels,
+        )
+
+
+def _json_rows(doc: Any) -> list | _Problem:
+    """The records of a .json document: TF Serving row/columnar request, the seed's examples, or one record."""
+    if not isinstance(doc, dict):
+        return _Problem(UNKNOWN_JSON_SHAPE, f"expected a JSON object at the top level, got {_json_type(doc)}")
+    for key in ("instances", "examples"):
+        if key in doc:
+            if not isinstance(doc[key], list):
+                return _Problem(UNKNOWN_JSON_SHAPE, f'"{key}" must be a list, got {_json_type(doc[key])}')
+            return doc[key]
+    if "inputs" in doc:
+        inputs = doc["inputs"]
+        if isinstance(inputs, list):  # TF Serving's columnar form with a single unnamed input
+            return inputs
+        if not isinstance(inputs, dict) or not inputs:
+            return _Problem(INVALID_COLUMNS, f'"inputs" must be an object of columns, got {_json_type(inputs)}')
+        lengths = {name: len(col) if isinstance(col, list) else None for name, col in inputs.items()}
+        if None in lengths.values() or len(set(lengths.values())) != 1:
+            return _Problem(INVALID_COLUMNS, f"every column of \"inputs\" must be a list of the same length: {lengths}")
+        size = next(iter(lengths.values()))
+        return [{name: col[i] for name, col in inputs.items()} for i in range(size)]
+    if any(key in doc for key in (*IMAGE_KEYS, BARE_B64_KEY)):
+        return [doc]
+    return _Problem(
+        UNKNOWN_JSON_SHAPE, 'expected "instances", "inputs", "examples" or an image field at the top level'
+    )
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )

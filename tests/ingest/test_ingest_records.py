@@ -1,0 +1,170 @@
+"""Reading one landed file: every accepted shape and every kind of bad input, on real files."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import zlib
+
+import pytest
+from PIL import Image
+
+from components.ingest.records import Accepted, LandedFile, Rejected, read_landed_file
+from tests.ingest.helpers import b64, image_bytes, padded_image, sha256, write_bytes, write_json, write_jsonl
+
+
+def _read(tmp_path, name: str, label_keys=("label",), folder_label=None, max_pixels=40_000_000):
+    landed = LandedFile(path=str(tmp_path / name), name=f"span-0/inbox/{name}", order=0, folder_label=folder_label)
+    return list(read_landed_file(landed, label_keys=label_keys, max_pixels=max_pixels))
+
+
+def _accepted(outcomes) -> list[tuple[str, str | None]]:
+    assert all(isinstance(o, Accepted) for o in outcomes), [o for o in outcomes if isinstance(o, Rejected)]
+    return [(o.info.sha256, o.label) for o in outcomes]
+
+
+def test_jsonl_image_fields_and_base64_variants(tmp_path):
+    images = [padded_image(seed) for seed in range(6)]
+    lines = [
+        {"image": {"b64": b64(images[0], "standard")}, "label": "signer_01"},
+        {"image_bytes": {"b64": b64(images[1], "urlsafe")}, "label": "signer_02"},
+        {"b64": b64(images[2], "unpadded"), "label": "signer_03"},
+        {"image": {"b64": b64(images[3], "urlsafe_unpadded")}, "label": "signer_04"},
+        {"image": {"b64": b64(images[4], "data_url")}, "label": "signer_05"},
+        {"image": {"b64": b64(images[5])}},
+    ]
+    write_jsonl(str(tmp_path / "a.jsonl"), [lines[0], "", *lines[1:]])
+    outcomes = _read(tmp_path, "a.jsonl")
+    assert _accepted(outcomes) == [(sha256(img), f"signer_0{i + 1}") for i, img in enumerate(images[:5])] + [
+        (sha256(images[5]), None)
+    ]
+    # Line numbers count the blank line.
+    assert [o.source for o in outcomes][:2] == ["span-0/inbox/a.jsonl:1", "span-0/inbox/a.jsonl:3"]
+    assert outcomes[0].image == images[0]
+    assert b64(images[2], "unpadded") != b64(images[2])
+
+
+def test_serving_request_bodies(tmp_path):
+    images = [image_bytes(i) for i in range(5)]
+    write_json(
+        str(tmp_path / "rows.json"),
+        {"instances": [{"image_bytes": {"b64": b64(images[0])}, "label": "signer_03"}, {"b64": b64(images[1])}]},
+    )
+    write_json(
+        str(tmp_path / "columns.json"),
+        {"inputs": {"image_bytes": [{"b64": b64(images[2])}, {"b64": b64(images[3])}], "label": ["signer_01", None]}},
+    )
+    assert _accepted(_read(tmp_path, "rows.json")) == [(sha256(images[0]), "signer_03"), (sha256(images[1]), None)]
+    columns = _read(tmp_path, "columns.json")
+    assert _accepted(columns) == [(sha256(images[2]), "signer_01"), (sha256(images[3]), None)]
+    assert [o.source for o in columns] == ["span-0/inbox/columns.json:1", "span-0/inbox/columns.json:2"]
+
+
+def test_seed_example_list_with_caption_as_label(tmp_path):
+    images = [image_bytes(10 + i) for i in range(2)]
+    write_json(
+        str(tmp_path / "seed.json"),
+        {"signature_name": "classify", "examples": [{"image": {"b64": b64(img)}, "caption": f"signer_{i}"} for i, img in enumerate(images)]},
+    )
+    assert _accepted(_read(tmp_path, "seed.json", label_keys=("label", "caption"))) == [
+        (sha256(images[0]), "signer_0"),
+        (sha256(images[1]), "signer_1"),
+    ]
+    # With the default key, the caption is not a label: the images are kept as unlabelled.
+    assert [label for _, label in _accepted(_read(tmp_path, "seed.json"))] == [None, None]
+
+
+@pytest.mark.parametrize("fmt,suffix", [("PNG", "png"), ("JPEG", "jpg"), ("GIF", "gif"), ("BMP", "bmp")])
+def test_image_file_takes_its_folder_label(tmp_path, fmt, suffix):
+    data = image_bytes(7, fmt)
+    write_bytes(str(tmp_path / f"x.{suffix}"), data)
+    [outcome] = _read(tmp_path, f"x.{suffix}", folder_label="signer_09")
+    assert isinstance(outcome, Accepted)
+    assert (outcome.image, outcome.label, outcome.info.format) == (data, "signer_09", fmt)
+    assert outcome.source == f"span-0/inbox/x.{suffix}"
+
+
+def _bomb_png(side: int) -> bytes:
+    """A valid PNG header declaring side x side pixels, with a tiny (truncated) body."""
+    buf = io.BytesIO()
+    Image.new("1", (side, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    data[16:20] = side.to_bytes(4, "big")  # IHDR width
+    data[20:24] = side.to_bytes(4, "big")  # IHDR height
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")  # IHDR CRC
+    return bytes(data)
+
+
+BAD_LINES = [
+    ("invalid_json", "{not json"),
+    ("not_an_object", json.dumps(["a", "list"])),
+    ("missing_image", json.dumps({"label": "signer_01"})),
+    ("invalid_image_field", json.dumps({"image": "aGVsbG8=", "label": "signer_01"})),
+    ("invalid_label", json.dumps({"image": {"b64": b64(image_bytes(1))}, "label": 3})),
+    ("invalid_label", json.dumps({"image": {"b64": b64(image_bytes(1))}, "label": "signer\n01"})),
+    ("invalid_base64", json.dumps({"image": {"b64": "not base64!!"}, "label": "signer_01"})),
+    ("not_an_image", json.dumps({"image": {"b64": b64(b"plain text, not an image")}, "label": "signer_01"})),
+    ("corrupt_image", json.dumps({"image": {"b64": b64(image_bytes(2)[:-30])}, "label": "signer_01"})),
+    ("empty_image", json.dumps({"image": {"b64": ""}, "label": "signer_01"})),
+    ("too_many_pixels", json.dumps({"image": {"b64": b64(_bomb_png(10000))}, "label": "signer_01"})),
+]
+
+
+def test_each_bad_line_is_rejected_with_its_reason(tmp_path):
+    write_jsonl(str(tmp_path / "bad.jsonl"), [line for _, line in BAD_LINES])
+    outcomes = _read(tmp_path, "bad.jsonl")
+    assert all(isinstance(o, Rejected) for o in outcomes)
+    assert [o.reason for o in outcomes] == [reason for reason, _ in BAD_LINES]
+    assert [o.source for o in outcomes] == [f"span-0/inbox/bad.jsonl:{i}" for i in range(1, len(BAD_LINES) + 1)]
+    assert outcomes[0].record == "{not json"  # the raw text when it is not JSON
+    assert outcomes[2].record == {"label": "signer_01"}  # the parsed record otherwise
+    assert all(o.message and o.path == str(tmp_path / "bad.jsonl") for o in outcomes)
+
+
+def test_decompression_bomb_is_refused_from_its_header(tmp_path):
+    bomb = _bomb_png(30000)
+    assert len(bomb) < 200  # a few bytes declaring 900 MP
+    write_jsonl(str(tmp_path / "bomb.jsonl"), [{"image": {"b64": b64(bomb)}, "label": "signer_01"}])
+    started = time.monotonic()
+    [outcome] = _read(tmp_path, "bomb.jsonl")
+    assert time.monotonic() - started < 2  # decoding 900 MP would take far longer (and 900 MB)
+    assert isinstance(outcome, Rejected)
+    # NOTE: Pillow's own bomb check fires first above 2 x its limit, and
+    # serving.images reports that as not_an_image; either way it is refused.
+    assert outcome.reason in ("too_many_pixels", "not_an_image")
+    assert "900000000 pixels" in outcome.message or "30000x30000" in outcome.message
+
+
+def test_non_utf8_line_is_invalid_json(tmp_path):
+    write_bytes(str(tmp_path / "latin.jsonl"), b'{"label": "caf\xe9"}\n')
+    [outcome] = _read(tmp_path, "latin.jsonl")
+    assert (outcome.reason, outcome.source) == ("invalid_json", "span-0/inbox/latin.jsonl:1")
+
+
+@pytest.mark.parametrize(
+    "name,content,reason",
+    [
+        ("broken.json", b'{"instances": [', "invalid_json"),
+        ("list.json", b"[1, 2]", "unknown_json_shape"),
+        ("other.json", b'{"hello": 1}', "unknown_json_shape"),
+        ("ragged.json", json.dumps({"inputs": {"image_bytes": [{"b64": "AA=="}], "label": []}}).encode(), "invalid_columns"),
+        ("notes.txt", b"hello", "unsupported_file"),
+        ("truncated.png", image_bytes(3)[:-30], "corrupt_image"),
+        ("empty.png", b"", "empty_image"),
+        ("text.jpg", b"not a jpeg", "not_an_image"),
+    ],
+    ids=lambda value: value if isinstance(value, str) and "." in value else "",
+)
+def test_bad_file_is_one_rejected_record(tmp_path, name, content, reason):
+    write_bytes(str(tmp_path / name), content)
+    [outcome] = _read(tmp_path, name, folder_label="signer_01")
+    assert isinstance(outcome, Rejected)
+    assert (outcome.reason, outcome.source, outcome.path) == (reason, f"span-0/inbox/{name}", str(tmp_path / name))
+
+
+def test_unreadable_file(tmp_path):
+    landed = LandedFile(path=str(tmp_path / "gone.png"), name="span-0/inbox/gone.png", order=0, folder_label=None)
+    [outcome] = read_landed_file(landed)
+    assert outcome.reason == "unreadable_file"
+    assert not os.path.exists(landed.path)

@@ -1,0 +1,72 @@
+"""The committed schema against TFDV statistics of real ExampleGen output (what StatisticsGen + ExampleValidator compute)."""
+from __future__ import annotations
+
+import glob
+import os
+
+import tensorflow as tf
+import tensorflow_data_validation as tfdv
+
+from components.ingest import landing
+from components.ingest.executor import run_executor
+from components.schema import SCHEMA_PATH
+from tests.ingest.helpers import b64, image_bytes, make_paths, read_examples, write_jsonl
+
+SCHEMA = tfdv.load_schema_text(SCHEMA_PATH)
+
+
+def _anomalies(data_location: str) -> dict[str, list[str]]:
+    stats = tfdv.generate_statistics_from_tfrecord(data_location, stats_options=tfdv.StatsOptions(schema=SCHEMA))
+    anomalies = tfdv.validate_statistics(stats, SCHEMA)
+    return {name: sorted(r.short_description for r in info.reason) for name, info in anomalies.anomaly_info.items()}
+
+
+def _ingest_span(paths, root: str, run: int, labels: list[str], first_seed: int) -> str:
+    write_jsonl(
+        f"{paths.inbox_dir}/batch{run}.jsonl",
+        [{"image": {"b64": b64(image_bytes(first_seed + i))}, "label": label} for i, label in enumerate(labels)],
+    )
+    span = landing.collect_new_files(paths).latest_span
+    uri = os.path.join(root, "examples", str(run))
+    run_executor(paths, span, uri)
+    return uri
+
+
+def test_schema_accepts_clean_data_and_new_signers_and_flags_broken_examples(tmp_path):
+    paths = make_paths(str(tmp_path))
+    first = _ingest_span(paths, str(tmp_path), 0, ["signer_01", "signer_02"] * 6, 0)
+    assert _anomalies(os.path.join(first, "Split-*", "*.gz")) == {}
+
+    # A span whose signers were never seen before.
+    second = _ingest_span(paths, str(tmp_path), 1, ["signer_77", "signer_78"] * 3, 100)
+    assert _anomalies(os.path.join(second, "Split-*", "*.gz")) == {}
+
+    # Real examples from the first span, each broken in one way ExampleGen itself never writes.
+    examples = [e for split in read_examples(first).values() for e in split]
+    no_label, empty_image, bad_format, zero_width = (tf.train.Example.FromString(e.SerializeToString()) for e in examples[:4])
+    del no_label.features.feature["label"]
+    empty_image.features.feature["image_raw"].bytes_list.ClearField("value")
+    bad_format.features.feature["format"].bytes_list.value[0] = b"TIFF"
+    zero_width.features.feature["width"].int64_list.value[0] = 0
+    broken = str(tmp_path / "broken.tfrecord")
+    with tf.io.TFRecordWriter(broken) as writer:
+        for example in [no_label, empty_image, bad_format, zero_width, *examples[4:]]:
+            writer.write(example.SerializeToString())
+
+    assert _anomalies(broken) == {
+        "label": ["Column dropped"],
+        "image_raw": ["Missing values"],
+        "format": ["Unexpected string values"],
+        "width": ["Out-of-range values"],
+    }
+
+
+def test_an_empty_span_has_no_anomalies(tmp_path):
+    paths = make_paths(str(tmp_path))
+    write_jsonl(f"{paths.inbox_dir}/a.jsonl", ["{broken"])
+    landing.collect_new_files(paths)
+    uri = str(tmp_path / "examples")
+    assert run_executor(paths, 0, uri)["examples"] == 0
+    files = glob.glob(os.path.join(uri, "Split-*", "*.gz"))
+    assert files  # empty splits are still written
+    assert _anomalies(os.path.join(uri, "Split-*", "*.gz")) == {}
