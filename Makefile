@@ -10,6 +10,8 @@ PY := .venv/bin/python
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
+# Beam's multi-processing workers import the pipeline's modules by name.
+export PYTHONPATH := $(CURDIR)
 
 # The venv is ~3.3 GB, so it lives outside the checkout, keyed by the hash of
 # what defines it, and .venv links to it: a fresh clone (CI) reuses it while
@@ -18,12 +20,16 @@ VENV_KEY := $(shell cat requirements.lock setup.py | sha256sum | cut -c1-16)
 VENV_STORE ?= $(HOME)/.cache/signflow/venvs
 VENV_DIR := $(VENV_STORE)/$(VENV_KEY)
 
-.PHONY: help venv run-local test test-fast serve schedule rollback versions ingest bench lock clean
+.PHONY: help venv run-local test serve rollback versions ingest lock clean
 
 help:
-	@echo "make run-local   set up, then run the pipeline once on the committed sample"
-	@echo "make test        set up, then run the test suite"
-	@echo "make venv        only set up the project's interpreter (.venv)"
+	@echo "make run-local             set up, then run the pipeline once on the committed sample"
+	@echo "make test                  set up, then run the test suite"
+	@echo "make serve                 serve serving_model/\$$(MODEL) on 8500 (gRPC) and 8501 (REST)"
+	@echo "make versions              list the served versions and their lineage"
+	@echo "make rollback [VERSION=N]  take the newest version (or all newer than N) out of service"
+	@echo "make ingest                ingest data/inbox into a new span only"
+	@echo "make venv                  only set up the project's interpreter (.venv)"
 
 venv: .venv/.ready-$(VENV_KEY)
 
@@ -32,8 +38,26 @@ venv: .venv/.ready-$(VENV_KEY)
 	@ln -sfn "$(VENV_DIR)" .venv
 	@touch "$@"
 
+MODEL ?= xception
+SERVE_FLAGS ?=
+VERSION ?=
+
 run-local: venv
-	$(PY) -m pipeline.local_runner
+	$(PY) -m pipeline.cli run
+
+# tensorflow_model_server is used instead when it is on PATH (same flags, same clients).
+serve: venv
+	$(PY) -m serving --prefer_tensorflow_model_server --model_name=$(MODEL) \
+	  --model_base_path=$(CURDIR)/serving_model/$(MODEL) --port=8500 --rest_api_port=8501 $(SERVE_FLAGS)
+
+versions: venv
+	$(PY) -m pipeline.cli versions --model_name=$(MODEL)
+
+rollback: venv
+	$(PY) -m pipeline.cli rollback --model_name=$(MODEL) $(if $(VERSION),--to=$(VERSION))
+
+ingest: venv
+	$(PY) -m pipeline.cli ingest
 
 test: venv
 	$(PY) -m pytest -q

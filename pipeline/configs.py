@@ -1,0 +1,170 @@
+"""The pipeline's configuration: typed, with defaults for `make run-local`, parsed once.
+
+A run takes its settings from these defaults, optionally a JSON file
+(`signflow run --config my.json`) with the same nesting as the dataclasses, and
+`--set section.field=value` overrides. Unknown keys and wrong types fail at
+start, before any component runs. Runners turn the result into arguments of
+`create_pipeline`; nothing below reads the environment.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.trainer.config import TrainerConfig
+
+@dataclass(frozen=True)
+class GateConfig:
+    """When a candidate is good enough to serve (the Evaluator's thresholds)."""
+
+    # Top-1 accuracy on the eval split that every candidate must reach.
+    min_accuracy: float = 0.9
+    # How much worse than the version serving now a candidate may be (absolute accuracy).
+    max_accuracy_drop: float = 0.02
+    # Top-1 accuracy every single signer must reach: blocks a model that ruins one signer.
+    min_signer_accuracy: float = 0.6
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """The serving check and the Pusher."""
+
+    # TF Serving's model name: serving_model/<model_name>/<version>/.
+    model_name: str = "xception"
+    # Versions kept in the watched folder; older ones go unless serving or pinned.
+    keep_versions: int = 5
+    # The candidate must load (in a separate process) within this time.
+    load_timeout_seconds: float = 120.0
+    # Eval images replayed through the serving signatures by the serving check.
+    check_requests: int = 32
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    pipeline_name: str = "signflow"
+    # Relative paths are relative to the repository root (the runner resolves them).
+    pipeline_root: Path = Path("pipeline_root")
+    inbox_dir: Path = Path("data/inbox")
+    sample_dir: Path = Path("data/sample")
+    serving_dir: Path = Path("serving_model")
+    schema_path: Path = Path("components/schema/schema.pbtxt")
+    # Train on the newest N spans; None trains on every span ingested so far.
+    span_window: int | None = None
+    # The JSON key that holds the label in the seed's `examples` lists ("caption" is allowed).
+    label_key: str = "label"
+    # Beam's DirectRunner. On the committed sample in_memory beats multi_processing
+    # (64 s vs 84 s for ingest + statistics + validation on 2 cores: worker start-up
+    # dominates); use multi_processing with --direct_num_workers for larger inboxes,
+    # and the README's arguments for Dataflow, Flink or Spark.
+    beam_pipeline_args: tuple[str, ...] = ("--direct_running_mode=in_memory",)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+
+    @property
+    def model_base_path(self) -> Path:
+        return self.serving_dir / self.delivery.model_name
+
+    @property
+    def run_root(self) -> Path:
+        """This pipeline's folder under pipeline_root: artifacts, MLMD and ingestion state."""
+        return self.pipeline_root / self.pipeline_name
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.run_root / "metadata.sqlite"
+
+    @property
+    def ingest_state_dir(self) -> Path:
+        """Landed spans and ledgers: keep as long as the MLMD store (together they say what was ingested)."""
+        return self.run_root / "ingest_state"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Refused records, span-<N>.jsonl, beside the inbox where people look."""
+        return self.inbox_dir.parent / "quarantine"
+
+    @property
+    def unlabelled_dir(self) -> Path:
+        """Valid images without a label, span-<N>.jsonl, ready to be labelled and dropped back."""
+        return self.inbox_dir.parent / "unlabelled"
+
+
+def load_config(path: Path | None = None, overrides: typing.Sequence[str] = ()) -> PipelineConfig:
+    """Defaults <- JSON file at `path` <- `section.field=value` overrides (values in JSON syntax)."""
+    data: dict[str, Any] = json.loads(Path(path).read_text()) if path else {}
+    for item in overrides:
+        dotted, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not of the form section.field=value")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw  # a bare string, e.g. --set trainer.weights=none
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return from_dict(PipelineConfig, data)
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass `cls` from plain data, checking names and types."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be an object, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    values = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    return cls(**values)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain JSON-ready data (paths as strings) for logging and for components' custom_config."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else from_dict(hint, value, where)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, where)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError("; ".join(errors))
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be a list, got {value!r}")
+        item = args[0] if args and args[-1] is Ellipsis else None
+        if item is not None:
+            return tuple(_convert(item, v, where) for v in value)
+        if len(args) != len(value):
+            raise ValueError(f"{where} must have {len(args)} items, got {value!r}")
+        return tuple(_convert(a, v, where) for a, v in zip(args, value))
+    if typing.get_origin(hint) is typing.Literal:
+        if value not in args:
+            raise ValueError(f"{where} must be one of {args}, got {value!r}")
+        return value
+    if hint is Path:
+        if not isinstance(value, (str, Path)):
+            raise ValueError(f"{where} must be a path, got {value!r}")
+        return Path(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        raise ValueError(f"{where} must be {hint.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,128 @@
+"""signflow's TFX pipeline: one factory, every path and setting an argument.
+
+    SignatureExampleGen (a new span from the inbox)
+      -> StatisticsGen -> ExampleValidator (against the committed schema) -> AnomaliesGate
+    spans (Resolver: every span, or the newest N) + serving baseline (Resolver)
+      -> Trainer (Xception; warm-starts from the serving model)
+      -> Evaluator (TFMA gate against the serving model)
+      -> ServingCheck (loads and queries the candidate the way TF Serving would)
+      -> Pusher (a new numbered version, atomically, in serving_model/<name>/)
+
+Runners (local_runner.py, ...) decide where this runs; this module decides what runs.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tfx import v1 as tfx
+from tfx.types import standard_artifacts
+
+from components.anomalies_gate import AnomaliesGate
+from components.baseline_resolver import ServingBaselineStrategy
+from components.ingest.component import create_example_gen
+from components.ingest.spans import training_spans
+from components.pusher.component import Pusher
+from components.serving_check.component import ServingCheck
+from components.trainer.config import CUSTOM_CONFIG_KEY, TrainerConfig
+from pipeline import evaluation
+from pipeline.configs import GateConfig
+
+TRAINER_MODULE = "components.trainer.run"
+
+
+def create_pipeline(
+    *,
+    pipeline_name: str,
+    pipeline_root: str,
+    metadata_path: str,
+    inbox_dir: str,
+    sample_dir: str | None,
+    ingest_state_dir: str,
+    quarantine_dir: str,
+    unlabelled_dir: str,
+    schema_path: str,
+    serving_dir: str,
+    model_name: str,
+    trainer_config: TrainerConfig,
+    gate: GateConfig,
+    span_window: int | None,
+    label_keys: Sequence[str] = ("label",),
+    keep_versions: int = 5,
+    serving_check_timeout_seconds: int = 300,
+    serving_check_requests: int = 32,
+    beam_pipeline_args: Sequence[str] = (),
+    enable_cache: bool = False,
+) -> tfx.dsl.Pipeline:
+    model_base_path = f"{serving_dir.rstrip('/')}/{model_name}"
+
+    example_gen = create_example_gen(
+        inbox_dir=inbox_dir,
+        state_dir=ingest_state_dir,
+        quarantine_dir=quarantine_dir,
+        unlabelled_dir=unlabelled_dir,
+        sample_dir=sample_dir,
+        label_keys=tuple(label_keys),
+    )
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema = tfx.components.ImportSchemaGen(schema_file=schema_path)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema.outputs["schema"]
+    )
+    data_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+
+    spans = training_spans(example_gen, rolling_window=span_window)
+
+    baseline = tfx.dsl.Resolver(
+        strategy_class=ServingBaselineStrategy,
+        config={"model_base_path": model_base_path},
+        model=tfx.dsl.Channel(type=standard_artifacts.Model),
+        pushed_model=tfx.dsl.Channel(type=standard_artifacts.PushedModel),
+    ).with_id("serving_baseline")
+
+    trainer = tfx.components.Trainer(
+        run_fn=f"{TRAINER_MODULE}.run_fn",
+        examples=spans.outputs["examples"],
+        base_model=baseline.outputs["model"],
+        # Steps come from the typed trainer config (epochs over the data), not from here.
+        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        custom_config={CUSTOM_CONFIG_KEY: trainer_config.to_dict()},
+    )
+    trainer.add_upstream_node(data_gate)
+
+    evaluator = tfx.components.Evaluator(
+        examples=spans.outputs["examples"],
+        example_splits=["eval"],
+        model=trainer.outputs["model"],
+        baseline_model=baseline.outputs["model"],
+        eval_config=evaluation.eval_config(gate),
+    )
+    serving_check = ServingCheck(
+        model=trainer.outputs["model"],
+        examples=spans.outputs["examples"],
+        blessing=evaluator.outputs["blessing"],
+        model_run=trainer.outputs["model_run"],
+        num_examples=serving_check_requests,
+        timeout_seconds=serving_check_timeout_seconds,
+    )
+    pusher = Pusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=serving_check.outputs["infra_blessing"],
+        evaluation=evaluator.outputs["evaluation"],
+        serving_dir=serving_dir,
+        model_name=model_name,
+        keep_versions=keep_versions,
+    )
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=pipeline_name,
+        pipeline_root=pipeline_root,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
+        components=[
+            example_gen, statistics_gen, schema, example_validator, data_gate,
+            spans, baseline, trainer, evaluator, serving_check, pusher,
+        ],
+        enable_cache=enable_cache,
+        beam_pipeline_args=list(beam_pipeline_args),
+    )

@@ -1,0 +1,178 @@
+"""What one pipeline run did, read back from MLMD and the artifacts it wrote.
+
+The runner prints this after every run: spans and record counts from ingestion,
+the Evaluator's metrics and verdict (with the failing metric, value and
+threshold when a model is not blessed), the serving check's verdict, the version
+pushed, and how long each component took.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ml_metadata as mlmd
+from ml_metadata.proto import metadata_store_pb2
+
+PIPELINE_RUN_CONTEXT = "pipeline_run"
+# The counts of ingest_summary.json, in the order of its invariant: read = the rest.
+INGEST_COUNTS = ("records_read", "examples", "duplicates", "unlabelled", "quarantined")
+NODE_CONTEXT = "node"
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    timings: dict[str, float] = field(default_factory=dict)  # component id -> seconds
+    states: dict[str, str] = field(default_factory=dict)  # component id -> COMPLETE / FAILED / CACHED ...
+    outputs: dict[str, list[metadata_store_pb2.Artifact]] = field(default_factory=dict)  # "Node.key" -> artifacts
+    ingest: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    blessed: bool | None = None
+    not_blessed_reasons: list[str] = field(default_factory=list)
+    infra_blessed: bool | None = None
+    infra_reason: str = ""
+    pushed_version: str | None = None
+    pushed_path: str | None = None
+
+    def lines(self) -> list[str]:
+        out = [f"run {self.run_id}"]
+        if self.ingest:
+            counts = ", ".join(f"{self.ingest[k]} {k.replace('_', ' ')}" for k in INGEST_COUNTS if k in self.ingest)
+            splits = ", ".join(f"{n} {split}" for split, n in self.ingest.get("splits", {}).items())
+            out.append(f"ingested span {self.ingest.get('span', '?')}: {counts}" + (f" ({splits})" if splits else ""))
+        if self.metrics:
+            out.append("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(self.metrics.items())))
+        if self.blessed is True:
+            out.append("blessed: yes")
+        elif self.blessed is False:
+            out.append("not blessed: " + ("; ".join(self.not_blessed_reasons) or "see the Evaluator's output"))
+        if self.infra_blessed is not None:
+            out.append("serving check: passed" if self.infra_blessed else f"serving check: failed: {self.infra_reason}")
+        if self.pushed_version:
+            out.append(f"pushed: version {self.pushed_version} -> {self.pushed_path}")
+        else:
+            out.append("pushed: nothing (serving_model unchanged)")
+        for node, seconds in self.timings.items():
+            out.append(f"  {node:<24} {self.states.get(node, ''):<9} {seconds:7.1f} s")
+        return out
+
+
+def open_store(metadata_path: str | os.PathLike) -> mlmd.MetadataStore:
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = str(metadata_path)
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return mlmd.MetadataStore(config)
+
+
+def latest_run_id(store: mlmd.MetadataStore) -> str | None:
+    runs = store.get_contexts_by_type(PIPELINE_RUN_CONTEXT)
+    return max(runs, key=lambda c: c.create_time_since_epoch).name if runs else None
+
+
+def summarize(metadata_path: str | os.PathLike, run_id: str | None = None) -> RunSummary:
+    store = open_store(metadata_path)
+    run_id = run_id or latest_run_id(store)
+    if run_id is None:
+        raise RuntimeError(f"no pipeline run recorded in {metadata_path}")
+    summary = RunSummary(run_id=run_id)
+    run = store.get_context_by_type_and_name(PIPELINE_RUN_CONTEXT, run_id)
+    executions = sorted(store.get_executions_by_context(run.id), key=lambda e: e.create_time_since_epoch)
+    for execution in executions:
+        node = _node_id(store, execution.id)
+        summary.timings[node] = (execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000
+        summary.states[node] = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
+        output_events = [e for e in store.get_events_by_execution_ids([execution.id])
+                         if e.type == metadata_store_pb2.Event.OUTPUT]
+        artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in output_events])}
+        for event in output_events:
+            key = f"{node}.{event.path.steps[0].key}" if event.path.steps else node
+            summary.outputs.setdefault(key, []).append(artifacts[event.artifact_id])
+    _read_ingest(summary)
+    _read_evaluation(summary)
+    _read_delivery(summary)
+    return summary
+
+
+def _node_id(store: mlmd.MetadataStore, execution_id: int) -> str:
+    for context in store.get_contexts_by_execution(execution_id):
+        if store.get_context_types_by_id([context.type_id])[0].name == NODE_CONTEXT:
+            return context.name.split(".", 1)[-1]
+    return f"execution-{execution_id}"
+
+
+def _outputs(summary: RunSummary, suffix: str) -> list[metadata_store_pb2.Artifact]:
+    return [a for key, arts in summary.outputs.items() if key.endswith(suffix) for a in arts]
+
+
+def _custom(artifact: metadata_store_pb2.Artifact, name: str) -> Any:
+    value = artifact.custom_properties.get(name)
+    if value is None:
+        return None
+    return getattr(value, value.WhichOneof("value"))
+
+
+def _read_ingest(summary: RunSummary) -> None:
+    for examples in _outputs(summary, "ExampleGen.examples"):
+        report = Path(examples.uri) / "ingest_summary.json"
+        if report.exists():
+            summary.ingest = json.loads(report.read_text())
+        summary.ingest.setdefault("span", _custom(examples, "span"))
+
+
+def _read_evaluation(summary: RunSummary) -> None:
+    blessings = _outputs(summary, "Evaluator.blessing")
+    if blessings:
+        summary.blessed = _custom(blessings[0], "blessed") == 1
+    evaluations = _outputs(summary, "Evaluator.evaluation")
+    if not evaluations:
+        return
+    import tensorflow_model_analysis as tfma  # heavy; only when there is an evaluation
+
+    uri = evaluations[0].uri
+    for sliced in tfma.load_metrics(uri):
+        if sliced.slice_key.single_slice_keys:  # overall slice only here
+            continue
+        for key_and_value in sliced.metric_keys_and_values:
+            key = key_and_value.key
+            if key.model_name in ("", "candidate") and not key.is_diff:
+                value = key_and_value.value
+                if value.HasField("double_value"):
+                    summary.metrics[key.name] = value.double_value.value
+    result = tfma.load_validation_result(uri)
+    for failure in result.metric_validations_per_slice:
+        where = _slice_name(failure.slice_key)
+        for failed in failure.failures:
+            summary.not_blessed_reasons.append(
+                f"{failed.metric_key.name}{' (change vs serving)' if failed.metric_key.is_diff else ''}"
+                f" on {where}: {failed.metric_value.double_value.value:.4f}, threshold {_threshold(failed.metric_threshold)}"
+            )
+    if result.missing_thresholds or result.missing_slices:
+        summary.not_blessed_reasons.append("some thresholds could not be checked (missing slices or metrics)")
+
+
+def _slice_name(slice_key: Any) -> str:
+    parts = [f"{s.column}={s.bytes_value.decode() if s.HasField('bytes_value') else s.int64_value}"
+             for s in slice_key.single_slice_keys]
+    return ",".join(parts) or "overall"
+
+
+def _threshold(threshold: Any) -> str:
+    if threshold.HasField("value_threshold"):
+        return f">= {threshold.value_threshold.lower_bound.value}"
+    if threshold.HasField("change_threshold"):
+        return f"change >= {threshold.change_threshold.absolute.value} vs serving"
+    return str(threshold)
+
+
+def _read_delivery(summary: RunSummary) -> None:
+    infra = _outputs(summary, "ServingCheck.infra_blessing")
+    if infra:
+        summary.infra_blessed = _custom(infra[0], "blessed") == 1
+        summary.infra_reason = _custom(infra[0], "reason") or ""
+    for pushed in _outputs(summary, "Pusher.pushed_model"):
+        if _custom(pushed, "pushed") == 1:
+            summary.pushed_version = str(_custom(pushed, "pushed_version"))
+            summary.pushed_path = str(_custom(pushed, "pushed_destination"))
