@@ -6,20 +6,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.fixtures.tiny_model import build_tiny_saved_model
 
 from tfx.types import standard_artifacts
 
 from components.pusher.component import Executor
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """The tiny SavedModel from the real export code, built once per session (tests/serving_check reuses it)."""
-    path = tmp_path_factory.getbasetemp() / "signflow-tiny-model"
-    if not (path / "saved_model.pb").is_file():
-        build_tiny_saved_model(path)
-    return path
 
 
 class PipelineOutputs:

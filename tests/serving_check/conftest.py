@@ -8,21 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.fixtures.tiny_model import DEFAULT_LABELS, build_tiny_saved_model, make_image_bytes
+from tests.fixtures.tiny_model import DEFAULT_LABELS, make_image_bytes
 
 import tensorflow as tf
 from tfx.types import artifact_utils, standard_artifacts
 
 EVAL_FORMATS = ("PNG", "JPEG", "GIF", "PNG", "BMP")
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """The tiny SavedModel from the real export code, built once per session (tests/pusher reuses it)."""
-    path = tmp_path_factory.getbasetemp() / "signflow-tiny-model"
-    if not (path / "saved_model.pb").is_file():
-        build_tiny_saved_model(path)
-    return path
 
 
 @pytest.fixture(scope="session")
