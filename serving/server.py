@@ -118,7 +118,11 @@ class ModelServer:
         port = self.settings.rest_api_port
         if port == 0 and not self._ephemeral:
             return
-        sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET)
+        # NOTE: asyncio sets TCP_NODELAY on accepted connections only when the listening
+        # socket says IPPROTO_TCP; without it every keep-alive response waits ~40 ms
+        # for the client's delayed ACK (Nagle).
+        family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.host, port))
         sock.listen(1024)
