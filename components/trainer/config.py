@@ -1,0 +1,139 @@
+"""The Trainer's hyperparameters: one typed config, passed by the pipeline through custom_config.
+
+    trainer = tfx.components.Trainer(
+        run_fn="components.trainer.run.run_fn",
+        custom_config={CUSTOM_CONFIG_KEY: TrainerConfig(...).to_dict()},
+        ...)
+
+Only plain JSON values cross that boundary; `TrainerConfig.from_dict` turns them
+back into the typed object once, at the start of run_fn, and rejects unknown keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from components.trainer.preprocess import MIN_SIDE
+
+# Key under which the pipeline puts `TrainerConfig.to_dict()` in Trainer's custom_config.
+CUSTOM_CONFIG_KEY = "signflow_trainer"
+
+# Special values of `TrainerConfig.weights`; anything else is a path to a .h5 weights file.
+WEIGHTS_AUTO = "auto"
+WEIGHTS_IMAGENET = "imagenet"
+WEIGHTS_NONE = "none"
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Hyperparameters of the signature classifier (Xception backbone + a new softmax head).
+
+    Schedules (which one runs depends on where the backbone's weights come from):
+
+    - "from_scratch" (random init, the offline default): the whole network trains
+      with linear warmup then cosine decay, BatchNorm momentum `scratch_bn_momentum`,
+      and BatchNorm moving statistics recalibrated on training data at the end.
+    - "two_phase" (ImageNet, a local .h5, or a warm start from the previous model):
+      `head_epochs` with the backbone frozen, then `fine_tune_epochs` with the
+      blocks from `fine_tune_from_block` up unfrozen at the lower `fine_tune_learning_rate`.
+    """
+
+    # Model input, height x width; images are fitted with white padding, aspect ratio kept.
+    # Signatures are ~3:1, so a 1:3 input wastes little on padding. For a GPU use
+    # 299 on the short side (299 x 897), as the seed did.
+    image_height: int = 72
+    image_width: int = 216
+    batch_size: int = 16
+
+    # Backbone weights: "auto" (ImageNet when cached or downloadable, otherwise random
+    # init with one log line), "imagenet" (fail if unavailable), "none", or a .h5 path.
+    weights: str = WEIGHTS_AUTO
+    # Start from the previous blessed model (Trainer's base_model) when there is one.
+    warm_start: bool = True
+
+    # "from_scratch" schedule.
+    scratch_epochs: int = 10
+    scratch_learning_rate: float = 2e-3
+    warmup_epochs: int = 1
+    # Keras' default 0.99 averages over ~100 steps: with ~15 steps an epoch the moving
+    # statistics would lag the weights by several epochs (eval at chance while training
+    # accuracy is ~100%). 0.9 follows within ~10 steps.
+    scratch_bn_momentum: float = 0.9
+    # Batches of (unaugmented) training data used to recompute BatchNorm moving
+    # statistics after training; 0 disables it.
+    bn_recalibration_batches: int = 16
+
+    # "two_phase" schedule.
+    head_epochs: int = 3
+    head_learning_rate: float = 1e-3
+    fine_tune_epochs: int = 8
+    fine_tune_learning_rate: float = 1e-4
+    # Xception has blocks 1..14; blocks >= this one are unfrozen in phase 2.
+    fine_tune_from_block: int = 11
+
+    # Steps per epoch; None = one pass over the train split. TrainArgs.num_steps, when the
+    # pipeline sets it, is the total instead and is divided evenly over the epochs.
+    steps_per_epoch: int | None = None
+    # Keep the weights of the epoch with the best eval accuracy instead of the last one.
+    restore_best_epoch: bool = True
+    label_smoothing: float = 0.1
+    dropout: float = 0.2
+
+    # Augmentation (training only).
+    augment: bool = True
+    rotation_degrees: float = 4.0
+    scale_range: float = 0.1
+    shear: float = 0.15
+    translate_fraction: float = 0.05
+    # Probability of thickening strokes, and (separately) of thinning them, per image.
+    stroke_probability: float = 0.25
+    # Ink contrast is multiplied by a factor drawn from [1 - contrast_range, 1 + contrast_range].
+    contrast_range: float = 0.3
+
+    shuffle_buffer: int = 1024
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.image_height, self.image_width) < MIN_SIDE:
+            raise ValueError(f"image_height and image_width must be >= {MIN_SIDE} (Xception), got "
+                             f"{self.image_height}x{self.image_width}")
+        for name in ("batch_size", "scratch_epochs", "fine_tune_from_block"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_epochs", "head_epochs", "fine_tune_epochs", "bn_recalibration_batches"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.head_epochs + self.fine_tune_epochs < 1:
+            raise ValueError("head_epochs + fine_tune_epochs must be >= 1")
+        if self.warmup_epochs >= self.scratch_epochs:
+            raise ValueError("warmup_epochs must be smaller than scratch_epochs")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1 or None, got {self.steps_per_epoch}")
+        if not 0.0 <= self.scratch_bn_momentum < 1.0:
+            raise ValueError(f"scratch_bn_momentum must be in [0, 1), got {self.scratch_bn_momentum}")
+        if not 0.0 <= self.stroke_probability <= 0.5:
+            raise ValueError(f"stroke_probability must be in [0, 0.5], got {self.stroke_probability}")
+        if not self.weights:
+            raise ValueError('weights must be "auto", "imagenet", "none" or a path to a .h5 file')
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.image_height, self.image_width
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable values, as Trainer's custom_config carries them."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> TrainerConfig:
+        """The config from `to_dict()` output; missing keys take their defaults, unknown keys fail."""
+        values = dict(values or {})
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainerConfig keys: {', '.join(unknown)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainerConfig:
+        return dataclasses.replace(self, **changes)

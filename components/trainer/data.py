@@ -1,0 +1,193 @@
+"""Input pipeline: ExampleGen's tf.Example TFRecords -> batches of (model input, label id).
+
+Images go through `preprocess.image_to_model_input`, the function the serving
+signature also uses, so an unaugmented training batch holds exactly what the
+served model would see for the same bytes. Augmentation runs afterwards, on whole
+batches, in model-input space (white paper = 1.0, ink is dark).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from components.trainer.config import TrainerConfig
+from components.trainer.preprocess import image_to_model_input
+
+# ExampleGen writes GZIP-compressed TFRecords (see the tf.Example contract).
+COMPRESSION = "GZIP"
+IMAGE_KEY = "image_raw"
+LABEL_KEY = "label"
+SHA256_KEY = "sha256"
+_FEATURES = {
+    IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+    LABEL_KEY: tf.io.FixedLenFeature([], tf.string),
+    SHA256_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+# Model input of white paper, the fill value for pixels that augmentation moves in.
+_PAPER = 1.0
+
+
+def expand_files(patterns: str | Sequence[str]) -> list[str]:
+    """Files matching `patterns` (TFX passes split folders as glob patterns), sorted; none is an error."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    files = sorted({path for pattern in patterns for path in tf.io.gfile.glob(pattern)})
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files match {list(patterns)}")
+    return files
+
+
+def read_examples(files: Sequence[str]) -> tf.data.Dataset:
+    """Parsed examples: dicts of scalar strings image_raw, label, sha256."""
+    records = tf.data.TFRecordDataset(list(files), compression_type=COMPRESSION,
+                                      num_parallel_reads=tf.data.AUTOTUNE)
+    return records.map(lambda record: tf.io.parse_single_example(record, _FEATURES),
+                       num_parallel_calls=tf.data.AUTOTUNE)
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    """What one pass over a split's labels tells: its size and its sorted label set."""
+
+    num_examples: int
+    labels: list[str]
+
+
+def summarize(files: Sequence[str]) -> SplitSummary:
+    """Count the examples of a split and collect its labels (the vocabulary is the train split's)."""
+    records = tf.data.TFRecordDataset(list(files), compression_type=COMPRESSION)
+    labels = records.map(
+        lambda record: tf.io.parse_single_example(record, {LABEL_KEY: _FEATURES[LABEL_KEY]})[LABEL_KEY],
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    counts: dict[str, int] = {}
+    for batch in labels.batch(1024):
+        for label in batch.numpy():
+            text = label.decode("utf-8")
+            counts[text] = counts.get(text, 0) + 1
+    return SplitSummary(num_examples=sum(counts.values()), labels=sorted(counts))
+
+
+def label_table(labels: Sequence[str]) -> tf.lookup.StaticHashTable:
+    """label string -> index in `labels`; unknown labels map to -1."""
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(list(labels), tf.string), tf.range(len(labels), dtype=tf.int32)),
+        default_value=-1,
+    )
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Batches in one pass over `num_examples` (the last, partial batch counts)."""
+    return max(1, math.ceil(num_examples / batch_size))
+
+
+def training_dataset(files: Sequence[str], labels: Sequence[str], config: TrainerConfig,
+                     *, augment: bool | None = None) -> tf.data.Dataset:
+    """Endless shuffled batches of (images [B, H, W, 3] float32, label ids [B] int32).
+
+    Examples whose label is not in `labels` are dropped. `augment` defaults to
+    `config.augment`.
+    """
+    augment = config.augment if augment is None else augment
+    table = label_table(labels)
+    dataset = read_examples(files).shuffle(config.shuffle_buffer, seed=config.seed).repeat()
+    dataset = dataset.map(lambda ex: _to_model_input(ex, table, config), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.filter(lambda image, label: label >= 0)
+    # Full batches only: a 1-example batch would give BatchNorm a degenerate variance.
+    dataset = dataset.batch(config.batch_size, drop_remainder=True)
+    if augment:
+        dataset = dataset.map(lambda images, ids: (augment_batch(images, config), ids),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def evaluation_dataset(files: Sequence[str], labels: Sequence[str], config: TrainerConfig) -> tf.data.Dataset:
+    """One ordered pass of (images, label ids) over examples whose label is in `labels`."""
+    table = label_table(labels)
+    dataset = read_examples(files)
+    dataset = dataset.map(lambda ex: _to_model_input(ex, table, config), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.filter(lambda image, label: label >= 0)
+    return dataset.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def prediction_dataset(files: Sequence[str], config: TrainerConfig) -> tf.data.Dataset:
+    """One ordered pass over every example: dicts of image (model input), label and sha256 strings."""
+    def convert(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        sha256 = tf.where(tf.strings.length(example[SHA256_KEY]) > 0, example[SHA256_KEY],
+                          _hex_sha256(example[IMAGE_KEY]))
+        return {
+            "image": image_to_model_input(example[IMAGE_KEY], config.image_height, config.image_width),
+            LABEL_KEY: example[LABEL_KEY],
+            SHA256_KEY: sha256,
+        }
+
+    return read_examples(files).map(convert, num_parallel_calls=tf.data.AUTOTUNE).batch(
+        config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _hex_sha256(data: tf.Tensor) -> tf.Tensor:
+    # Older examples may lack the sha256 feature; tf has no sha256 op, so hash in Python.
+    return tf.numpy_function(lambda raw: hashlib.sha256(raw).hexdigest().encode("ascii"), [data], tf.string,
+                             stateful=False)
+
+
+def _to_model_input(example: dict[str, tf.Tensor], table: tf.lookup.StaticHashTable,
+                    config: TrainerConfig) -> tuple[tf.Tensor, tf.Tensor]:
+    image = image_to_model_input(example[IMAGE_KEY], config.image_height, config.image_width)
+    return image, table.lookup(example[LABEL_KEY])
+
+
+def augment_batch(images: tf.Tensor, config: TrainerConfig) -> tf.Tensor:
+    """Random signature-like variation of a batch of model inputs ([-1, 1], white paper = 1).
+
+    Per image: one affine warp (small rotation, scale, shear, shift) filling with
+    paper, then with some probability thicker or thinner strokes (grey-scale erosion
+    / dilation as 3x3 min / max pooling: ink is dark), then ink contrast (how dark the
+    pen is against the paper).
+    """
+    batch = tf.shape(images)[0]
+    height = tf.cast(tf.shape(images)[1], tf.float32)
+    width = tf.cast(tf.shape(images)[2], tf.float32)
+
+    def uniform(limit: float) -> tf.Tensor:
+        return tf.random.uniform([batch], -limit, limit)
+
+    angle = uniform(config.rotation_degrees * math.pi / 180.0)
+    scale = 1.0 + uniform(config.scale_range)
+    shear = uniform(config.shear)
+    shift_x = uniform(config.translate_fraction) * width
+    shift_y = uniform(config.translate_fraction) * height
+    # Output pixel p is read from input M (p - c) + c + shift, M = rotation . shear / scale.
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    a0, a1 = cos / scale, (cos * shear - sin) / scale
+    b0, b1 = sin / scale, (sin * shear + cos) / scale
+    cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+    a2 = cx - a0 * cx - a1 * cy + shift_x
+    b2 = cy - b0 * cx - b1 * cy + shift_y
+    zeros = tf.zeros([batch])
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    images = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
+        fill_value=_PAPER, interpolation="BILINEAR", fill_mode="CONSTANT")
+
+    if config.stroke_probability > 0:
+        thicker = -tf.nn.max_pool2d(-images, ksize=3, strides=1, padding="SAME")
+        thinner = tf.nn.max_pool2d(images, ksize=3, strides=1, padding="SAME")
+        draw = tf.random.uniform([batch, 1, 1, 1])
+        images = tf.where(draw < config.stroke_probability, thicker,
+                          tf.where(draw > 1.0 - config.stroke_probability, thinner, images))
+
+    if config.contrast_range > 0:
+        contrast = 1.0 + tf.reshape(uniform(config.contrast_range), [-1, 1, 1, 1])
+        images = _PAPER - (_PAPER - images) * contrast
+    return tf.clip_by_value(images, -1.0, 1.0)
+
+
+def sample_images(files: Sequence[str], count: int) -> list[bytes]:
+    """The raw bytes of the first `count` examples (real images for the serving warmup file)."""
+    return [example[IMAGE_KEY].numpy() for example in read_examples(files).take(count)]

@@ -1,0 +1,204 @@
+"""The classifier: a Keras 2 (tf-keras) Xception backbone and a new softmax head over the signers.
+
+Also where the backbone's starting weights come from (ImageNet, a local .h5, or
+random init) and how a previous export's weights are brought into a new model
+(warm start), including when the set of signers changed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from components.trainer.config import WEIGHTS_AUTO, WEIGHTS_IMAGENET, WEIGHTS_NONE
+from serving.layout import LABELS_FILE
+
+# TF_USE_LEGACY_KERAS=1 (set by the package __init__) makes tf.keras this tf-keras (Keras 2).
+keras = tf.keras
+
+log = logging.getLogger(__name__)
+
+BACKBONE_NAME = "xception"
+HEAD_NAME = "signer_probabilities"
+
+# What keras.applications.Xception(weights="imagenet", include_top=False) fetches.
+XCEPTION_NOTOP_FILE = "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
+XCEPTION_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/xception/"
+                      + XCEPTION_NOTOP_FILE)
+XCEPTION_NOTOP_MD5 = "b0042744bf5b25fce3cb969f33bebb97"
+# urllib waits forever on a silent network; the 88 MB file itself needs far less than this
+# per socket operation.
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class BackboneWeights:
+    """Where the backbone's initial weights come from: `path` to a .h5 file, or None for random init."""
+
+    path: str | None
+    source: str  # "imagenet", "h5" or "random"
+
+    @property
+    def pretrained(self) -> bool:
+        return self.path is not None
+
+
+def resolve_backbone_weights(spec: str, *, origin: str = XCEPTION_NOTOP_URL, cache_dir: str | None = None,
+                             timeout_s: float = DOWNLOAD_TIMEOUT_S) -> BackboneWeights:
+    """Turn `TrainerConfig.weights` into a weights file (or None).
+
+    "imagenet" uses Keras' own cache and download (keras.utils.get_file, md5-checked)
+    and raises RuntimeError when the file is neither cached nor downloadable; "auto"
+    does the same but logs one line and falls back to random init instead. "none" is
+    random init; anything else must be an existing .h5 weights file.
+    """
+    if spec == WEIGHTS_NONE:
+        return BackboneWeights(None, "random")
+    if spec in (WEIGHTS_AUTO, WEIGHTS_IMAGENET):
+        try:
+            return BackboneWeights(_fetch_imagenet_weights(origin, cache_dir, timeout_s), "imagenet")
+        except Exception as err:  # get_file raises a bare Exception for URL failures
+            if spec == WEIGHTS_IMAGENET:
+                raise RuntimeError(
+                    f"ImageNet weights for Xception are not in the Keras cache and could not be downloaded "
+                    f"from {origin} ({err}). Put {XCEPTION_NOTOP_FILE} into ~/.keras/models/, pass a local "
+                    f'.h5 path as weights, or use weights="auto"/"none" to train from random init.'
+                ) from err
+            log.warning("ImageNet weights unavailable (%s: %s); training Xception from random init",
+                        type(err).__name__, err)
+            return BackboneWeights(None, "random")
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f'backbone weights file {path} does not exist (weights must be "auto", '
+                                f'"imagenet", "none" or a path to a .h5 file)')
+    return BackboneWeights(str(path), "h5")
+
+
+def _fetch_imagenet_weights(origin: str, cache_dir: str | None, timeout_s: float) -> str:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)
+    try:
+        return keras.utils.get_file(XCEPTION_NOTOP_FILE, origin, cache_subdir="models",
+                                    file_hash=XCEPTION_NOTOP_MD5, cache_dir=cache_dir)
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def build_backbone(image_size: tuple[int, int], weights_path: str | None = None) -> keras.Model:
+    """keras.applications.Xception without its ImageNet top, weights from `weights_path` (or random)."""
+    height, width = image_size
+    return keras.applications.Xception(include_top=False, weights=weights_path, input_shape=(height, width, 3))
+
+
+def build_classifier(num_classes: int, image_size: tuple[int, int], *, weights_path: str | None = None,
+                     dropout: float = 0.2) -> keras.Model:
+    """Xception backbone -> global average pooling -> dropout -> softmax over `num_classes`.
+
+    The backbone is one nested layer named "xception", so freezing it, copying its
+    weights and restoring it from a checkpoint all address it as a unit.
+    """
+    if num_classes < 1:
+        raise ValueError("the classifier needs at least one class")
+    height, width = image_size
+    inputs = keras.Input((height, width, 3), name="image")
+    features = build_backbone(image_size, weights_path)(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(features)
+    pooled = keras.layers.Dropout(dropout, name="head_dropout")(pooled)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name=HEAD_NAME)(pooled)
+    return keras.Model(inputs, outputs, name="signflow_classifier")
+
+
+def inference_function(model: keras.Model):
+    """`model(images, training=False)` as one graph (no autograph: no data-dependent Python control flow)."""
+    return tf.function(lambda images: model(images, training=False), autograph=False, reduce_retracing=True)
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    return model.get_layer(BACKBONE_NAME)
+
+
+def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    return [layer for layer in model.submodules if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def set_batchnorm_momentum(model: keras.Model, momentum: float) -> None:
+    """Set every BatchNorm layer's moving-average momentum (read when a train step is traced)."""
+    for layer in batchnorm_layers(model):
+        layer.momentum = momentum
+
+
+def freeze_backbone(model: keras.Model) -> None:
+    """Only the head trains; frozen BatchNorm layers also run in inference mode (Keras 2)."""
+    backbone_of(model).trainable = False
+
+
+def unfreeze_top_blocks(model: keras.Model, from_block: int) -> int:
+    """Make Xception blocks >= `from_block` trainable, except BatchNorm; returns the layer count.
+
+    Layers are in topological order and each block's shortcut convolution sits
+    between the block's first and last layer, so "from the first layer named
+    block<N>_ on" covers whole blocks. BatchNorm stays frozen (inference mode): a
+    few small batches would otherwise overwrite statistics the frozen layers rely on.
+    """
+    backbone = backbone_of(model)
+    backbone.trainable = True
+    prefix = f"block{from_block}_"
+    start = next((i for i, layer in enumerate(backbone.layers) if layer.name.startswith(prefix)), None)
+    if start is None:
+        raise ValueError(f"Xception has no block {from_block} (blocks are 1..14)")
+    unfrozen = 0
+    for index, layer in enumerate(backbone.layers):
+        layer.trainable = index >= start and not isinstance(layer, keras.layers.BatchNormalization)
+        unfrozen += layer.trainable and bool(layer.weights)
+    return unfrozen
+
+
+def read_labels(export_dir: str | os.PathLike) -> list[str]:
+    """The label vocabulary of an exported model (assets/labels.txt, one per line)."""
+    text = (Path(export_dir) / LABELS_FILE).read_text(encoding="utf-8")
+    return [line for line in text.split("\n") if line]
+
+
+def load_exported_classifier(export_dir: str | os.PathLike, image_size: tuple[int, int],
+                             dropout: float = 0.2) -> tuple[keras.Model, list[str]]:
+    """Rebuild the Keras classifier of a previous export and restore its weights.
+
+    The export's variables/ checkpoint holds the Keras model under the serving
+    module's `model` attribute, so a classifier of the same architecture (sized by
+    the export's labels.txt) restores from it directly: no extra copy of the weights
+    is kept anywhere, and a pushed serving folder works as well as the Trainer's
+    output. Every variable of the rebuilt model must be found in the checkpoint.
+    """
+    labels = read_labels(export_dir)
+    model = build_classifier(len(labels), image_size, dropout=dropout)
+    checkpoint = tf.train.Checkpoint(model=model)
+    status = checkpoint.read(str(Path(export_dir) / "variables" / "variables"))
+    status.assert_existing_objects_matched()
+    status.expect_partial()  # the serving module also holds labels and functions
+    return model, labels
+
+
+def transfer_weights(source: keras.Model, source_labels: Sequence[str], target: keras.Model,
+                     target_labels: Sequence[str]) -> int:
+    """Copy `source`'s backbone into `target`, and the head columns of the labels both know.
+
+    With an unchanged label list this copies the whole model. Signers new to
+    `target` keep their fresh initialisation. Returns how many labels were carried over.
+    """
+    backbone_of(target).set_weights(backbone_of(source).get_weights())
+    source_kernel, source_bias = source.get_layer(HEAD_NAME).get_weights()
+    kernel, bias = target.get_layer(HEAD_NAME).get_weights()
+    source_index = {label: i for i, label in enumerate(source_labels)}
+    shared = [(i, source_index[label]) for i, label in enumerate(target_labels) if label in source_index]
+    if shared:
+        to_idx, from_idx = (np.array(indices) for indices in zip(*shared))
+        kernel[:, to_idx] = source_kernel[:, from_idx]
+        bias[to_idx] = source_bias[from_idx]
+    target.get_layer(HEAD_NAME).set_weights([kernel, bias])
+    return len(shared)

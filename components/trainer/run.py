@@ -1,0 +1,63 @@
+"""TFX Trainer entry point: `run_fn`, thin on purpose.
+
+It only wires the pieces, each testable without TFX: the typed config
+(config.py), training (train.py over data.py and model.py), the serving export
+(export.py) and the report (report.py).
+
+    tfx.components.Trainer(run_fn="components.trainer.run.run_fn",
+                           custom_config={CUSTOM_CONFIG_KEY: TrainerConfig(...).to_dict()}, ...)
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is imported
+
+import tensorflow as tf  # noqa: E402
+from tfx import v1 as tfx  # noqa: E402
+
+from components.trainer import data, report, train  # noqa: E402
+from components.trainer.config import CUSTOM_CONFIG_KEY, TrainerConfig  # noqa: E402
+from components.trainer.export import MAX_WARMUP_REQUESTS, export_serving_model  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def keras_version() -> str:
+    """The Keras behind tf.keras; fails unless it is Keras 2 (tf-keras), which TFX 1.16 needs."""
+    import tf_keras
+
+    # tf.keras only names its package; it is tf-keras when its Model is tf_keras.Model.
+    if tf.keras.Model is not tf_keras.Model:
+        raise RuntimeError(f"tf.keras is {tf.keras.Model.__module__}, not tf-keras: "
+                           "set TF_USE_LEGACY_KERAS=1 before TensorFlow is imported")
+    return tf_keras.__version__
+
+
+def run_fn(fn_args: tfx.components.FnArgs) -> None:
+    """Train on fn_args' splits, export the serving model, write the report beside it."""
+    version = keras_version()
+    log.info("Keras %s (tf-keras), TensorFlow %s", version, tf.__version__)
+    config = TrainerConfig.from_dict((fn_args.custom_config or {}).get(CUSTOM_CONFIG_KEY))
+    train_files = data.expand_files(fn_args.train_files)
+    eval_files = data.expand_files(fn_args.eval_files)
+
+    result = train.train(config, train_files, eval_files, log_dir=fn_args.model_run_dir,
+                         base_model_dir=fn_args.base_model, total_steps=fn_args.train_steps)
+    export_serving_model(result.model, result.labels, config.image_size, fn_args.serving_model_dir,
+                         warmup_images=data.sample_images(eval_files, MAX_WARMUP_REQUESTS))
+    report.write_report(fn_args.model_run_dir, result.history, result.eval_predictions, result.labels, {
+        "keras_version": version,
+        "tensorflow_version": tf.__version__,
+        "labels": result.labels,
+        "schedule": result.schedule,
+        "init": result.init,
+        "base_model": fn_args.base_model,
+        "carried_labels": result.carried_labels,
+        "best_epoch": result.best_epoch,
+        "num_train_examples": result.num_train_examples,
+        "num_eval_examples": result.num_eval_examples,
+        "train_seconds": result.seconds,
+        "config": config.to_dict(),
+    })

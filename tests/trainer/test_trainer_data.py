@@ -1,0 +1,109 @@
+"""The input pipeline, and training/serving parity through a real exported SavedModel."""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.trainer import data, report, train
+from components.trainer.config import TrainerConfig
+from components.trainer.export import export_serving_model
+from components.trainer.preprocess import image_to_model_input
+from tests.trainer.helpers import generator, rendered_items, split_pattern, write_records, write_splits
+
+CONFIG = TrainerConfig(image_height=72, image_width=144, batch_size=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def items():
+    return rendered_items(signers=range(3), per_signer=5)
+
+
+def _identity_export(path, config):
+    """A model whose "probabilities" are its flattened input: serving_default then returns the model input."""
+    height, width = config.image_size
+    inputs = tf.keras.Input((height, width, 3))
+    model = tf.keras.Model(inputs, tf.keras.layers.Reshape((height * width * 3,))(inputs))
+    return export_serving_model(model, [f"px{i}" for i in range(height * width * 3)], config.image_size, path)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "gif"])
+def test_training_pipeline_and_serving_signature_give_the_same_model_input(tmp_path, fmt):
+    config = CONFIG.replace(image_height=71, image_width=142, batch_size=1)
+    image = generator().render_signature(7, 2, 3, fmt)
+    files = [str(write_records(tmp_path / "one.gz", [(image, "signer_02")]))]
+    trained_on, ids = next(iter(data.training_dataset(files, ["signer_02"], config, augment=False)))
+
+    served = tf.saved_model.load(str(_identity_export(tmp_path / "identity", config)))
+    served_input = served.signatures["serving_default"](image_bytes=tf.constant([image]))["probabilities"]
+
+    assert ids.numpy().tolist() == [0]
+    np.testing.assert_allclose(served_input.numpy().reshape(trained_on.shape), trained_on.numpy(), rtol=0, atol=1e-6)
+    assert trained_on.numpy().min() >= -1.0 and trained_on.numpy().max() <= 1.0
+
+
+def test_summarize_counts_examples_and_sorts_labels(tmp_path, items):
+    splits = write_splits(tmp_path, items, by_hash=False)
+    summary = data.summarize(data.expand_files(split_pattern(tmp_path, "train")))
+    assert summary.num_examples == len(splits["train"])
+    assert summary.labels == ["signer_00", "signer_01", "signer_02"]
+
+
+def test_expand_files_fails_on_an_empty_split(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        data.expand_files(str(tmp_path / "Split-train" / "*"))
+
+
+def test_training_batches_are_full_and_labels_are_vocabulary_indices(tmp_path, items):
+    write_splits(tmp_path, items, by_hash=False)
+    files = data.expand_files(split_pattern(tmp_path, "train"))
+    batches = list(data.training_dataset(files, ["signer_00", "signer_01", "signer_02"], CONFIG).take(5))
+    for images, ids in batches:
+        assert images.shape == (4, 72, 144, 3) and images.dtype == tf.float32
+        assert set(ids.numpy().tolist()) <= {0, 1, 2}
+    assert -1.0 <= min(float(tf.reduce_min(b[0])) for b in batches)
+    assert max(float(tf.reduce_max(b[0])) for b in batches) <= 1.0
+
+
+def test_examples_with_labels_outside_the_vocabulary_are_skipped_by_eval(tmp_path, items):
+    files = [str(write_records(tmp_path / "eval.gz", items))]
+    ids = np.concatenate([ids.numpy() for _, ids in data.evaluation_dataset(files, ["signer_01"], CONFIG)])
+    assert ids.tolist() == [0] * 5
+
+
+def test_augmentation_changes_images_but_keeps_shape_range_and_paper(items):
+    images = tf.stack([image_to_model_input(image, 72, 144) for image, _ in items[:4]])
+    tf.random.set_seed(0)
+    augmented = data.augment_batch(images, CONFIG)
+    assert augmented.shape == images.shape
+    assert float(tf.reduce_min(augmented)) >= -1.0 and float(tf.reduce_max(augmented)) <= 1.0
+    assert float(tf.reduce_mean(tf.abs(augmented - images))) > 0.01
+    # Pixels moved in from outside the image are paper (white), not black.
+    shifted = data.augment_batch(tf.fill([1, 72, 144, 3], 1.0), CONFIG.replace(translate_fraction=0.3))
+    assert float(tf.reduce_min(shifted)) > 0.99
+
+
+def test_thicker_strokes_darken_and_thinner_strokes_lighten_the_ink(items):
+    images = tf.stack([image_to_model_input(image, 72, 144) for image, _ in items[:2]])
+    still = CONFIG.replace(rotation_degrees=0, scale_range=0, shear=0, translate_fraction=0, contrast_range=0,
+                           stroke_probability=0.5)
+    tf.random.set_seed(1)
+    means = [float(tf.reduce_mean(data.augment_batch(images[i:i + 1], still))) for i in range(2) for _ in range(6)]
+    clean = [float(tf.reduce_mean(images[i])) for i in range(2)]
+    assert any(m < clean[i // 6] - 1e-3 for i, m in enumerate(means))
+    assert any(m > clean[i // 6] + 1e-3 for i, m in enumerate(means))
+
+
+def test_predictions_cover_every_eval_example_with_its_sha256(tmp_path, items):
+    files = [str(write_records(tmp_path / "eval.gz", items[:6]))]
+    inputs = tf.keras.Input((72, 144, 3))
+    # A fixed "model": class 1 of 2 always wins.
+    outputs = tf.keras.layers.Lambda(lambda x: tf.tile([[0.25, 0.75]], [tf.shape(x)[0], 1]))(inputs)
+    predictions = train.predict(tf.keras.Model(inputs, outputs), files, ["signer_00", "signer_01"], CONFIG)
+    assert [p.sha256 for p in predictions] == [hashlib.sha256(image).hexdigest() for image, _ in items[:6]]
+    assert [p.label for p in predictions] == [label for _, label in items[:6]]
+    assert {(p.predicted, p.score) for p in predictions} == {("signer_01", 0.75)}
+    path = report.write_eval_predictions(predictions, tmp_path / "eval_predictions.jsonl")
+    first = json.loads(path.read_text().splitlines()[0])
+    assert set(first) == {"sha256", "label", "predicted", "score"}

@@ -1,0 +1,146 @@
+"""The real tfx.components.Trainer with run_fn, in tiny LocalDagRunner pipelines: export, report, warm start."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx import v1 as tfx
+from tfx.types import standard_artifacts
+
+from components.trainer import model as model_lib, train
+from components.trainer.config import CUSTOM_CONFIG_KEY, TrainerConfig
+from serving.layout import LABELS_FILE, WARMUP_FILE
+from tests.trainer.helpers import generator, rendered_items, split_pattern, write_splits
+
+pytestmark = pytest.mark.slow
+
+# Tiny on purpose: these runs check wiring and artifacts, test_trainer_learnability checks learning.
+CONFIG = TrainerConfig(
+    image_height=71, image_width=142, batch_size=4, steps_per_epoch=2,
+    scratch_epochs=2, warmup_epochs=1, bn_recalibration_batches=2,
+    head_epochs=1, fine_tune_epochs=1, weights="none",
+)
+FIRST_SIGNERS = range(3)
+SECOND_SIGNERS = range(4)
+
+
+def _run_trainer(root: Path, name: str, examples_dir: Path, base_model_uri: str | None = None) -> dict[str, Path]:
+    """Importer(s) -> Trainer(run_fn) through LocalDagRunner; returns the Trainer's output folders."""
+    examples = tfx.dsl.Importer(
+        source_uri=str(examples_dir), artifact_type=standard_artifacts.Examples,
+        properties={"split_names": '["train", "eval"]'},
+    ).with_id("examples")
+    nodes = [examples]
+    base_model = None
+    if base_model_uri:
+        previous = tfx.dsl.Importer(source_uri=base_model_uri, artifact_type=standard_artifacts.Model).with_id("base")
+        nodes.append(previous)
+        base_model = previous.outputs["result"]
+    trainer = tfx.components.Trainer(
+        run_fn="components.trainer.run.run_fn",
+        examples=examples.outputs["result"],
+        base_model=base_model,
+        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        custom_config={CUSTOM_CONFIG_KEY: CONFIG.to_dict()},
+    )
+    pipeline_root = root / name
+    tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
+        pipeline_name=name, pipeline_root=str(pipeline_root), components=[*nodes, trainer],
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            str(root / f"{name}.sqlite")),
+    ))
+    (model_uri,) = (pipeline_root / "Trainer" / "model").iterdir()
+    (model_run,) = (pipeline_root / "Trainer" / "model_run").iterdir()
+    return {"model": model_uri, "serving": model_uri / "Format-Serving", "model_run": model_run}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trainer_tfx")
+    examples_dir = root / "examples_1"
+    splits = write_splits(examples_dir, rendered_items(FIRST_SIGNERS, per_signer=8), by_hash=False, eval_every=4)
+    return {"root": root, "splits": splits, **_run_trainer(root, "first", examples_dir)}
+
+
+@pytest.fixture(scope="module")
+def first_model(first_run):
+    return tf.saved_model.load(str(first_run["serving"]))
+
+
+def test_trainer_exports_a_saved_model_that_serves_png_jpeg_and_gif(first_run, first_model):
+    loaded = first_model
+    assert set(loaded.signatures) == {"serving_default", "classify"}
+    gen = generator()
+    images = [gen.render_signature(7, 1, 20, fmt) for fmt in ("png", "jpg", "gif")]
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant(images))
+    assert set(out) == {"probabilities", "label", "score"}
+    assert out["probabilities"].shape == (3, 3) and out["probabilities"].dtype == tf.float32
+    assert out["label"].shape == (3,) and out["label"].dtype == tf.string
+    assert out["score"].shape == (3,) and out["score"].dtype == tf.float32
+    np.testing.assert_allclose(tf.reduce_sum(out["probabilities"], axis=1).numpy(), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(out["score"].numpy(), tf.reduce_max(out["probabilities"], axis=1).numpy())
+
+
+def test_label_vocabulary_is_the_sorted_training_labels(first_run):
+    labels = (first_run["serving"] / LABELS_FILE).read_text().split()
+    assert labels == sorted({label for _, label in first_run["splits"]["train"]}) == [
+        "signer_00", "signer_01", "signer_02"]
+    assert (first_run["serving"] / WARMUP_FILE).stat().st_size > 0
+
+
+def test_report_predictions_and_tensorboard_logs_are_written_beside_the_model(first_run, first_model):
+    run_dir = first_run["model_run"]
+    lines = (run_dir / "eval_predictions.jsonl").read_text().splitlines()
+    eval_items = first_run["splits"]["eval"]
+    assert len(lines) == len(eval_items)
+    served = first_model.signatures["serving_default"](
+        image_bytes=tf.constant([image for image, _ in eval_items]))
+    for line, (_, label), served_label, served_score in zip(lines, eval_items, served["label"].numpy(),
+                                                             served["score"].numpy()):
+        prediction = json.loads(line)
+        assert prediction["label"] == label
+        # The Keras model on the training pipeline's inputs answers what the served model answers.
+        assert prediction["predicted"] == served_label.decode()
+        assert abs(prediction["score"] - float(served_score)) < 1e-5
+    summary = json.loads((run_dir / "report" / "summary.json").read_text())
+    assert summary["keras_version"].startswith("2.")
+    assert summary["init"] == "random" and summary["schedule"] == train.SCHEDULE_FROM_SCRATCH
+    assert [h["phase"] for h in summary["history"]] == ["from_scratch"] * CONFIG.scratch_epochs
+    for png in ("curves.png", "confusion_matrix.png"):
+        assert (run_dir / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(run_dir.rglob("events.out.tfevents.*"))
+
+
+def test_warm_start_begins_from_the_previous_weights_and_grows_the_head_for_a_new_signer(first_run):
+    root = first_run["root"]
+    examples_dir = root / "examples_2"
+    splits = write_splits(examples_dir, rendered_items(SECOND_SIGNERS, per_signer=8), by_hash=False, eval_every=4)
+    labels = sorted({label for _, label in splits["train"]})
+
+    # The model training starts from holds the previous export's weights, read here straight
+    # from its variables/ checkpoint (by shape: these three shapes occur once each).
+    start, _, carried = train.initial_model(CONFIG, labels, first_run["serving"])
+    reader = tf.train.load_checkpoint(str(first_run["serving"] / "variables" / "variables"))
+    by_shape = {}
+    for key, shape in reader.get_variable_to_shape_map().items():
+        by_shape.setdefault(tuple(shape), []).append(key)
+    backbone = model_lib.backbone_of(start)
+    kernel, _ = start.get_layer(model_lib.HEAD_NAME).get_weights()
+    starting = [backbone.get_layer("block1_conv1").kernel.numpy(),
+                backbone.get_layer("block14_sepconv2").pointwise_kernel.numpy(), kernel[:, :3]]
+    for value in starting:
+        (key,) = by_shape[value.shape]
+        np.testing.assert_array_equal(value, reader.get_tensor(key))
+    assert carried == 3 and kernel.shape[1] == 4
+
+    second = _run_trainer(root, "second", examples_dir, base_model_uri=str(first_run["model"]))
+    assert (second["serving"] / LABELS_FILE).read_text().split() == labels
+    out = tf.saved_model.load(str(second["serving"])).signatures["serving_default"](
+        image_bytes=tf.constant([splits["eval"][0][0]]))
+    assert out["probabilities"].shape == (1, 4)
+    summary = json.loads((second["model_run"] / "report" / "summary.json").read_text())
+    assert summary["init"] == "warm_start" and summary["carried_labels"] == 3
+    assert summary["schedule"] == train.SCHEDULE_TWO_PHASE
+    assert [h["phase"] for h in summary["history"]] == ["head", "fine_tune"]
