@@ -26,12 +26,17 @@ def eval_config(gate: GateConfig) -> tfma.EvalConfig:
         prediction_key="scores",
         preprocessing_function_names=[],
     )
-    overall = tfma.MetricThreshold(
-        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": gate.min_accuracy}),
-        # Applied only when a baseline (the serving version) exists.
-        change_threshold=tfma.GenericChangeThreshold(
-            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-            absolute={"value": -gate.max_accuracy_drop},
+    # NOTE: MetricConfig.threshold would apply to every slice, per-signer ones
+    # included; each bound is therefore tied to its own slicing spec.
+    overall = tfma.PerSliceMetricThreshold(
+        slicing_specs=[tfma.SlicingSpec()],
+        threshold=tfma.MetricThreshold(
+            value_threshold=tfma.GenericValueThreshold(lower_bound={"value": gate.min_accuracy}),
+            # Applied only when a baseline (the serving version) exists.
+            change_threshold=tfma.GenericChangeThreshold(
+                direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                absolute={"value": -gate.max_accuracy_drop},
+            ),
         ),
     )
     per_signer = tfma.PerSliceMetricThreshold(
@@ -42,8 +47,7 @@ def eval_config(gate: GateConfig) -> tfma.EvalConfig:
     )
     metrics = tfma.MetricsSpec(
         metrics=[
-            tfma.MetricConfig(class_name="SparseCategoricalAccuracy", threshold=overall,
-                              per_slice_thresholds=[per_signer]),
+            tfma.MetricConfig(class_name="SparseCategoricalAccuracy", per_slice_thresholds=[overall, per_signer]),
             tfma.MetricConfig(class_name="ExampleCount"),
         ]
     )

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -74,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Google's client libraries warn about Python 3.10 once per package (a dozen
+    # times); the README states the Python 3.10 end of life once.
+    warnings.filterwarnings("ignore", message="You are using a non-supported Python version", category=FutureWarning)
     if not args.verbose:
         # TFX (absl) logs each component's full IR and Beam each type hint at INFO:
         # thousands of lines that hide signflow's own progress lines.
