@@ -48,6 +48,7 @@ def build(config: PipelineConfig):
         keep_versions=config.delivery.keep_versions,
         serving_check_timeout_seconds=int(config.delivery.load_timeout_seconds),
         serving_check_requests=config.delivery.check_requests,
+        serving_check_score_tolerance=config.delivery.score_tolerance,
         beam_pipeline_args=config.beam_pipeline_args,
     )
 

@@ -50,6 +50,7 @@ def create_pipeline(
     keep_versions: int = 5,
     serving_check_timeout_seconds: int = 300,
     serving_check_requests: int = 32,
+    serving_check_score_tolerance: float = 0.01,
     beam_pipeline_args: Sequence[str] = (),
     enable_cache: bool = False,
 ) -> tfx.dsl.Pipeline:
@@ -103,6 +104,7 @@ def create_pipeline(
         blessing=evaluator.outputs["blessing"],
         model_run=trainer.outputs["model_run"],
         num_examples=serving_check_requests,
+        score_tolerance=serving_check_score_tolerance,
         timeout_seconds=serving_check_timeout_seconds,
     )
     pusher = Pusher(
