@@ -45,7 +45,7 @@ def write_report(model_run_dir: str | os.PathLike, history: Sequence[dict], pred
     report_dir = model_run_dir / REPORT_DIR
     report_dir.mkdir(parents=True, exist_ok=True)
     write_eval_predictions(predictions, model_run_dir / EVAL_PREDICTIONS_FILE)
-    plot_curves(history, report_dir / "curves.png")
+    plot_curves(history, report_dir / "curves.png", final_accuracy=accuracy(predictions))
     plot_confusion_matrix(predictions, labels, report_dir / "confusion_matrix.png")
     summary = {**summary, "eval_accuracy": accuracy(predictions), "num_eval_predictions": len(predictions),
                "history": list(history)}
@@ -53,8 +53,12 @@ def write_report(model_run_dir: str | os.PathLike, history: Sequence[dict], pred
     return report_dir
 
 
-def plot_curves(history: Sequence[dict], path: Path) -> Path:
-    """Loss and accuracy per epoch (train and eval), with a line where each training phase starts."""
+def plot_curves(history: Sequence[dict], path: Path, final_accuracy: float | None = None) -> Path:
+    """Loss and accuracy per epoch (train and eval), with a line where each training phase starts.
+
+    `final_accuracy` is the exported model's (after best-epoch restore and BatchNorm
+    recalibration), shown in the accuracy panel's title.
+    """
     epochs = [h["epoch"] for h in history]
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, metric in zip(axes, ("loss", "accuracy")):
@@ -71,6 +75,8 @@ def plot_curves(history: Sequence[dict], path: Path) -> Path:
         axis.grid(alpha=0.3)
         axis.legend(loc="best", fontsize=8)
     axes[1].set_ylim(0.0, 1.02)
+    if final_accuracy is not None:
+        axes[1].set_title(f"accuracy (exported model on eval: {final_accuracy:.1%})")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

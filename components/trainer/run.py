@@ -15,6 +15,7 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is imported
 
 import tensorflow as tf  # noqa: E402
+import tf_keras  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 
 from components.trainer import data, report, train  # noqa: E402
@@ -25,13 +26,10 @@ log = logging.getLogger(__name__)
 
 
 def keras_version() -> str:
-    """The Keras behind tf.keras; fails unless it is Keras 2 (tf-keras), which TFX 1.16 needs."""
-    import tf_keras
-
-    # tf.keras only names its package; it is tf-keras when its Model is tf_keras.Model.
-    if tf.keras.Model is not tf_keras.Model:
-        raise RuntimeError(f"tf.keras is {tf.keras.Model.__module__}, not tf-keras: "
-                           "set TF_USE_LEGACY_KERAS=1 before TensorFlow is imported")
+    """The version of the Keras behind tf.keras; fails unless it is tf-keras (Keras 2), which TFX 1.16 needs."""
+    module = tf.keras.__name__  # e.g. "tf_keras.api._v2.keras"; Keras 3 would be "keras..."
+    if not module.startswith("tf_keras"):
+        raise RuntimeError(f"tf.keras is {module} (Keras 3); set TF_USE_LEGACY_KERAS=1 before TensorFlow is imported")
     return tf_keras.__version__
 
 

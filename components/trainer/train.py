@@ -153,13 +153,19 @@ def initial_model(config: TrainerConfig, labels: list[str],
     backbone weights `config.weights` resolves to, and a fresh head.
     """
     if config.warm_start and base_model_dir:
-        previous, previous_labels = model_lib.load_exported_classifier(base_model_dir, config.image_size,
-                                                                       config.dropout)
+        try:
+            previous, previous_labels = model_lib.load_exported_classifier(base_model_dir, config.image_size,
+                                                                           config.dropout)
+        except (OSError, ValueError, AssertionError, tf.errors.OpError) as err:
+            raise RuntimeError(f"cannot warm-start from {base_model_dir}: it is not an export of this classifier "
+                               f"({type(err).__name__}: {err}); set warm_start=False to train without it") from err
         classifier = model_lib.build_classifier(len(labels), config.image_size, dropout=config.dropout)
         carried = model_lib.transfer_weights(previous, previous_labels, classifier, labels)
         log.info("warm start from %s: backbone and %d of %d labels' head weights carried over (previous "
                  "model had %d labels)", base_model_dir, carried, len(labels), len(previous_labels))
         return classifier, "warm_start", carried
+    if base_model_dir:
+        log.info("warm_start is off: not starting from %s", base_model_dir)
     weights = model_lib.resolve_backbone_weights(config.weights)
     classifier = model_lib.build_classifier(len(labels), config.image_size, weights_path=weights.path,
                                             dropout=config.dropout)

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.trainer import model as model_lib
+from components.trainer import model as model_lib, train
+from components.trainer.config import TrainerConfig
 from components.trainer.train import recalibrate_batchnorm
+from tests.fixtures.tiny_model import build_tiny_saved_model
 
 SIZE = (71, 71)
 
@@ -109,3 +111,9 @@ def test_batchnorm_recalibration_sets_moving_statistics_to_the_batch_average_wit
     for expected, actual in zip(kernel, net.get_layer("dense").get_weights()):
         np.testing.assert_array_equal(actual, expected)
     assert bn.momentum == 0.99
+
+
+def test_warm_start_from_an_export_of_another_architecture_fails_clearly(tmp_path):
+    other = build_tiny_saved_model(tmp_path / "tiny", labels=("signer_00", "signer_01"))
+    with pytest.raises(RuntimeError, match="cannot warm-start from .*set warm_start=False"):
+        train.initial_model(TrainerConfig(image_height=71, image_width=71), ["signer_00", "signer_01"], other)
