@@ -1,11 +1,9 @@
 """Fixture builders for the trainer tests: real signature images, real GZIP TFRecords as ExampleGen writes them."""
 from __future__ import annotations
 
-import base64
 import hashlib
 import importlib.util
 import io
-import json
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -15,7 +13,6 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATOR = REPO / "data" / "generate_signatures.py"
-SAMPLE_DIR = REPO / "data" / "sample"
 
 Item = tuple[bytes, str]  # (encoded image file, label)
 
@@ -34,24 +31,6 @@ def rendered_items(signers: Iterable[int], per_signer: int, seed: int = 7, first
     gen = generator()
     return [(gen.render_signature(seed, signer, sample), gen.label_for(signer))
             for signer in signers for sample in range(first_sample, first_sample + per_signer)]
-
-
-def sample_items(sample_dir: Path = SAMPLE_DIR) -> list[Item]:
-    """Every labelled image of a generated sample folder (signatures.jsonl and images/<label>/)."""
-    items = []
-    with open(sample_dir / "signatures.jsonl", encoding="utf-8") as lines:
-        for line in lines:
-            record = json.loads(line)
-            items.append((base64.b64decode(record["image"]["b64"]), record["label"]))
-    for path in sorted((sample_dir / "images").glob("*/*.*")):
-        items.append((path.read_bytes(), path.parent.name))
-    return items
-
-
-def split_of(sha256_hex: str) -> str:
-    """ExampleGen's split for an image: TFX hashes the partition feature (sha256) into 10 buckets, 8 train / 2 eval."""
-    bucket = int(hashlib.sha256(sha256_hex.encode("ascii")).hexdigest(), 16) % 10
-    return "train" if bucket < 8 else "eval"
 
 
 def to_example(image: bytes, label: str, source: str = "test") -> tf.train.Example:
@@ -85,22 +64,17 @@ def write_records(path: Path, items: Sequence[Item]) -> Path:
     return path
 
 
-def write_splits(root: Path, items: Sequence[Item], *, by_hash: bool = True,
-                 eval_every: int = 5) -> dict[str, list[Item]]:
+def write_splits(root: Path, items: Sequence[Item], eval_every: int = 5) -> dict[str, list[Item]]:
     """Write ExampleGen's layout, root/Split-{train,eval}/data_tfrecord-00000-of-00001.gz.
 
-    by_hash=True splits as ExampleGen does; False puts every `eval_every`-th item of
-    each label into eval (tiny sets, where a hash split may leave a label out of train).
+    Every `eval_every`-th item of each label goes to eval (ExampleGen splits by hash,
+    which on a tiny set may leave a label out of a split; tests want fixed sizes).
     """
     splits: dict[str, list[Item]] = {"train": [], "eval": []}
     seen: dict[str, int] = {}
     for image, label in items:
-        if by_hash:
-            split = split_of(hashlib.sha256(image).hexdigest())
-        else:
-            seen[label] = seen.get(label, 0) + 1
-            split = "eval" if seen[label] % eval_every == 0 else "train"
-        splits[split].append((image, label))
+        seen[label] = seen.get(label, 0) + 1
+        splits["eval" if seen[label] % eval_every == 0 else "train"].append((image, label))
     for name, split_items in splits.items():
         write_records(root / f"Split-{name}" / "data_tfrecord-00000-of-00001.gz", split_items)
     return splits

@@ -44,7 +44,7 @@ def test_training_pipeline_and_serving_signature_give_the_same_model_input(tmp_p
 
 
 def test_summarize_counts_examples_and_sorts_labels(tmp_path, items):
-    splits = write_splits(tmp_path, items, by_hash=False)
+    splits = write_splits(tmp_path, items)
     summary = data.summarize(data.expand_files(split_pattern(tmp_path, "train")))
     assert summary.num_examples == len(splits["train"])
     assert summary.labels == ["signer_00", "signer_01", "signer_02"]
@@ -56,7 +56,7 @@ def test_expand_files_fails_on_an_empty_split(tmp_path):
 
 
 def test_training_batches_are_full_and_labels_are_vocabulary_indices(tmp_path, items):
-    write_splits(tmp_path, items, by_hash=False)
+    write_splits(tmp_path, items)
     files = data.expand_files(split_pattern(tmp_path, "train"))
     batches = list(data.training_dataset(files, ["signer_00", "signer_01", "signer_02"], CONFIG).take(5))
     for images, ids in batches:

@@ -10,7 +10,7 @@ SIGNERS = 4
 
 @pytest.mark.slow
 def test_from_scratch_training_beats_chance_by_far(tmp_path):
-    splits = write_splits(tmp_path, rendered_items(range(SIGNERS), per_signer=12), by_hash=False, eval_every=4)
+    splits = write_splits(tmp_path, rendered_items(range(SIGNERS), per_signer=12), eval_every=4)
     # The default schedule, shortened: fewer epochs of fewer steps on a smaller input.
     config = TrainerConfig(image_height=71, image_width=142, scratch_epochs=6, steps_per_epoch=6,
                            bn_recalibration_batches=4, weights="none")

@@ -11,7 +11,7 @@ from tfx.types import standard_artifacts
 from components.trainer import model as model_lib, train
 from components.trainer.config import CUSTOM_CONFIG_KEY, TrainerConfig
 from serving.layout import LABELS_FILE, WARMUP_FILE
-from tests.trainer.helpers import generator, rendered_items, split_pattern, write_splits
+from tests.trainer.helpers import generator, rendered_items, write_splits
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +60,7 @@ def _run_trainer(root: Path, name: str, examples_dir: Path, base_model_uri: str 
 def first_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("trainer_tfx")
     examples_dir = root / "examples_1"
-    splits = write_splits(examples_dir, rendered_items(FIRST_SIGNERS, per_signer=8), by_hash=False, eval_every=4)
+    splits = write_splits(examples_dir, rendered_items(FIRST_SIGNERS, per_signer=8), eval_every=4)
     return {"root": root, "splits": splits, **_run_trainer(root, "first", examples_dir)}
 
 
@@ -116,7 +116,7 @@ def test_report_predictions_and_tensorboard_logs_are_written_beside_the_model(fi
 def test_warm_start_begins_from_the_previous_weights_and_grows_the_head_for_a_new_signer(first_run):
     root = first_run["root"]
     examples_dir = root / "examples_2"
-    splits = write_splits(examples_dir, rendered_items(SECOND_SIGNERS, per_signer=8), by_hash=False, eval_every=4)
+    splits = write_splits(examples_dir, rendered_items(SECOND_SIGNERS, per_signer=8), eval_every=4)
     labels = sorted({label for _, label in splits["train"]})
 
     # The model training starts from holds the previous export's weights, read here straight
