@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from components.ingest.records import IMAGE_SUFFIXES, JSONL_SUFFIX, LandedFile
+from components.ingest.records import IMAGE_SUFFIXES, JSONL_SUFFIX, LandedFile, count_records
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,52 @@ def collect_new_files(paths: IngestPaths, *, now: int | None = None) -> Collecti
         span = spans[-1] + 1 if spans else 0
         files = _commit_span(paths, span, new, int(time.time()) if now is None else now)
         return Collection(span, span, files, already, identical, pending=False)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Inbox (and sample) files that the next collection would take, and the records they hold."""
+
+    files: int
+    records: int
+
+
+# (path, size, mtime_ns) -> content key, so a poll re-hashes only files that changed.
+KeyCache = dict[tuple[str, int, int], str]
+
+
+def waiting(paths: IngestPaths, key_cache: KeyCache | None = None) -> Waiting:
+    """What has arrived and is not in any committed span yet (read-only; takes no lock).
+
+    Same identity as collection (content hash), so a file copied in twice or
+    renamed counts once, and a file already ingested does not count.
+    """
+    known = set()
+    for span in committed_spans(paths):
+        try:
+            known.update(entry["key"] for entry in read_manifest(paths, span)["files"])
+        except (OSError, ValueError):
+            continue  # a span being committed right now: counted on the next poll
+    cache = key_cache if key_cache is not None else {}
+    files = records = 0
+    seen_now: set[str] = set()
+    for candidate in _candidates(paths):
+        try:
+            st = os.stat(candidate.origin)
+        except OSError:
+            continue  # removed since the walk, or a broken link: collection decides
+        stamp = (candidate.origin, st.st_size, st.st_mtime_ns)
+        key = cache.get(stamp)
+        if key is None:
+            key, error = _file_key(candidate.origin)
+            if error is None:
+                cache[stamp] = key
+        if key in known or key in seen_now:
+            continue
+        seen_now.add(key)
+        files += 1
+        records += count_records(candidate.origin)
+    return Waiting(files, records)
 
 
 @dataclass(frozen=True)

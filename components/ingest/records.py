@@ -21,11 +21,12 @@ import json
 import os
 import unicodedata
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
-
-import tensorflow as tf
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from serving.images import DEFAULT_MAX_PIXELS, ImageInfo, InvalidImage, decode_b64, inspect_image
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
 JSONL_SUFFIX = ".jsonl"
@@ -149,6 +150,10 @@ def parse_record(
 
 def to_example(accepted: Accepted, ingested_at: int) -> tf.train.Example:
     """The tf.Example of the shared contract (labelled records only)."""
+    # NOTE: imported here so that counting and parsing records (the scheduler's
+    # poll, `signflow status`) does not load TensorFlow.
+    import tensorflow as tf
+
     if accepted.label is None:
         raise ValueError(f"{accepted.source}: unlabelled records do not become examples")
 
@@ -300,6 +305,27 @@ def _read_json(landed: LandedFile, label_keys: Sequence[str], max_pixels: int) -
             label_keys=label_keys,
             max_pixels=max_pixels,
         )
+
+
+def count_records(path: str) -> int:
+    """How many records `path` holds, without decoding images: what the scheduler counts as waiting.
+
+    The same units as read_landed_file (a non-blank JSONL line, a row of a .json
+    body, an image file); a file that cannot be read or parsed counts as one
+    record, the one ingestion will quarantine.
+    """
+    suffix = os.path.splitext(path)[1].lower()
+    try:
+        if suffix == JSONL_SUFFIX:
+            with open(path, "rb") as f:
+                return sum(1 for line in f if line.strip())
+        if suffix == JSON_SUFFIX:
+            with open(path, "rb") as f:
+                rows = _json_rows(json.load(f))
+            return 1 if isinstance(rows, _Problem) else len(rows)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return 1
+    return 1
 
 
 def _json_rows(doc: Any) -> list | _Problem:

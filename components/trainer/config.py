@@ -14,7 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from components.trainer.preprocess import MIN_SIDE
+# Xception's smallest input side (keras.applications refuses less).
+MIN_SIDE = 71
 
 # Key under which the pipeline puts `TrainerConfig.to_dict()` in Trainer's custom_config.
 CUSTOM_CONFIG_KEY = "signflow_trainer"

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-# Xception's smallest accepted input side.
-MIN_SIDE = 71
+from components.trainer.config import MIN_SIDE
 
 
 def decode_rgb(image_bytes: tf.Tensor) -> tf.Tensor:
