@@ -7,9 +7,15 @@ style) or `--flag value`, booleans `--enable_batching` or
 does not parse stops the server at once with a message saying which.
 
 signflow's own flags: --host (TF Serving binds every interface; this server
-binds 127.0.0.1 unless told), the request limits, and
+binds 127.0.0.1 unless told), the request limits, the feedback endpoint
+(--feedback_dir, --feedback_token), the status route (--training_status_file),
+the request log (--request_log_file, --request_log_max_bytes), and
 --prefer_tensorflow_model_server, which execs the real tensorflow_model_server
-with the equivalent command line when it is on PATH (`make serve` uses it).
+with the equivalent command line when it is on PATH (`make serve` uses it) --
+unless a signflow-only feature is asked for, which TF Serving cannot provide.
+
+$SIGNFLOW_FEEDBACK_TOKEN is read here, once, when --feedback_token is not given
+(a token in the environment stays out of `ps`).
 
 Nothing here imports TensorFlow; the server does, once the flags are good.
 """
@@ -20,8 +26,9 @@ import logging
 import os
 import shutil
 import sys
+from typing import Mapping
 
-from serving.settings import Settings, SettingsError, build_settings
+from serving.settings import FEEDBACK_TOKEN_ENV, Settings, SettingsError, build_settings
 
 TF_SERVING_BINARY = "tensorflow_model_server"
 
@@ -73,13 +80,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag("max_request_bytes", int, "largest request body / gRPC message accepted", own)
     flag("max_instances_per_request", int, "most instances or examples in one request", own)
     flag("max_image_pixels", int, "largest image (width x height) accepted in image_bytes", own)
+    flag("feedback_dir", str, "absolute inbox folder for POST /v1/models/<name>/feedback; empty: feedback off", own)
+    # No default shown: the default comes from the environment, and a token must not be printed.
+    own.add_argument("--feedback_token", type=str, default=None, metavar="TOKEN",
+                     help=f"bearer token the feedback endpoint requires (default: ${FEEDBACK_TOKEN_ENV}, "
+                          "else none, allowed on a loopback --host only)")
+    flag("training_status_file", str, "JSON file of the training scheduler, shown by GET /signflow/status", own)
+    flag("request_log_file", str, "JSON Lines log of image predictions (no image bytes); empty: off", own)
+    flag("request_log_max_bytes", int, "size at which --request_log_file is rotated to <file>.1", own)
     own.add_argument("--prefer_tensorflow_model_server", type=_bool, nargs="?", const=True, default=False,
                      metavar="true|false",
                      help=f"exec {TF_SERVING_BINARY} with the same settings when it is on PATH (default: false)")
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """The typed settings for parsed flags; raises SettingsError for bad values or config files."""
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    """The typed settings for parsed flags; raises SettingsError for bad values or config files.
+
+    `environ` (default os.environ) supplies $SIGNFLOW_FEEDBACK_TOKEN when --feedback_token is not given.
+    """
+    environ = os.environ if environ is None else environ
+    token = args.feedback_token if args.feedback_token is not None else environ.get(FEEDBACK_TOKEN_ENV, "")
     return build_settings(
         host=args.host,
         grpc_port=args.port,
@@ -98,7 +118,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_request_bytes=args.max_request_bytes,
         max_instances_per_request=args.max_instances_per_request,
         max_image_pixels=args.max_image_pixels,
+        feedback_dir=args.feedback_dir,
+        feedback_token=token,
+        training_status_file=args.training_status_file,
+        request_log_file=args.request_log_file,
+        request_log_max_bytes=args.request_log_max_bytes,
     )
+
+
+def signflow_only_features(settings: Settings) -> list[str]:
+    """The flags in use that tensorflow_model_server has no equivalent for (it would ignore them silently)."""
+    wanted = ("feedback_dir", "training_status_file", "request_log_file")
+    return [f"--{name}" for name in wanted if getattr(settings, name)]
 
 
 def tensorflow_model_server_argv(settings: Settings, binary: str = TF_SERVING_BINARY) -> list[str]:
@@ -106,7 +137,8 @@ def tensorflow_model_server_argv(settings: Settings, binary: str = TF_SERVING_BI
 
     Every flag is written out (TF Serving's --rest_api_port default is 0, ours
     8501). signflow-only settings have no equivalent and are left out: --host
-    (TF Serving listens on all interfaces) and the request limits.
+    (TF Serving listens on all interfaces), the request limits, feedback, the
+    status route and the request log.
     """
     argv = [
         binary,
@@ -141,7 +173,12 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.prefer_tensorflow_model_server:
         binary = shutil.which(TF_SERVING_BINARY)
-        if binary is not None:
+        features = signflow_only_features(settings)
+        if binary is not None and features:
+            # Exec'ing would drop them without a word; the feature asked for wins over the preference.
+            print(f"signflow serve: not using {binary}: it has no equivalent of {', '.join(features)}",
+                  file=sys.stderr, flush=True)
+        elif binary is not None:
             argv = tensorflow_model_server_argv(settings, binary)
             print("exec " + " ".join(argv), file=sys.stderr, flush=True)
             os.execv(binary, argv)

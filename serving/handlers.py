@@ -137,14 +137,21 @@ class Handlers:
         batching_options=None,
         batch_executor: Executor | None = None,
         on_batch: Callable[[str, int, int], None] | None = None,
+        on_predicted: Callable[[str, int, np.ndarray, Mapping[str, np.ndarray]], None] | None = None,
     ):
-        """`batching_options` (a serving.batching.BatchingOptions) turns dynamic batching on."""
+        """`batching_options` (a serving.batching.BatchingOptions) turns dynamic batching on.
+
+        `on_predicted(model, version, image_bytes, outputs)` hears every answered call of a
+        serving_default with an image_bytes input (the request log). It runs on the event
+        loop, so it must only hand the data off; an error in it is logged, never returned.
+        """
         self._registry = registry
         self._settings = settings
         self._executor = executor
         self._batching_options = batching_options
         self._batch_executor = batch_executor
         self._on_batch = on_batch or (lambda *_: None)
+        self._on_predicted = on_predicted
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: set[asyncio.Task] = set()
 
@@ -230,6 +237,12 @@ class Handlers:
         if servable.validates_images and signature_name == DEFAULT_SIGNATURE and IMAGE_INPUT in inputs:
             await self._cpu(_check_images, inputs[IMAGE_INPUT], self._settings.max_image_pixels)
         outputs = await self._run(lease, signature_name, inputs)
+        if (self._on_predicted is not None and servable.validates_images and signature_name == DEFAULT_SIGNATURE
+                and IMAGE_INPUT in inputs):
+            try:
+                self._on_predicted(servable.name, lease.version, inputs[IMAGE_INPUT], outputs)
+            except Exception:  # the answer is ready: a logging problem must not lose it
+                log.exception("on_predicted hook failed for model %s version %s", servable.name, lease.version)
         return PredictResult(lease.version, signature_name, {alias: outputs[alias] for alias in aliases})
 
     # -- classify / regress / multi-inference --------------------------------------

@@ -11,7 +11,11 @@ Two families:
   `signflow_serving_requests_total{model,version,api,entrypoint,code}`,
   `signflow_serving_request_latency_seconds{model,version,api,entrypoint}`,
   `signflow_serving_batch_size{model,version}`,
-  `signflow_serving_model_load_events_total{model,version,event}`.
+  `signflow_serving_model_load_events_total{model,version,event}`,
+  `signflow_serving_feedback_requests_total{code}`,
+  `signflow_serving_feedback_instances_total{model,outcome}` (accepted/rejected),
+  `signflow_serving_request_log_dropped_total` (entries the request log could not keep).
+  Feedback is not counted in the request families above: those are TF Serving's APIs.
 
 Each server has its own CollectorRegistry, so several servers in one process
 (tests) do not mix their numbers.
@@ -79,6 +83,16 @@ class Metrics:
             "signflow_serving_model_load_events", "Version loads, failed loads and unloads.",
             ("model", "version", "event"), registry=self.registry)
 
+        self._feedback_requests = Counter(
+            "signflow_serving_feedback_requests", "Feedback requests by status code name.",
+            ("code",), registry=self.registry)
+        self._feedback_instances = Counter(
+            "signflow_serving_feedback_instances", "Feedback instances written (accepted) or refused (rejected).",
+            ("model", "outcome"), registry=self.registry)
+        self._request_log_dropped = Counter(
+            "signflow_serving_request_log_dropped", "Request log entries dropped (queue full, write error, cap).",
+            registry=self.registry)
+
     def request(self, model: str, version: int | None, api: str, entrypoint: str, code: str,
                 seconds: float) -> None:
         """One finished request. `code` is the status name (OK, INVALID_ARGUMENT, ...)."""
@@ -94,6 +108,16 @@ class Metrics:
 
     def load_event(self, model: str, version: int, event: str) -> None:
         self._load_events.labels(model, str(version), event).inc()
+
+    def feedback(self, code: str, model: str | None = None, accepted: int = 0, rejected: int = 0) -> None:
+        """One feedback request. `model` only once it is known to be served (labels stay bounded)."""
+        self._feedback_requests.labels(code).inc()
+        if model is not None:
+            self._feedback_instances.labels(model, "accepted").inc(accepted)
+            self._feedback_instances.labels(model, "rejected").inc(rejected)
+
+    def request_log_dropped(self, count: int = 1) -> None:
+        self._request_log_dropped.inc(count)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -9,19 +9,24 @@ code maps to. Everything past the URL is the handlers' job.
 
 signflow additions, none of which change a body TF Serving would send:
 - `X-Model-Version: <n>` on answers that came from a model version;
-- bodies over --max_request_bytes are refused with 413 before they are read.
+- bodies over --max_request_bytes are refused with 413 before they are read;
+- `GET /signflow/status` (`status_route`): the models' versions and the
+  training scheduler's status file.
 
-Routes outside /v1 (TF Serving's namespace, where anything unknown is a 400)
-are passed in as `extra_routes`; the feedback endpoint will live in its own
-route module and be mounted that way.
+signflow's own routes are passed in as `extra_routes` and matched before the
+/v1 dispatcher. The feedback endpoint (serving/feedback.py) is mounted that way
+at `POST /v1/models/<name>/feedback`: a URL TF Serving has no meaning for (it
+answers 400 "Malformed request"), so every URL of TF Serving's API still
+reaches the dispatcher, and any other method on that path too.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import time
-from typing import Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 from urllib.parse import unquote_to_bytes
 
 from starlette.applications import Starlette
@@ -33,6 +38,7 @@ from serving import errors
 from serving.handlers import Handlers, JsonResponse, ModelRef, with_deadline
 from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serving.metrics import Metrics
+from serving.registry import AVAILABLE, Registry
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,10 @@ _POST = re.compile(
 _GET = re.compile(
     r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
 _CORS_ORIGIN = re.compile(r"https?://")
+
+STATUS_PATH = "/signflow/status"
+# The scheduler's status is a few hundred bytes; anything this big is not it.
+MAX_TRAINING_STATUS_BYTES = 1024 * 1024
 
 _NOT_FOUND_PAGE = (
     "<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n"
@@ -118,7 +128,7 @@ class _RestApi:
                     raise errors.InvalidArgument(f"Malformed request: {method} {target}")
                 ref = _model_ref(match)
                 model_name, api = ref.name, verb
-                body = await _read_body(request, self._settings.max_request_bytes)
+                body = await read_body(request, self._settings.max_request_bytes)
                 call: Callable[[ModelRef, bytes], Awaitable[JsonResponse]] = {
                     "predict": self._handlers.predict_json,
                     "classify": self._handlers.classify_json,
@@ -175,7 +185,8 @@ def _model_ref(match: re.Match) -> ModelRef:
     return ModelRef(name=_decode(match.group(1)) or "", version=version, label=_decode(match.group(3)))
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with RequestTooLarge (413) past `limit` bytes, before more is read."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise errors.RequestTooLarge(
@@ -192,3 +203,73 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def _json_bytes(document: dict) -> bytes:
     return json.dumps(document, ensure_ascii=False).encode("utf-8", "surrogateescape")
+
+
+def status_route(registry: Registry, training_status_file: str) -> Route:
+    """`GET /signflow/status`: every configured model's versions, and the training status file.
+
+    Answers `{"models": [{"name", "serving_version", "versions": [{"version", "state",
+    "error_code", "error_message"}]}], "training": <the file's JSON object or null>,
+    "training_status_error": <why the file could not be used, or null>}`. A missing
+    file (or no --training_status_file) is `training: null` with no error.
+    """
+
+    async def status(request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return Response(_json_bytes({"error": f"Method {request.method} not allowed; use GET"}),
+                            status_code=405, media_type=_JSON, headers={"Allow": "GET, HEAD"})
+        training, error = None, None
+        if training_status_file:
+            training, error = await asyncio.to_thread(read_training_status, training_status_file)
+        document = {"models": models_status(registry), "training": training, "training_status_error": error}
+        # ASCII escapes: the file's strings may hold lone surrogates, which UTF-8 cannot carry.
+        return Response(json.dumps(document).encode("ascii"), media_type=_JSON)
+
+    return Route(STATUS_PATH, status, methods=_ALL_METHODS)
+
+
+def models_status(registry: Registry) -> list[dict]:
+    """The status route's "models": configured models in config order, versions newest first."""
+    models = []
+    for config in registry.configs():
+        try:
+            records = registry.status(config.name)
+        except errors.NotFound:
+            records = []  # configured, nothing found on disk yet
+        versions = [{"version": r.version, "state": r.state, "error_code": r.error_code,
+                     "error_message": r.error_message} for r in records]
+        available = [r.version for r in records if r.state == AVAILABLE]
+        models.append({"name": config.name, "serving_version": max(available) if available else None,
+                       "versions": versions})
+    return models
+
+
+def read_training_status(path: str) -> tuple[dict | None, str | None]:
+    """(the file's JSON object, None), (None, None) when it does not exist, or (None, why it is unusable).
+
+    The scheduler replaces the file atomically, so a read sees an old or a new
+    file, never half of one; its content is passed on as it is.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_TRAINING_STATUS_BYTES + 1)
+    except FileNotFoundError:
+        return None, None
+    except OSError as err:
+        return None, f"cannot read {path}: {err.strerror or err}"
+    if len(data) > MAX_TRAINING_STATUS_BYTES:
+        return None, f"{path} is larger than {MAX_TRAINING_STATUS_BYTES} bytes"
+    try:
+        document: Any = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as err:
+        return None, f"{path} is not valid JSON: {err}"
+    except RecursionError:
+        return None, f"{path} is nested too deeply"
+    if not isinstance(document, dict):
+        return None, f"{path} does not hold a JSON object"
+    return document, None
+
+
+def _reject_constant(name: str):
+    # NaN/Infinity would be passed on as tokens a strict JSON client cannot parse.
+    raise ValueError(f"{name} is not JSON")

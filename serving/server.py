@@ -6,6 +6,11 @@ Serving's order: the models present on disk are loaded (and warmed up) first,
 then the ports open; the version watcher and the config-file poller then run
 in the background.
 
+signflow's own routes come from the settings: the feedback endpoint
+(serving/feedback.py), `GET /signflow/status` (rest.status_route) and, with
+--request_log_file, the request log (serving/request_log.py) fed by the
+handlers' on_predicted hook. `extra_routes` are mounted after them.
+
 `ModelServer` is the async object; `ServerThread` runs one on a background
 thread (tests, embedding); `run(settings)` is the command-line entry.
 """
@@ -26,11 +31,12 @@ import grpc
 import uvicorn
 from starlette.routing import BaseRoute
 
-from serving import errors, grpc_service, rest
+from serving import errors, feedback, grpc_service, rest
 from serving.handlers import Handlers
 from serving.metrics import Metrics
 from serving.registry import Registry, load_servable
 from serving.repository import Watcher
+from serving.request_log import RequestLog
 from serving.settings import ModelConfig, Settings, SettingsError, read_model_config_file
 
 log = logging.getLogger(__name__)
@@ -61,6 +67,11 @@ class ModelServer:
             batching_options = BatchingOptions.from_text_proto(settings.batching_parameters)
             batch_executor = concurrent.futures.ThreadPoolExecutor(batching_options.num_batch_threads, "batch")
         self._batch_executor = batch_executor
+        self.request_log: RequestLog | None = None
+        if settings.request_log_file:
+            self.request_log = RequestLog(settings.request_log_file, settings.request_log_max_bytes,
+                                          on_dropped=self.metrics.request_log_dropped)
+        self._routes: list[BaseRoute] = []
         self.registry = Registry(
             lambda name, version, path: load_servable(name, version, path, warmup=settings.enable_model_warmup),
             allow_version_labels_for_unavailable_models=settings.allow_version_labels_for_unavailable_models,
@@ -69,7 +80,8 @@ class ModelServer:
         )
         self.handlers = Handlers(
             self.registry, settings, self._executor, batching_options=batching_options,
-            batch_executor=batch_executor, on_batch=self.metrics.batch)
+            batch_executor=batch_executor, on_batch=self.metrics.batch,
+            on_predicted=self.request_log.record if self.request_log is not None else None)
         self._watcher = Watcher(self.registry.configs, self.registry.reconcile, settings.file_system_poll_wait_seconds)
         self._config_text: str | None = None
         self._stopping: asyncio.Event | None = None
@@ -82,6 +94,11 @@ class ModelServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        # First, before any thread or port starts: a feedback folder or log file that
+        # cannot be used stops the server with nothing to undo.
+        self._routes = await loop.run_in_executor(self._executor, self._signflow_routes)
+        if self.request_log is not None:
+            await loop.run_in_executor(self._executor, self.request_log.start)
         self.handlers.bind_loop(loop)
         self._stopping = asyncio.Event()
         self.registry.apply_config(self.settings.models)
@@ -94,6 +111,14 @@ class ModelServer:
         await self._start_rest()
         if self.settings.model_config_file and self.settings.model_config_file_poll_wait_seconds > 0:
             self._tasks.append(loop.create_task(self._poll_config_file()))
+
+    def _signflow_routes(self) -> list[BaseRoute]:
+        """signflow's routes (blocking: prepares the feedback folder), then the caller's extra_routes."""
+        return [
+            *feedback.routes(self.settings, self.registry, self.metrics, self._executor),
+            rest.status_route(self.registry, self.settings.training_status_file),
+            *self._extra_routes,
+        ]
 
     async def _start_grpc(self) -> None:
         port = self.settings.grpc_port
@@ -128,7 +153,7 @@ class ModelServer:
         sock.listen(1024)
         sock.setblocking(False)
         self.rest_port = sock.getsockname()[1]
-        app = rest.create_app(self.handlers, self.settings, self.metrics, self._extra_routes)
+        app = rest.create_app(self.handlers, self.settings, self.metrics, self._routes)
         config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
                                 http="httptools", timeout_graceful_shutdown=5)
         self._uvicorn = _Uvicorn(config)
@@ -187,6 +212,9 @@ class ModelServer:
         if self._grpc is not None:
             await self._grpc.stop(grace=2)
             self._grpc = None
+        if self.request_log is not None:
+            # The transports are closed: nothing more is recorded; write what is queued.
+            await asyncio.get_running_loop().run_in_executor(None, self.request_log.close)
         self.registry.unload_all()
         await self.handlers.aclose()
         self._executor.shutdown(wait=False, cancel_futures=True)

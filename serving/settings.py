@@ -4,7 +4,8 @@ Flag names, defaults and meanings are TF Serving's (`model_servers/main.cc`,
 `server.h`), so a command line works unchanged against the real
 `tensorflow_model_server`. The config files are TF Serving's text protobufs,
 parsed with the protos from tensorflow-serving-api. Only `--host` and the
-request limits are signflow's own.
+request limits and the feedback / status / request-log settings are
+signflow's own (`tensorflow_model_server_argv` leaves them out).
 
 This module never imports TensorFlow: a bad flag or config file fails in a
 fraction of a second, before the 10-second TensorFlow import.
@@ -12,6 +13,7 @@ fraction of a second, before the 10-second TensorFlow import.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,9 @@ from serving import images
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_INSTANCES_PER_REQUEST = 1000
+DEFAULT_REQUEST_LOG_MAX_BYTES = 64 * 1024 * 1024
+# Read by cli.py only (once, when --feedback_token is not given).
+FEEDBACK_TOKEN_ENV = "SIGNFLOW_FEEDBACK_TOKEN"
 
 
 class SettingsError(ValueError):
@@ -106,6 +111,19 @@ class Settings:
     """The models to serve, from the config file or from --model_name/--model_base_path."""
     execution_threads: int = max(4, 2 * (os.cpu_count() or 1))
     """Threads that run models and decode requests, off the event loop."""
+    feedback_dir: str = ""
+    """signflow: the ingestion inbox (absolute) where POST /v1/models/<name>/feedback writes one
+    JSON Lines file per request; created at start if missing. "" disables feedback (the route answers 404)."""
+    feedback_token: str = field(default="", repr=False)
+    """signflow: bearer token the feedback route requires ("" = none; only allowed on a loopback
+    --host). From --feedback_token, else $SIGNFLOW_FEEDBACK_TOKEN. Kept out of repr so logs never show it."""
+    training_status_file: str = ""
+    """signflow: JSON file the training scheduler writes; GET /signflow/status shows it ("" = none)."""
+    request_log_file: str = ""
+    """signflow: JSON Lines log of image predictions (time, model, version, sha256, label, score; never
+    the image); "" = off."""
+    request_log_max_bytes: int = DEFAULT_REQUEST_LOG_MAX_BYTES
+    """signflow: size cap of --request_log_file; past it the file is rotated once to <file>.1."""
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -125,9 +143,10 @@ def build_settings(**flags) -> Settings:
         raise SettingsError("At least one of --port or --rest_api_port must be set (non-zero).")
     if settings.grpc_port and settings.grpc_port == settings.rest_api_port:
         raise SettingsError(f"--rest_api_port ({settings.rest_api_port}) must differ from --port.")
-    for name in ("max_request_bytes", "max_instances_per_request", "max_image_pixels"):
+    for name in ("max_request_bytes", "max_instances_per_request", "max_image_pixels", "request_log_max_bytes"):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"--{name} must be positive")
+    _check_feedback(settings)
 
     if settings.model_config_file:
         models = read_model_config_file(settings.model_config_file)
@@ -152,6 +171,36 @@ def build_settings(**flags) -> Settings:
         prometheus_enabled=prometheus_enabled,
         prometheus_path=prometheus_path,
     )
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` only accepts connections from this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve to any interface
+
+
+def _check_feedback(settings: Settings) -> None:
+    token = settings.feedback_token
+    # A token a client cannot send in an Authorization header would lock everyone out.
+    if token and not all("\x21" <= ch <= "\x7e" for ch in token):
+        raise SettingsError("--feedback_token must be printable ASCII without spaces")
+    directory = settings.feedback_dir
+    if not directory:
+        return
+    if not Path(directory).is_absolute():
+        raise SettingsError(f"--feedback_dir must be an absolute path; got {directory}")
+    if Path(directory).exists() and not Path(directory).is_dir():
+        raise SettingsError(f"--feedback_dir: {directory} exists and is not a folder")
+    # Feedback becomes training data: anyone who can reach an unauthenticated
+    # endpoint on a public interface could poison the next model.
+    if not token and not is_loopback(settings.host):
+        raise SettingsError(
+            f"--feedback_dir on --host={settings.host} needs a token: set --feedback_token or "
+            f"${FEEDBACK_TOKEN_ENV} (feedback without a token is allowed on a loopback host only)")
 
 
 def read_model_config_file(path: str) -> tuple[ModelConfig, ...]:

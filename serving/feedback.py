@@ -1,0 +1,397 @@
+"""The feedback endpoint: `POST /v1/models/<name>/feedback` writes labelled images into the ingestion inbox.
+
+A client that knows the right answer for an image sends it back in predict's
+body format plus a label per instance:
+
+    {"instances": [{"image_bytes": {"b64": "..."}, "label": "signer_03"}, ...]}
+    {"inputs": {"image_bytes": [{"b64": "..."}, ...], "label": ["signer_03", ...]}}
+
+Each instance is checked as ingestion would check it (serving.images decodes
+and inspects the image; the label rule is ingestion's `_label`, made stricter:
+required, no surrounding whitespace, at most MAX_LABEL_CHARS). The valid ones
+become ONE new JSON Lines file in --feedback_dir per request, each line in the
+record shape ingestion reads:
+
+    {"image": {"b64": ...}, "label": ..., "sha256": ..., "model": ..., "model_version": ..., "received_at": ...}
+
+(ingestion reads "image" and "label" and ignores the other keys). The file is
+written as a dotfile `.feedback-*.jsonl.tmp`, fsynced, then renamed to
+`feedback-<UTC time>-<random>.jsonl`: ingestion skips dotfiles and *.tmp, so
+it never sees half a file.
+
+Answers (bodies are JSON):
+- 200 `{"accepted": n, "rejected": [{"index", "reason", "error"}], "file": name}`:
+  at least one instance was written; `rejected` lists the others (possibly none).
+- 400 `{"error": ..., "rejected": [...]}`: no instance was valid, nothing written.
+- 400 `{"error": ...}`: the body is not JSON, or not one of the two shapes.
+- 401 (+ `WWW-Authenticate: Bearer`): a token is configured and the request's
+  `Authorization: Bearer <token>` is missing or wrong.
+- 404: the model is not served (TF Serving's "Servable not found" wording), or
+  feedback is not enabled (no --feedback_dir).
+- 413: body over --max_request_bytes. 500: the file could not be written.
+
+Without a token, feedback is accepted only on a loopback --host (settings.py
+refuses to start otherwise) and a warning is logged at start.
+
+The serving side never imports the training side: the record shape and label
+rule are restated here, and tests/serving/test_feedback.py proves with
+components.ingest.records that ingestion accepts what this writes.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import time
+import unicodedata
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from serving import errors, images, rest
+from serving.metrics import Metrics
+from serving.registry import Registry
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FEEDBACK_PATH = "/v1/models/{name}/feedback"
+FILE_PREFIX = "feedback-"
+FILE_SUFFIX = ".jsonl"
+MAX_LABEL_CHARS = 256
+# Keys that may hold the image in an instance (predict's input name first, then ingestion's).
+IMAGE_KEYS = ("image_bytes", "image")
+LABEL_KEY = "label"
+# A temp file this old was left by a crash (a write takes milliseconds); removed at start.
+STALE_TEMP_SECONDS = 3600
+
+# Reason codes: ingestion's names where it has one (components/ingest/records.py),
+# plus serving.images.InvalidImage's (invalid_base64, not_an_image, corrupt_image, ...).
+NOT_AN_OBJECT = "not_an_object"
+MISSING_IMAGE = "missing_image"
+INVALID_IMAGE_FIELD = "invalid_image_field"
+MISSING_LABEL = "missing_label"
+INVALID_LABEL = "invalid_label"
+
+# Characters a label may not hold: control characters (labels are lines of the
+# model's labels.txt), line/paragraph separators (str.splitlines splits on them)
+# and lone surrogates (not encodable as UTF-8, so not as a tf.Example bytes feature).
+_FORBIDDEN_CATEGORIES = ("Cc", "Zl", "Zp", "Cs")
+
+
+class Unauthenticated(errors.ServingError):
+    code = errors.Code.UNAUTHENTICATED
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One instance that was not written, and why (`reason` is a stable code)."""
+
+    index: int
+    reason: str
+    error: str
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "reason": self.reason, "error": self.error}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One valid instance: the decoded image and its label."""
+
+    index: int
+    image: bytes
+    sha256: str
+    label: str
+
+
+class InvalidInstance(ValueError):
+    """One instance that cannot be used: `reason` is a stable code, `error` says why."""
+
+    def __init__(self, reason: str, error: str):
+        super().__init__(error)
+        self.reason = reason
+        self.error = error
+
+
+def check_label(value: Any) -> str:
+    """The label if ingestion accepts it and it is one a person meant; raises InvalidInstance otherwise."""
+    if value is None:
+        raise InvalidInstance(MISSING_LABEL, f'no "{LABEL_KEY}": feedback needs a label per instance')
+    if not isinstance(value, str):
+        raise InvalidInstance(INVALID_LABEL, f"label must be a string, got {_json_type(value)}")
+    if not value.strip():
+        # Ingestion would take a blank label as "unlabelled": useless as feedback.
+        raise InvalidInstance(MISSING_LABEL, "label is empty")
+    if len(value) > MAX_LABEL_CHARS:
+        raise InvalidInstance(INVALID_LABEL, f"label is {len(value)} characters long; at most {MAX_LABEL_CHARS}")
+    if value != value.strip():
+        # "signer_03 " would train as a class of its own.
+        raise InvalidInstance(INVALID_LABEL, f"label has leading or trailing whitespace: {value!r}")
+    if any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in value):
+        raise InvalidInstance(INVALID_LABEL, f"label contains control or line-separator characters: {value!r}")
+    return value
+
+
+def parse_feedback(body: bytes, *, max_instances: int, max_pixels: int) -> tuple[list[Item], list[Rejection]]:
+    """Split a feedback body into valid items and rejections, in instance order.
+
+    Raises errors.InvalidArgument when the body as a whole is unusable (not JSON,
+    neither shape, no instances, too many).
+    """
+    rows = _rows(_parse_json(body), max_instances)
+    items: list[Item] = []
+    rejected: list[Rejection] = []
+    for index, row in enumerate(rows):
+        try:
+            items.append(_check_instance(index, row, max_pixels))
+        except InvalidInstance as err:
+            rejected.append(Rejection(index, err.reason, err.error))
+    return items, rejected
+
+
+def _parse_json(body: bytes) -> Any:
+    if not body.strip():
+        raise errors.InvalidArgument("JSON Parse error: The document is empty")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise errors.InvalidArgument(f"JSON Parse error: {err}") from None
+    except RecursionError:
+        raise errors.InvalidArgument("JSON Parse error: The document is nested too deeply") from None
+
+
+def _rows(document: Any, max_instances: int) -> list:
+    if not isinstance(document, dict):
+        raise errors.InvalidArgument(f"The feedback body must be a JSON object, got {_json_type(document)}")
+    has_instances, has_inputs = "instances" in document, "inputs" in document
+    if has_instances == has_inputs:
+        raise errors.InvalidArgument(
+            "The feedback body needs exactly one of 'instances' (a list of {\"image_bytes\": {\"b64\": ...}, "
+            "\"label\": ...}) or 'inputs' ({\"image_bytes\": [...], \"label\": [...]})")
+    if has_instances:
+        rows = document["instances"]
+        if not isinstance(rows, list):
+            raise errors.InvalidArgument(f"'instances' must be a list, got {_json_type(rows)}")
+    else:
+        rows = _columns_to_rows(document["inputs"])
+    if not rows:
+        raise errors.InvalidArgument("No instances in the feedback request")
+    if len(rows) > max_instances:
+        raise errors.InvalidArgument(
+            f"Request has {len(rows)} instances; this server accepts at most {max_instances} per request "
+            "(--max_instances_per_request)")
+    return rows
+
+
+def _columns_to_rows(inputs: Any) -> list[dict]:
+    if not isinstance(inputs, dict) or not inputs:
+        raise errors.InvalidArgument(f"'inputs' must be an object of columns, got {_json_type(inputs)}")
+    lengths = {name: len(column) if isinstance(column, list) else None for name, column in inputs.items()}
+    if None in lengths.values() or len(set(lengths.values())) != 1:
+        raise errors.InvalidArgument(f"Every column of 'inputs' must be a list of the same length: {lengths}")
+    size = next(iter(lengths.values()))
+    return [{name: column[i] for name, column in inputs.items()} for i in range(size)]
+
+
+def _check_instance(index: int, row: Any, max_pixels: int) -> Item:
+    if not isinstance(row, dict):
+        raise InvalidInstance(NOT_AN_OBJECT, f"an instance must be a JSON object, got {_json_type(row)}")
+    label = check_label(row.get(LABEL_KEY))  # cheap: before any image is decoded
+    key = next((key for key in IMAGE_KEYS if key in row), None)
+    if key is None:
+        raise InvalidInstance(MISSING_IMAGE, f"no image under {' or '.join(repr(k) for k in IMAGE_KEYS)}")
+    field = row[key]
+    if not (isinstance(field, dict) and isinstance(field.get("b64"), str)):
+        raise InvalidInstance(INVALID_IMAGE_FIELD, f'"{key}" must be {{"b64": "<base64 text>"}}, got {_json_type(field)}')
+    try:
+        # Strict: the body is predict's format, so TF Serving's base64 rule applies.
+        data = images.decode_b64(field["b64"], lenient=False)
+        info = images.inspect_image(data, max_pixels=max_pixels)
+    except images.InvalidImage as err:
+        # Pillow's messages name its in-memory file object; that is noise to a client.
+        raise InvalidInstance(err.reason, re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", err.detail)) from None
+    return Item(index, data, info.sha256, label)
+
+
+def feedback_record(item: Item, model: str, version: int, received_at: str) -> dict:
+    """One inbox line: ingestion's record shape ("image", "label") plus provenance it ignores."""
+    return {
+        "image": {"b64": base64.b64encode(item.image).decode("ascii")},
+        "label": item.label,
+        "sha256": item.sha256,
+        "model": model,
+        "model_version": version,
+        "received_at": received_at,
+    }
+
+
+def write_feedback_file(directory: str, records: list[dict], now: datetime | None = None) -> str:
+    """Write `records` as a new JSON Lines file in `directory`, atomically. Returns the file's name.
+
+    Written as a dotfile, fsynced, renamed, then the folder fsynced: a reader
+    sees the whole file or none, and a crash leaves at most a skipped dotfile.
+    The name has 48 random bits, so concurrent requests never collide.
+    """
+    now = now or datetime.now(timezone.utc)
+    name = f"{FILE_PREFIX}{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{secrets.token_hex(6)}{FILE_SUFFIX}"
+    final = os.path.join(directory, name)
+    temp = os.path.join(directory, f".{name}.tmp")
+    data = b"".join(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n" for record in records)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(temp, final)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+    return name
+
+
+def prepare_feedback_dir(directory: str) -> None:
+    """Create the folder if needed, check it is writable, remove temp files a crash left behind."""
+    os.makedirs(directory, exist_ok=True)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OSError(f"--feedback_dir {directory} is not writable")
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    for name in os.listdir(directory):
+        if name.startswith("." + FILE_PREFIX) and name.endswith(".tmp"):
+            path = os.path.join(directory, name)
+            try:
+                # Only old ones: another server may share the folder and be writing now.
+                if os.stat(path).st_mtime < cutoff:
+                    os.unlink(path)
+                    log.warning("removed %s, left by an interrupted feedback write", path)
+            except OSError:
+                pass
+
+
+class FeedbackEndpoint:
+    """The Starlette endpoint for POST /v1/models/<name>/feedback."""
+
+    def __init__(self, settings: Settings, registry: Registry, metrics: Metrics, executor: Executor | None = None):
+        self._settings = settings
+        self._registry = registry
+        self._metrics = metrics
+        self._executor = executor
+        self._directory = settings.feedback_dir
+        # Compared as digests, so the comparison takes the same time whatever the length sent.
+        self._token_digest = hashlib.sha256(settings.feedback_token.encode("ascii")).digest() \
+            if settings.feedback_token else None
+
+    async def handle(self, request: Request) -> Response:
+        """Answer one request (a bound method, so Starlette treats it as a request -> response endpoint)."""
+        try:
+            return await self._handle(request)
+        except errors.ServingError as err:
+            self._metrics.feedback(err.code.name)
+            headers = None
+            if isinstance(err, Unauthenticated):
+                headers = {"WWW-Authenticate": 'Bearer realm="signflow feedback"'}
+            return rest.error_response(err, headers)
+        except Exception as err:  # a bug, not a client error: say so, keep serving
+            log.exception("Unhandled error in feedback for %s", request.url.path)
+            self._metrics.feedback(errors.Code.INTERNAL.name)
+            return rest.error_response(errors.Internal(f"Internal server error: {type(err).__name__}: {err}"))
+
+    async def _handle(self, request: Request) -> Response:
+        if not self._directory:
+            raise errors.NotFound("Feedback is not enabled on this server (start it with --feedback_dir)")
+        self._authenticate(request.headers.get("authorization"))
+        name = request.path_params["name"]
+        # Only a served model takes feedback; the version that serves now is recorded with it.
+        with self._registry.acquire(name) as lease:
+            version = lease.version
+        body = await rest.read_body(request, self._settings.max_request_bytes)
+        items, rejected = await self._off_loop(
+            parse_feedback, body, max_instances=self._settings.max_instances_per_request,
+            max_pixels=self._settings.max_image_pixels)
+        rejected_json = [rejection.to_json() for rejection in rejected]
+        if not items:
+            self._metrics.feedback(errors.Code.INVALID_ARGUMENT.name, name, 0, len(rejected))
+            document = {"error": f"No valid instance in the feedback request ({len(rejected)} rejected); "
+                                 "nothing was written", "rejected": rejected_json}
+            return _json(document, 400)
+        received_at = datetime.now(timezone.utc)
+        stamp = received_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        records = [feedback_record(item, name, version, stamp) for item in items]
+        try:
+            file_name = await self._off_loop(write_feedback_file, self._directory, records, received_at)
+        except OSError as err:
+            log.error("Could not write feedback to %s: %s", self._directory, err)
+            raise errors.Internal(
+                f"Could not store the feedback (nothing was written): {err.strerror or err}") from None
+        self._metrics.feedback("OK", name, len(items), len(rejected))
+        log.info("feedback for %s: %d accepted, %d rejected -> %s", name, len(items), len(rejected), file_name)
+        return _json({"accepted": len(items), "rejected": rejected_json, "file": file_name}, 200)
+
+    def _authenticate(self, header: str | None) -> None:
+        if self._token_digest is None:
+            return
+        scheme, _, credentials = (header or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise Unauthenticated("Feedback needs an 'Authorization: Bearer <token>' header")
+        sent = hashlib.sha256(credentials.strip().encode("latin-1", "replace")).digest()
+        if not hmac.compare_digest(sent, self._token_digest):
+            raise Unauthenticated("The feedback token is not valid")
+
+    async def _off_loop(self, function, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(function, *args, **kwargs))
+
+
+def routes(settings: Settings, registry: Registry, metrics: Metrics, executor: Executor | None = None
+           ) -> list[BaseRoute]:
+    """The feedback route, to mount before rest.py's /v1 catch-all.
+
+    POST only: any other method on that path falls through to the /v1
+    dispatcher and gets TF Serving's answer, exactly as before. Mounted even
+    when feedback is off, so a client hears "not enabled" instead of TF
+    Serving's "Malformed request".
+    """
+    if settings.feedback_dir:
+        prepare_feedback_dir(settings.feedback_dir)
+        if not settings.feedback_token:
+            log.warning("Feedback (POST %s) is unauthenticated: no --feedback_token or $SIGNFLOW_FEEDBACK_TOKEN; "
+                        "accepted because --host=%s is loopback", FEEDBACK_PATH, settings.host)
+    endpoint = FeedbackEndpoint(settings, registry, metrics, executor)
+    return [Route(FEEDBACK_PATH, endpoint.handle, methods=["POST"])]
+
+
+def _json(document: dict, status: int) -> Response:
+    return Response(json.dumps(document, ensure_ascii=False).encode("utf-8"), status_code=status,
+                    media_type="application/json")
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
