@@ -20,12 +20,14 @@ VENV_KEY := $(shell cat requirements.lock setup.py | sha256sum | cut -c1-16)
 VENV_STORE ?= $(HOME)/.cache/signflow/venvs
 VENV_DIR := $(VENV_STORE)/$(VENV_KEY)
 
-.PHONY: help venv run-local test serve rollback versions ingest lock clean
+.PHONY: help venv run-local test serve schedule status rollback versions ingest lock clean
 
 help:
 	@echo "make run-local             set up, then run the pipeline once on the committed sample"
 	@echo "make test                  set up, then run the test suite"
 	@echo "make serve                 serve serving_model/\$$(MODEL) on 8500 (gRPC) and 8501 (REST)"
+	@echo "make schedule              the training server: retrain on a schedule and when new data arrives"
+	@echo "make status                what the training server did last, what waits, what is served"
 	@echo "make versions              list the served versions and their lineage"
 	@echo "make rollback [VERSION=N]  take the newest version (or all newer than N) out of service"
 	@echo "make ingest                ingest data/inbox into a new span only"
@@ -40,15 +42,30 @@ venv: .venv/.ready-$(VENV_KEY)
 
 MODEL ?= xception
 SERVE_FLAGS ?=
+SCHEDULE_FLAGS ?= --interval=6h --min-new-records=100 --poll=30s
 VERSION ?=
 
 run-local: venv
 	$(PY) -m pipeline.cli run
 
 # tensorflow_model_server is used instead when it is on PATH (same flags, same clients).
+# The feedback and training-status routes are signflow's own: TF Serving has no
+# equivalent, so they are asked for only when signflow's server is the one that runs.
+SIGNFLOW_SERVE_FLAGS := $(if $(shell command -v tensorflow_model_server),,\
+  --feedback_dir=$(CURDIR)/data/inbox/feedback \
+  --training_status_file=$(CURDIR)/pipeline_root/signflow/schedule/status.json)
+
 serve: venv
 	$(PY) -m serving --prefer_tensorflow_model_server --model_name=$(MODEL) \
-	  --model_base_path=$(CURDIR)/serving_model/$(MODEL) --port=8500 --rest_api_port=8501 $(SERVE_FLAGS)
+	  --model_base_path=$(CURDIR)/serving_model/$(MODEL) --port=8500 --rest_api_port=8501 \
+	  $(SIGNFLOW_SERVE_FLAGS) $(SERVE_FLAGS)
+
+# The training server: make serve in one terminal, make schedule in another.
+schedule: venv
+	$(PY) -m pipeline.cli schedule $(SCHEDULE_FLAGS)
+
+status: venv
+	$(PY) -m pipeline.cli status
 
 versions: venv
 	$(PY) -m pipeline.cli versions --model_name=$(MODEL)

@@ -17,6 +17,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipeline.local_runner", "run the whole pipeline once, locally"),
+    "schedule": ("pipeline.schedule", "the training server: run the pipeline on a schedule and when data arrives"),
+    "status": ("pipeline.schedule", "what the training server did last, what waits, what is served"),
     "ingest": ("components.ingest.cli", "ingest the inbox into a new span and print the counts"),
     "versions": ("pipeline.rollback", "list served model versions and their lineage"),
     "rollback": ("pipeline.rollback", "take the newest (or every version newer than --to) out of service"),

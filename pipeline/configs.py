@@ -54,7 +54,8 @@ class PipelineConfig:
     # Relative paths are relative to the repository root (the runner resolves them).
     pipeline_root: Path = Path("pipeline_root")
     inbox_dir: Path = Path("data/inbox")
-    sample_dir: Path = Path("data/sample")
+    # The committed sample, ingested once with the first span; None to train on the inbox only.
+    sample_dir: Path | None = Path("data/sample")
     serving_dir: Path = Path("serving_model")
     schema_path: Path = Path("components/schema/schema.pbtxt")
     # Train on the newest N spans; None trains on every span ingested so far.
@@ -69,6 +70,11 @@ class PipelineConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+
+    @property
+    def label_keys(self) -> tuple[str, ...]:
+        """Keys ingestion reads labels from: label_key, then "label" as the fallback."""
+        return (self.label_key,) if self.label_key == "label" else (self.label_key, "label")
 
     @property
     def model_base_path(self) -> Path:
@@ -101,11 +107,17 @@ class PipelineConfig:
 
 def load_config(path: Path | None = None, overrides: typing.Sequence[str] = ()) -> PipelineConfig:
     """Defaults <- JSON file at `path` <- `section.field=value` overrides (values in JSON syntax)."""
+    return from_dict(PipelineConfig, read_settings(path, overrides))
+
+
+def read_settings(path: Path | None, overrides: typing.Sequence[str]) -> dict[str, Any]:
+    """Plain data from the JSON file at `path` with `section.field=value` overrides applied (values in JSON
+    syntax, else a bare string)."""
     data: dict[str, Any] = json.loads(Path(path).read_text()) if path else {}
     for item in overrides:
         dotted, sep, raw = item.partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} is not of the form section.field=value")
+            raise ValueError(f"override {item!r} is not of the form field=value or section.field=value")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -115,7 +127,7 @@ def load_config(path: Path | None = None, overrides: typing.Sequence[str] = ()) 
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return from_dict(PipelineConfig, data)
+    return data
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:

@@ -1,11 +1,16 @@
 """Runs the pipeline once on this machine: TFX's LocalDagRunner, Beam's DirectRunner, SQLite MLMD.
 
-`make run-local` and `signflow run` call this. All paths come from the typed
-config (pipeline/configs.py), resolved against the current directory.
+`make run-local` and `signflow run` call this, and `signflow schedule` runs it
+as a child process per cycle. All paths come from the typed config
+(pipeline/configs.py), resolved against the current directory. A run holds the
+pipeline's run lock (pipeline/run_lock.py): a second run of the same pipeline
+exits with EXIT_BUSY instead of racing the first.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -18,11 +23,16 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 from typing import TYPE_CHECKING  # noqa: E402
 
 from pipeline.configs import PipelineConfig, load_config  # noqa: E402
+from pipeline.run_lock import RUN_LOCK, FileLock, LockHeld  # noqa: E402
 
 if TYPE_CHECKING:
     from pipeline.summary import RunSummary
 
 log = logging.getLogger("signflow.run")
+
+# sysexits.h EX_TEMPFAIL: another run holds the lock; try again later.
+EXIT_BUSY = 75
+BEAM_MODES = ("in_memory", "multi_processing", "multi_threading")
 
 
 def build(config: PipelineConfig):
@@ -44,7 +54,7 @@ def build(config: PipelineConfig):
         trainer_config=config.trainer,
         gate=config.gate,
         span_window=config.span_window,
-        label_keys=(config.label_key,) if config.label_key == "label" else (config.label_key, "label"),
+        label_keys=config.label_keys,
         keep_versions=config.delivery.keep_versions,
         serving_check_timeout_seconds=int(config.delivery.load_timeout_seconds),
         serving_check_requests=config.delivery.check_requests,
@@ -54,23 +64,43 @@ def build(config: PipelineConfig):
 
 
 def run(config: PipelineConfig) -> RunSummary:
-    from tfx import v1 as tfx
-
-    from pipeline.summary import summarize
-
+    """Run the pipeline once under the run lock; raises LockHeld when another run holds it."""
     config.pipeline_root.mkdir(parents=True, exist_ok=True)
     config.inbox_dir.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    tfx.orchestration.LocalDagRunner().run(build(config))
-    summary = summarize(config.metadata_path)
-    log.info("pipeline run finished in %.1f s", time.monotonic() - started)
+    with FileLock(config.run_root / RUN_LOCK, purpose="signflow run"):
+        from tfx import v1 as tfx
+
+        from pipeline.summary import summarize
+
+        started = time.monotonic()
+        tfx.orchestration.LocalDagRunner().run(build(config))
+        summary = summarize(config.metadata_path)
+        log.info("pipeline run finished in %.1f s", time.monotonic() - started)
     return summary
+
+
+def beam_args(mode: str | None, workers: int | None) -> tuple[str, ...]:
+    """DirectRunner arguments for --beam-mode/--workers (0 workers = one per core)."""
+    if mode is None and workers is None:
+        return ()
+    args = [f"--direct_running_mode={mode or 'multi_processing'}"]
+    if workers is not None:
+        args.append(f"--direct_num_workers={workers}")
+    return tuple(args)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="JSON file with settings (see pipeline/configs.py)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override one setting, e.g. --set trainer.scratch_epochs=3 (repeatable)")
+    parser.add_argument("--beam-mode", choices=BEAM_MODES,
+                        help="Beam DirectRunner mode for ExampleGen, StatisticsGen and the Evaluator "
+                             "(default: the config's beam_pipeline_args, in_memory)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="DirectRunner workers (0 = one per core); implies --beam-mode=multi_processing "
+                             "unless given")
+    parser.add_argument("--summary-json", type=Path, metavar="PATH",
+                        help="also write the run summary (or the failure) as JSON to PATH")
     parser.add_argument("--verbose", action="store_true", help="also show TFX's and Beam's INFO logs")
 
 
@@ -85,9 +115,34 @@ def main(args: argparse.Namespace) -> int:
         for noisy in ("absl", "apache_beam"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     config = load_config(args.config, args.overrides)
-    summary = run(config)
+    extra = beam_args(args.beam_mode, args.workers)
+    if extra:
+        direct = ("--direct_running_mode", "--direct_num_workers")
+        kept = tuple(a for a in config.beam_pipeline_args if not a.startswith(direct))
+        config = dataclasses.replace(config, beam_pipeline_args=kept + extra)
+    try:
+        summary = run(config)
+    except LockHeld as err:
+        log.error("not running: %s", err)
+        _write_json(args.summary_json, {"result": "busy", "error": str(err)})
+        return EXIT_BUSY
+    except Exception as err:
+        # The traceback is logged; the scheduler reads the one-line reason from the JSON.
+        log.exception("pipeline run failed")
+        _write_json(args.summary_json, {"result": "failed", "error": f"{type(err).__name__}: {err}"[:2000]})
+        return 1
+    _write_json(args.summary_json, summary.to_json())
     print("\n".join(["", "signflow run summary", *summary.lines()]))
     return 0
+
+
+def _write_json(path: Path | None, document: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,34 @@ class RunSummary:
     pushed_version: str | None = None
     pushed_path: str | None = None
 
+    @property
+    def result(self) -> str:
+        """One word for the run's outcome: pushed, not_blessed, serving_check_failed or not_pushed."""
+        if self.pushed_version:
+            return "pushed"
+        if self.blessed is False:
+            return "not_blessed"
+        if self.infra_blessed is False:
+            return "serving_check_failed"
+        return "not_pushed"
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for the scheduler's status file (artifacts are left out)."""
+        return {
+            "run_id": self.run_id,
+            "result": self.result,
+            "blessed": self.blessed,
+            "not_blessed_reasons": self.not_blessed_reasons,
+            "infra_blessed": self.infra_blessed,
+            "infra_reason": self.infra_reason,
+            "pushed_version": self.pushed_version,
+            "pushed_path": self.pushed_path,
+            "ingest": self.ingest,
+            "metrics": self.metrics,
+            "timings": self.timings,
+            "states": self.states,
+        }
+
     def lines(self) -> list[str]:
         out = [f"run {self.run_id}"]
         if self.ingest:

@@ -1,0 +1,474 @@
+"""The training server: `signflow schedule` runs the pipeline on a schedule and when new data arrives.
+
+A cycle is due when
+- at least `--min-new-records` records wait in the inbox (checked every `--poll`;
+  feedback sent to the serving server lands there), or
+- `--interval` has passed since the last cycle started and something waits, or
+  the last cycle did not finish (a cycle with nothing new would retrain on the
+  same data, so it is skipped, with a log line).
+
+Each cycle is `signflow run` in a child process: a crash, a leak or a
+TensorFlow abort ends that cycle only, the scheduler logs the reason and goes
+on, and the serving side keeps the last version pushed. Cycles never overlap:
+the child holds the pipeline's run lock (a manual `make run-local` meanwhile
+makes the cycle report "busy"), and the scheduler holds its own lock so that a
+second scheduler on the same pipeline refuses to start. Both locks are released
+by the kernel when their holder dies (pipeline/run_lock.py).
+
+What the scheduler knows is written atomically after every change to
+`<pipeline_root>/<pipeline_name>/schedule/status.json`: `signflow status`
+prints it, the serving server's /signflow/status route can show it
+(`--training_status_file`), and `--metrics_port` exposes it to Prometheus.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.configs import PipelineConfig, load_config
+from pipeline.run_lock import RUN_LOCK, SCHEDULER_LOCK, FileLock, LockHeld, holder
+
+log = logging.getLogger("signflow.schedule")
+
+STATUS_FILE = "status.json"
+# Results of a cycle. The first two mean the pipeline finished its work.
+FINISHED = ("pushed", "not_blessed", "serving_check_failed", "not_pushed")
+FAILED, BUSY = "failed", "busy"
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "90", "90s", "30m", "6h" or "1d"."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a duration like 90s, 30m, 6h or 1d, got {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    interval_seconds: float = 6 * 3600
+    """Run at least this often when something new waits (or the last cycle failed)."""
+    min_new_records: int = 100
+    """Run as soon as this many new records wait in the inbox."""
+    poll_seconds: float = 30.0
+    """How often the inbox is checked."""
+    retry_seconds: float = 300.0
+    """After a failed or busy cycle, wait at least this long before the next one."""
+    once: bool = False
+    """Run one cycle now and exit with its result (what `make run-local` does, plus the status file)."""
+    max_cycles: int | None = None
+    """Stop after this many cycles (tests, benchmarks)."""
+    run_args: tuple[str, ...] = ()
+    """Arguments passed on to each `signflow run` (--config, --set, --beam-mode ...)."""
+
+
+@dataclass
+class CycleResult:
+    result: str  # one of FINISHED, FAILED, BUSY
+    exit_code: int
+    summary: dict[str, Any]
+
+
+def status_path(config: PipelineConfig) -> Path:
+    return config.run_root / "schedule" / STATUS_FILE
+
+
+def read_status(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def _write_status(path: Path, status: dict[str, Any]) -> None:
+    """Readers (the serving server, `signflow status`) see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(status, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def run_child(run_args: tuple[str, ...], summary_json: Path, stop: threading.Event) -> CycleResult:
+    """One `signflow run` in its own process (and session, so a stop reaches it only through us)."""
+    command = [sys.executable, "-m", "pipeline.cli", "run", *run_args, "--summary-json", str(summary_json)]
+    child = subprocess.Popen(command, start_new_session=True)
+    while child.poll() is None:
+        if stop.wait(0.5):
+            log.info("stopping: asking the running cycle (pid %d) to stop", child.pid)
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+            break
+    code = child.wait()
+    try:
+        summary = json.loads(summary_json.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        summary = {"result": FAILED, "error": f"signflow run ended with exit code {code} and no summary"
+                                               + (" (killed by a signal)" if code < 0 else "")}
+    result = summary.get("result", FAILED) if code in (0, 75) else FAILED
+    if code not in (0, 75) and "error" not in summary:
+        summary["error"] = f"signflow run ended with exit code {code}"
+    return CycleResult(result, code, summary)
+
+
+class Scheduler:
+    """The loop. `run_cycle` is how one cycle runs (a child `signflow run` unless given)."""
+
+    def __init__(self, config: PipelineConfig, settings: ScheduleSettings,
+                 run_cycle: Callable[[Path, threading.Event], CycleResult] | None = None,
+                 on_status: Callable[[dict[str, Any]], None] | None = None):
+        from components.ingest.landing import IngestPaths
+
+        self.config = config
+        self.settings = settings
+        self.stop = threading.Event()
+        self._run_cycle = run_cycle or (lambda path, stop: run_child(settings.run_args, path, stop))
+        self._on_status = on_status
+        self._paths = IngestPaths(
+            inbox_dir=str(config.inbox_dir), state_dir=str(config.ingest_state_dir),
+            quarantine_dir=str(config.quarantine_dir), unlabelled_dir=str(config.unlabelled_dir),
+            sample_dir=str(config.sample_dir) if config.sample_dir else None)
+        self._key_cache: dict = {}
+        self.status_file = status_path(config)
+        previous = read_status(self.status_file) or {}
+        # Carried over a restart: when the last cycle ran and how it ended.
+        self.status: dict[str, Any] = {
+            "scheduler": {
+                "pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time(),
+                "interval_seconds": settings.interval_seconds, "min_new_records": settings.min_new_records,
+                "poll_seconds": settings.poll_seconds,
+            },
+            "state": "starting",
+            "current_cycle": None,
+            "last_cycle": previous.get("last_cycle"),
+            "last_push": previous.get("last_push"),
+            "cycles": previous.get("cycles", {}),
+            "records_waiting": None,
+            "files_waiting": None,
+            "next_due_at": None,
+            "updated_at": None,
+        }
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped (or one cycle with `once`). Returns the exit code."""
+        lock = FileLock(self.config.run_root / "schedule" / SCHEDULER_LOCK, purpose="signflow schedule")
+        try:
+            lock.acquire()
+        except LockHeld as err:
+            log.error("another scheduler runs this pipeline: %s", err)
+            return 75
+        try:
+            return self._loop()
+        finally:
+            self._set(state="stopped", current_cycle=None)
+            lock.release()
+
+    def _loop(self) -> int:
+        s = self.settings
+        cycles = 0
+        log.info("training server: interval %s, min new records %d, poll %s; status in %s",
+                 _human(s.interval_seconds), s.min_new_records, _human(s.poll_seconds), self.status_file)
+        while not self.stop.is_set():
+            waiting = self._count_waiting()
+            now = time.time()
+            trigger = "once" if s.once else self._trigger(waiting.records, now)
+            if trigger:
+                outcome = self._cycle(trigger)
+                cycles += 1
+                if s.once:
+                    return 0 if outcome.result in FINISHED else (75 if outcome.result == BUSY else 1)
+                if s.max_cycles is not None and cycles >= s.max_cycles:
+                    return 0
+                continue  # count again at once: data may have arrived during the cycle
+            self._set(state="idle", next_due_at=self._next_due())
+            self.stop.wait(s.poll_seconds)
+        return 0
+
+    def _trigger(self, records: int, now: float) -> str | None:
+        s = self.settings
+        last = self.status.get("last_cycle") or {}
+        if last.get("result") in (FAILED, BUSY) and now < last.get("finished_at", 0) + s.retry_seconds:
+            return None
+        if records > 0 and records >= s.min_new_records:
+            return f"{records} new records"
+        if now < self._next_due():
+            return None
+        if records > 0:
+            return f"interval ({records} new records)"
+        if last and last.get("result") not in FINISHED:
+            return "interval (retrying the last cycle)"
+        if not last:
+            return "first cycle"
+        due = self._next_due()
+        if self.status.get("skipped_due_at") != due:
+            log.info("interval reached, nothing new since the last cycle: skipped")
+            self.status["skipped_due_at"] = due
+        return None
+
+    def _next_due(self) -> float:
+        last = self.status.get("last_cycle")
+        if not last:
+            return 0.0
+        due = last["started_at"] + self.settings.interval_seconds
+        if last.get("result") in (FAILED, BUSY):
+            due = min(due, last["finished_at"] + self.settings.retry_seconds)
+        return due
+
+    def _count_waiting(self):
+        from components.ingest.landing import waiting
+
+        found = waiting(self._paths, self._key_cache)
+        self.status["records_waiting"], self.status["files_waiting"] = found.records, found.files
+        return found
+
+    def _cycle(self, trigger: str):
+        started = time.time()
+        records = self.status.get("records_waiting")
+        log.info("cycle starts (%s)", trigger)
+        self._set(state="running", current_cycle={"started_at": started, "trigger": trigger, "pid": os.getpid()})
+        with tempfile.TemporaryDirectory(prefix="signflow-cycle-") as tmp:
+            outcome = self._run_cycle(Path(tmp) / "summary.json", self.stop)
+        finished = time.time()
+        summary = outcome.summary
+        last = {
+            "started_at": started, "finished_at": finished, "duration_seconds": round(finished - started, 1),
+            "trigger": trigger, "records_waiting_at_start": records, "result": outcome.result,
+            "exit_code": outcome.exit_code, "error": summary.get("error"),
+            "run_id": summary.get("run_id"), "pushed_version": summary.get("pushed_version"),
+            "not_blessed_reasons": summary.get("not_blessed_reasons", []),
+            "infra_reason": summary.get("infra_reason") or None,
+            "metrics": summary.get("metrics", {}), "ingest": summary.get("ingest", {}),
+            "timings": summary.get("timings", {}),
+        }
+        cycles = dict(self.status.get("cycles") or {})
+        cycles[outcome.result] = cycles.get(outcome.result, 0) + 1
+        changes: dict[str, Any] = {"state": "idle", "current_cycle": None, "last_cycle": last, "cycles": cycles}
+        if outcome.result == "pushed":
+            changes["last_push"] = {"version": summary.get("pushed_version"), "at": finished,
+                                    "path": summary.get("pushed_path")}
+        self._set(**changes)
+        self._count_waiting()
+        self._set(next_due_at=self._next_due())
+        self._log_outcome(last)
+        return outcome
+
+    def _log_outcome(self, last: dict[str, Any]) -> None:
+        took = _human(last["duration_seconds"])
+        result = last["result"]
+        if result == "pushed":
+            log.info("cycle pushed version %s in %s", last["pushed_version"], took)
+        elif result == "not_blessed":
+            log.info("cycle finished in %s, candidate not pushed: %s", took,
+                     "; ".join(last["not_blessed_reasons"]) or "not blessed")
+        elif result in FINISHED:
+            log.info("cycle finished in %s, nothing pushed: %s", took, last.get("infra_reason") or result)
+        elif result == BUSY:
+            log.warning("cycle skipped: %s; next try in %s", last["error"], _human(self.settings.retry_seconds))
+        else:
+            log.error("cycle failed after %s: %s; serving keeps the last version; next try in %s",
+                      took, last["error"], _human(self.settings.retry_seconds))
+
+    def _set(self, **changes: Any) -> None:
+        self.status.update(changes)
+        self.status["updated_at"] = time.time()
+        _write_status(self.status_file, self.status)
+        if self._on_status:
+            self._on_status(self.status)
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s" if seconds < 120 else f"{seconds / 60:.1f}m"
+
+
+# -- Prometheus ----------------------------------------------------------------
+
+
+def serve_metrics(port: int, host: str) -> Callable[[dict[str, Any]], None]:
+    """Expose the status as Prometheus gauges on host:port; returns the status callback."""
+    from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+    registry = CollectorRegistry()
+    waiting = Gauge("signflow_schedule_records_waiting", "New records in the inbox not ingested yet", registry=registry)
+    running = Gauge("signflow_schedule_running", "1 while a cycle runs", registry=registry)
+    last_start = Gauge("signflow_schedule_last_cycle_start_timestamp_seconds", "Start of the last cycle",
+                       registry=registry)
+    last_ok = Gauge("signflow_schedule_last_cycle_success", "1 when the last cycle finished its work",
+                    registry=registry)
+    duration = Gauge("signflow_schedule_last_cycle_duration_seconds", "Duration of the last cycle", registry=registry)
+    next_due = Gauge("signflow_schedule_next_due_timestamp_seconds", "When the interval makes the next cycle due",
+                     registry=registry)
+    pushed = Gauge("signflow_schedule_last_pushed_version", "Version the last pushing cycle wrote", registry=registry)
+    cycles = Gauge("signflow_schedule_cycles", "Cycles since the status file was created, by result", ["result"],
+                   registry=registry)
+    start_http_server(port, addr=host, registry=registry)
+
+    def update(status: dict[str, Any]) -> None:
+        waiting.set(status.get("records_waiting") or 0)
+        running.set(1 if status.get("state") == "running" else 0)
+        last = status.get("last_cycle") or {}
+        if last:
+            last_start.set(last["started_at"])
+            last_ok.set(1 if last["result"] in FINISHED else 0)
+            duration.set(last["duration_seconds"])
+        next_due.set(status.get("next_due_at") or 0)
+        if status.get("last_push") and str(status["last_push"].get("version", "")).isdigit():
+            pushed.set(int(status["last_push"]["version"]))
+        for result, count in (status.get("cycles") or {}).items():
+            cycles.labels(result).set(count)
+
+    return update
+
+
+# -- command line ----------------------------------------------------------------
+
+
+def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--interval", type=parse_duration, default="6h",
+                        help="run at least this often when new data waits, e.g. 30m, 6h (default: 6h)")
+    parser.add_argument("--min-new-records", type=int, default=ScheduleSettings.min_new_records,
+                        help="run as soon as this many new records wait in the inbox (default: %(default)s)")
+    parser.add_argument("--poll", type=parse_duration, default="30s",
+                        help="how often to count the inbox (default: 30s)")
+    parser.add_argument("--retry", type=parse_duration, default="5m",
+                        help="after a failed or busy cycle, wait this long before the next (default: 5m)")
+    parser.add_argument("--once", action="store_true", help="run one cycle now and exit with its result")
+    parser.add_argument("--max-cycles", type=int, help="exit after this many cycles")
+    parser.add_argument("--metrics_port", type=int, default=0,
+                        help="serve Prometheus metrics of the schedule on this port (default: off)")
+    parser.add_argument("--metrics_host", default="127.0.0.1", help="interface for --metrics_port")
+    parser.add_argument("--config", type=Path, help="JSON settings file, passed on to every run")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override one setting, passed on to every run (repeatable)")
+    parser.add_argument("--beam-mode", help="passed on to every run (see signflow run --help)")
+    parser.add_argument("--workers", type=int, help="passed on to every run (see signflow run --help)")
+
+
+def schedule_main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.min_new_records < 1:
+        print("signflow schedule: error: --min-new-records must be >= 1", file=sys.stderr)
+        return 2
+    config = load_config(args.config, args.overrides)  # fails here, not in the first cycle
+    run_args: list[str] = []
+    if args.config:
+        run_args += ["--config", str(args.config.resolve())]
+    for item in args.overrides:
+        run_args += ["--set", item]
+    if args.beam_mode:
+        run_args += ["--beam-mode", args.beam_mode]
+    if args.workers is not None:
+        run_args += ["--workers", str(args.workers)]
+    settings = ScheduleSettings(
+        interval_seconds=args.interval, min_new_records=args.min_new_records, poll_seconds=args.poll,
+        retry_seconds=args.retry, once=args.once, max_cycles=args.max_cycles, run_args=tuple(run_args))
+    on_status = serve_metrics(args.metrics_port, args.metrics_host) if args.metrics_port else None
+    scheduler = Scheduler(config, settings, on_status=on_status)
+
+    def stop(signum, _frame):
+        log.info("%s received: stopping after the current step", signal.Signals(signum).name)
+        scheduler.stop.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return scheduler.run()
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="JSON settings file (to find the pipeline's folders)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    parser.add_argument("--json", action="store_true", help="print the status as JSON")
+
+
+def status_main(args: argparse.Namespace) -> int:
+    from components.ingest.landing import IngestPaths, waiting
+    from serving.layout import list_versions
+
+    config = load_config(args.config, args.overrides)
+    status = read_status(status_path(config)) or {}
+    found = waiting(IngestPaths(
+        inbox_dir=str(config.inbox_dir), state_dir=str(config.ingest_state_dir),
+        quarantine_dir=str(config.quarantine_dir), unlabelled_dir=str(config.unlabelled_dir),
+        sample_dir=str(config.sample_dir) if config.sample_dir else None))
+    scheduler = holder(config.run_root / "schedule" / SCHEDULER_LOCK)
+    running = holder(config.run_root / RUN_LOCK)
+    versions = list_versions(config.model_base_path) if config.model_base_path.is_dir() else []
+    report = {
+        "scheduler_alive": scheduler is not None, "scheduler": scheduler, "run_in_progress": running,
+        "records_waiting": found.records, "files_waiting": found.files,
+        "served_versions": [int(v) for v in versions], "status_file": str(status_path(config)), "status": status,
+    }
+    if args.json:
+        print(json.dumps(report, indent=1, default=str))
+        return 0
+    print("\n".join(status_lines(report)))
+    return 0
+
+
+def status_lines(report: dict[str, Any]) -> list[str]:
+    status = report["status"]
+    out = []
+    scheduler = report["scheduler"]
+    if report["scheduler_alive"]:
+        info = status.get("scheduler", {})
+        out.append(f"training server: running (pid {scheduler.get('pid', '?')}), every "
+                   f"{_human(info.get('interval_seconds', 0))} or at {info.get('min_new_records', '?')} new records")
+    else:
+        out.append("training server: not running")
+    if report["run_in_progress"] is not None:
+        who = report["run_in_progress"]
+        out.append(f"run in progress: pid {who.get('pid', '?')} ({who.get('purpose', '?')}) since {_when(who.get('since'))}")
+    out.append(f"waiting in the inbox: {report['records_waiting']} records in {report['files_waiting']} files")
+    last = status.get("last_cycle")
+    if last:
+        line = f"last cycle: {last['result']} at {_when(last['finished_at'])} after {_human(last['duration_seconds'])}"
+        line += f" ({last['trigger']})"
+        if last.get("pushed_version"):
+            line += f", pushed version {last['pushed_version']}"
+        out.append(line)
+        if last.get("error"):
+            out.append(f"  reason: {last['error']}")
+        for reason in last.get("not_blessed_reasons") or []:
+            out.append(f"  not blessed: {reason}")
+    else:
+        out.append("last cycle: none recorded")
+    if status.get("next_due_at") and report["scheduler_alive"]:
+        out.append(f"next interval run due: {_when(status['next_due_at'])} (sooner when enough records arrive)")
+    if status.get("last_push"):
+        out.append(f"last push: version {status['last_push']['version']} at {_when(status['last_push']['at'])}")
+    versions = report["served_versions"]
+    out.append(f"serving folder: {len(versions)} version(s), newest {versions[-1]}" if versions
+               else "serving folder: no versions")
+    return out
+
+
+def _when(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "?"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="signflow schedule", description=__doc__.splitlines()[0])
+    add_schedule_arguments(parser)
+    sys.exit(schedule_main(parser.parse_args()))
