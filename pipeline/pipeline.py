@@ -53,6 +53,12 @@ def create_pipeline(
     serving_check_score_tolerance: float = 0.01,
     beam_pipeline_args: Sequence[str] = (),
     enable_cache: bool = False,
+    # For orchestrators that run no Python resolver code: Kubeflow Pipelines V2 and
+    # Vertex AI compile only TFX's LatestArtifactStrategy and LatestBlessedModelStrategy
+    # (tfx/orchestration/kubeflow/v2/step_builder.py). The Trainer, Evaluator and
+    # ServingCheck then take this run's span, and the baseline is the newest model the
+    # Evaluator blessed rather than the one behind the newest version folder.
+    platform_resolvers: bool = False,
 ) -> tfx.dsl.Pipeline:
     model_base_path = f"{serving_dir.rstrip('/')}/{model_name}"
 
@@ -71,18 +77,30 @@ def create_pipeline(
     )
     data_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
 
-    spans = training_spans(example_gen, rolling_window=span_window)
-
-    baseline = tfx.dsl.Resolver(
-        strategy_class=ServingBaselineStrategy,
-        config={"model_base_path": model_base_path},
-        model=tfx.dsl.Channel(type=standard_artifacts.Model),
-        pushed_model=tfx.dsl.Channel(type=standard_artifacts.PushedModel),
-    ).with_id("serving_baseline")
+    if platform_resolvers:
+        if span_window not in (None, 1):
+            raise ValueError(f"span_window={span_window}: with platform_resolvers a run trains on its own span only")
+        resolvers = []
+        training_examples = example_gen.outputs["examples"]
+        baseline = tfx.dsl.Resolver(
+            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+            model=tfx.dsl.Channel(type=standard_artifacts.Model),
+            model_blessing=tfx.dsl.Channel(type=standard_artifacts.ModelBlessing),
+        ).with_id("serving_baseline")
+    else:
+        spans = training_spans(example_gen, rolling_window=span_window)
+        resolvers = [spans]
+        training_examples = spans.outputs["examples"]
+        baseline = tfx.dsl.Resolver(
+            strategy_class=ServingBaselineStrategy,
+            config={"model_base_path": model_base_path},
+            model=tfx.dsl.Channel(type=standard_artifacts.Model),
+            pushed_model=tfx.dsl.Channel(type=standard_artifacts.PushedModel),
+        ).with_id("serving_baseline")
 
     trainer = tfx.components.Trainer(
         run_fn=f"{TRAINER_MODULE}.run_fn",
-        examples=spans.outputs["examples"],
+        examples=training_examples,
         base_model=baseline.outputs["model"],
         # Steps come from the typed trainer config (epochs over the data), not from here.
         train_args=tfx.proto.TrainArgs(splits=["train"]),
@@ -92,7 +110,7 @@ def create_pipeline(
     trainer.add_upstream_node(data_gate)
 
     evaluator = tfx.components.Evaluator(
-        examples=spans.outputs["examples"],
+        examples=training_examples,
         example_splits=["eval"],
         model=trainer.outputs["model"],
         baseline_model=baseline.outputs["model"],
@@ -100,7 +118,7 @@ def create_pipeline(
     )
     serving_check = ServingCheck(
         model=trainer.outputs["model"],
-        examples=spans.outputs["examples"],
+        examples=training_examples,
         blessing=evaluator.outputs["blessing"],
         model_run=trainer.outputs["model_run"],
         num_examples=serving_check_requests,
@@ -123,7 +141,7 @@ def create_pipeline(
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
         components=[
             example_gen, statistics_gen, schema, example_validator, data_gate,
-            spans, baseline, trainer, evaluator, serving_check, pusher,
+            *resolvers, baseline, trainer, evaluator, serving_check, pusher,
         ],
         enable_cache=enable_cache,
         beam_pipeline_args=list(beam_pipeline_args),

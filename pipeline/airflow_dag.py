@@ -1,0 +1,96 @@
+"""Airflow DAG: the same pipeline on a schedule, with TFX's AirflowDagRunner.
+
+Airflow is not in requirements.lock (README, "Running at scale"): install it
+beside signflow, make this repository importable (PYTHONPATH or `pip install`),
+and put this file in Airflow's dags folder. A symlink finds the repository by
+itself; a copy needs SIGNFLOW_HOME. Settings, read once when Airflow parses the
+file:
+
+    SIGNFLOW_HOME      the folder the config's relative paths are resolved against
+                       (data/inbox, pipeline_root, serving_model, the schema);
+                       default: the repository this file belongs to
+    SIGNFLOW_CONFIG    a JSON settings file, as for `signflow run --config`;
+                       default: the defaults of pipeline/configs.py
+    SIGNFLOW_SCHEDULE  a cron expression or an Airflow preset; default: @daily
+
+Every TFX component becomes one Airflow task, run in the task's process by
+TFX's component launcher with its driver, so SignatureExampleGen's driver
+collects new inbox files into a new span exactly as in a local run.
+
+One run at a time and one task at a time: ingestion's spans and the SQLite
+MLMD store expect a single writer, as under LocalDagRunner. The local run lock
+(pipeline/run_lock.py) is not taken across Airflow's tasks, so do not run
+`signflow run` or `signflow schedule` on the same pipeline root as this DAG.
+Written for Airflow 2.4 to 2.x: TFX 1.16's Airflow runner imports
+`airflow.operators.python_operator`, which Airflow 3 removed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+# Before anything imports TensorFlow (see pipeline/__init__.py).
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from tfx.orchestration.airflow.airflow_dag_runner import AirflowDagRunner, AirflowPipelineConfig  # noqa: E402
+
+from pipeline.configs import PipelineConfig, load_config  # noqa: E402
+from pipeline.local_runner import build as pipeline_for  # noqa: E402
+
+# With catchup off, only the next scheduled run matters; a fixed past date keeps the DAG stable across parses.
+START_DATE = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+@dataclass(frozen=True)
+class AirflowSettings:
+    project_dir: Path
+    config_file: Path | None = None
+    schedule: str = "@daily"
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> AirflowSettings:
+        home = environ.get("SIGNFLOW_HOME")
+        config = environ.get("SIGNFLOW_CONFIG")
+        return cls(
+            project_dir=Path(home) if home else Path(__file__).resolve().parents[1],
+            config_file=Path(config) if config else None,
+            schedule=environ.get("SIGNFLOW_SCHEDULE") or cls.schedule,
+        )
+
+
+def anchored(config: PipelineConfig, root: Path) -> PipelineConfig:
+    """`config` with relative paths made absolute under `root`: Airflow's working directory is not the project's."""
+    return dataclasses.replace(
+        config,
+        pipeline_root=root / config.pipeline_root,
+        inbox_dir=root / config.inbox_dir,
+        sample_dir=root / config.sample_dir if config.sample_dir else None,
+        serving_dir=root / config.serving_dir,
+        schema_path=root / config.schema_path,
+    )
+
+
+def build(settings: AirflowSettings):
+    # The local runner's mapping of settings to create_pipeline's arguments; only the paths differ.
+    return pipeline_for(anchored(load_config(settings.config_file), settings.project_dir.resolve()))
+
+
+def dag_config(settings: AirflowSettings) -> AirflowPipelineConfig:
+    return AirflowPipelineConfig(
+        airflow_dag_config={
+            "schedule": settings.schedule,
+            "start_date": START_DATE,
+            # A missed interval is not worth a run of its own: the next run ingests whatever arrived.
+            "catchup": False,
+            "max_active_runs": 1,
+            "max_active_tasks": 1,
+        }
+    )
+
+
+SETTINGS = AirflowSettings.from_environment(os.environ)
+DAG = AirflowDagRunner(dag_config(SETTINGS)).run(build(SETTINGS))
