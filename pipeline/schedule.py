@@ -217,8 +217,6 @@ class Scheduler:
             return f"interval ({records} new records)"
         if last and last.get("result") not in FINISHED:
             return "interval (retrying the last cycle)"
-        if not last:
-            return "first cycle"
         due = self._next_due()
         if self.status.get("skipped_due_at") != due:
             log.info("interval reached, nothing new since the last cycle: skipped")

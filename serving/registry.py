@@ -279,6 +279,7 @@ class Registry:
         self._on_unloaded = on_unloaded or (lambda _: None)
         self._lock = threading.Lock()
         self._reconcile_lock = threading.Lock()
+        self._scan_errors: dict[str, str] = {}  # model -> the scan error logged last
         self._models: dict[str, ModelRecord] = {}
         self._labels: dict[str, dict[str, int]] = {}
 
@@ -342,9 +343,14 @@ class Registry:
                     record = self._models[name]
                     configured = record.config is not None
                 if configured and (scan is None or scan.error is not None):
-                    if scan is not None:
-                        log.error("%s", scan.error)
+                    # Once per change, not once per poll: a server started before the
+                    # first push would otherwise log this every second.
+                    if scan is not None and self._scan_errors.get(name) != scan.error:
+                        log.error("%s (checked again every poll; logged once)", scan.error)
+                        self._scan_errors[name] = scan.error
                     continue
+                if scan is not None and self._scan_errors.pop(name, None) is not None:
+                    log.info("Base path of model %s found: %s", name, scan.model.base_path)
                 aspired = scan.aspired if configured else ()
                 for version in sorted(aspired, reverse=True):  # the newest serves soonest
                     self._maybe_load(name, version, scan.on_disk[version].path, scan.on_disk[version].fingerprint)
