@@ -228,10 +228,12 @@ def _label(obj: dict, label_keys: Sequence[str]) -> str | None | _Problem:
             return _Problem(INVALID_LABEL, f"label {key!r} must be a string, got {_json_type(value)}")
         if not value.strip():
             return None
-        # NOTE: labels become lines of the model's assets/labels.txt, so a
-        # control character (a newline above all) would corrupt the class list.
-        if any(unicodedata.category(ch) == "Cc" for ch in value):
-            return _Problem(INVALID_LABEL, f"label {key!r} contains control characters: {value!r}")
+        # NOTE: labels become lines of the model's assets/labels.txt, so a control
+        # character or a line/paragraph separator (str.splitlines splits on both)
+        # would corrupt the class list; a lone surrogate cannot be encoded as UTF-8
+        # for the tf.Example. serving/feedback.py applies the same rule.
+        if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs") for ch in value):
+            return _Problem(INVALID_LABEL, f"label {key!r} contains control or separator characters: {value!r}")
         return value
     return None
 

@@ -103,6 +103,8 @@ BAD_LINES = [
     ("invalid_image_field", json.dumps({"image": "aGVsbG8=", "label": "signer_01"})),
     ("invalid_label", json.dumps({"image": {"b64": b64(image_bytes(1))}, "label": 3})),
     ("invalid_label", json.dumps({"image": {"b64": b64(image_bytes(1))}, "label": "signer\n01"})),
+    ("invalid_label", json.dumps({"image": {"b64": b64(image_bytes(1))}, "label": "signer\u202801"})),
+    ("invalid_label", json.dumps({"image": {"b64": b64(image_bytes(1))}, "label": "signer_\ud800"})),
     ("invalid_base64", json.dumps({"image": {"b64": "not base64!!"}, "label": "signer_01"})),
     ("not_an_image", json.dumps({"image": {"b64": b64(b"plain text, not an image")}, "label": "signer_01"})),
     ("corrupt_image", json.dumps({"image": {"b64": b64(image_bytes(2)[:-30])}, "label": "signer_01"})),
