@@ -94,6 +94,18 @@ def decode_b64(text: str | bytes, *, lenient: bool) -> bytes:
         raise InvalidImage("invalid_base64", str(err)) from None
 
 
+# tf.io.decode_bmp (what the serving signature and the Trainer use) reads these
+# depths only; Pillow reads 1- and 4-bit files too, which would fail in the model.
+_TF_BMP_BITS = (8, 24, 32)
+
+
+def _bmp_bits_per_pixel(data: bytes) -> int:
+    """biBitCount: at offset 28 in the common 40+ byte info header, 24 in OS/2's 12-byte one."""
+    header_size = int.from_bytes(data[14:18], "little")
+    offset = 24 if header_size == 12 else 28
+    return int.from_bytes(data[offset:offset + 2], "little")
+
+
 def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Check that `data` is a complete PNG/JPEG/GIF/BMP within the pixel limit.
 
@@ -116,6 +128,9 @@ def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
                     raise InvalidImage("empty_image", f"{width}x{height} pixels")
                 if width * height > max_pixels:
                     raise InvalidImage("too_many_pixels", f"{width}x{height} exceeds the limit of {max_pixels} pixels")
+                if fmt == "BMP" and (bits := _bmp_bits_per_pixel(data)) not in _TF_BMP_BITS:
+                    raise InvalidImage("unsupported_format",
+                                       f"{bits}-bit BMP: the model's decoder reads 8, 24 and 32-bit BMP only")
                 img.load()
     except InvalidImage:
         raise

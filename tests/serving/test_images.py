@@ -79,3 +79,23 @@ def test_unsupported_format_is_refused():
     buffer = io.BytesIO()
     Image.new("RGB", (20, 10)).save(buffer, format="TIFF")
     assert _reason(inspect_image, buffer.getvalue()) == "unsupported_format"
+
+
+@pytest.mark.parametrize("mode,accepted", [("1", False), ("L", True), ("RGB", True), ("RGBA", True)])
+def test_bmp_depths_follow_what_tensorflow_decodes(mode, accepted):
+    """Pillow reads 1-bit BMP, TensorFlow's decoder does not: refused here, not in the middle of a model call."""
+    import tensorflow as tf
+
+    buffer = io.BytesIO()
+    Image.new(mode, (20, 10)).save(buffer, format="BMP")
+    data = buffer.getvalue()
+    try:
+        tf.io.decode_image(data, channels=3)
+        decodes = True
+    except tf.errors.InvalidArgumentError:
+        decodes = False
+    assert decodes is accepted
+    if accepted:
+        assert inspect_image(data).format == "BMP"
+    else:
+        assert _reason(inspect_image, data) == "unsupported_format"
