@@ -26,6 +26,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "versions": ("pipeline.rollback", "list served model versions and their lineage"),
     "rollback": ("pipeline.rollback", "take the newest (or every version newer than --to) out of service"),
     "serve": ("serving.cli", "run the TF Serving-compatible model server"),
+    "batch-predict": ("pipeline.batch_predict",
+                      "score folders, files or globs of images with a served model version (Beam)"),
     "predict": ("serving.client", "send an image to a running server and print the answer"),
 }
 

@@ -231,7 +231,7 @@ class _Candidate:
 
 def _candidates(paths: IngestPaths) -> Iterator[_Candidate]:
     """Inbox files (any depth), then the sample's top-level *.jsonl and its images/ tree."""
-    yield from _walk(paths.inbox_dir, INBOX_PREFIX)
+    yield from walk_folder(paths.inbox_dir, INBOX_PREFIX)
     if paths.sample_dir:
         if not os.path.isdir(paths.sample_dir):
             log.warning("sample folder %s does not exist; nothing taken from it", paths.sample_dir)
@@ -240,10 +240,11 @@ def _candidates(paths: IngestPaths) -> Iterator[_Candidate]:
             full = os.path.join(paths.sample_dir, name)
             if name.lower().endswith(JSONL_SUFFIX) and os.path.isfile(full) and not _skipped(name):
                 yield _Candidate(os.path.abspath(full), f"{SAMPLE_PREFIX}/{name}", None)
-        yield from _walk(os.path.join(paths.sample_dir, SAMPLE_IMAGES), f"{SAMPLE_PREFIX}/{SAMPLE_IMAGES}")
+        yield from walk_folder(os.path.join(paths.sample_dir, SAMPLE_IMAGES), f"{SAMPLE_PREFIX}/{SAMPLE_IMAGES}")
 
 
-def _walk(root: str, prefix: str) -> Iterator[_Candidate]:
+def walk_folder(root: str, prefix: str) -> Iterator[_Candidate]:
+    """Data files under `root` as collection sees them: skipped names left out, an image's label from its folder."""
     if not os.path.isdir(root):
         return
     for folder, dirs, names in os.walk(root):
