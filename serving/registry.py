@@ -280,6 +280,7 @@ class Registry:
         self._lock = threading.Lock()
         self._reconcile_lock = threading.Lock()
         self._scan_errors: dict[str, str] = {}  # model -> the scan error logged last
+        self._scan_warnings: dict[str, tuple[str, ...]] = {}  # model -> the scan warnings logged last
         self._models: dict[str, ModelRecord] = {}
         self._labels: dict[str, dict[str, int]] = {}
 
@@ -351,6 +352,10 @@ class Registry:
                     continue
                 if scan is not None and self._scan_errors.pop(name, None) is not None:
                     log.info("Base path of model %s found: %s", name, scan.model.base_path)
+                if scan is not None and self._scan_warnings.get(name, ()) != scan.warnings:
+                    for warning in scan.warnings:
+                        log.warning("%s", warning)
+                    self._scan_warnings[name] = scan.warnings
                 aspired = scan.aspired if configured else ()
                 for version in sorted(aspired, reverse=True):  # the newest serves soonest
                     self._maybe_load(name, version, scan.on_disk[version].path, scan.on_disk[version].fingerprint)

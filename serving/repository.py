@@ -36,6 +36,8 @@ class Scan:
     aspired: tuple[int, ...]
     """The versions the policy wants served, ascending."""
     error: str | None = None
+    warnings: tuple[str, ...] = ()
+    """What is odd but not fatal (no version yet, a pinned version missing); the registry logs each once."""
 
 
 def scan(model: ModelConfig) -> Scan:
@@ -52,15 +54,16 @@ def scan(model: ModelConfig) -> Scan:
     for version in layout.list_versions(base):
         path = layout.version_path(base, version)
         on_disk[version] = VersionOnDisk(version, path, _fingerprint(path))
+    warnings = []
     if not on_disk:
-        log.warning(
-            "No versions of servable %s found under base path %s. Did you forget to name "
-            "your leaf directory as a number (eg. '/1/')?", model.name, model.base_path)
+        warnings.append(
+            f"No versions of servable {model.name} found under base path {model.base_path}. Did you forget to "
+            "name your leaf directory as a number (eg. '/1/')?")
     aspired = tuple(model.policy.select(list(on_disk)))
     if model.policy.kind == "specific":
         for missing in sorted(set(model.policy.versions) - set(on_disk)):
-            log.warning("Version %s of servable %s is not on disk under %s", missing, model.name, base)
-    return Scan(model, on_disk, aspired)
+            warnings.append(f"Version {missing} of servable {model.name} is not on disk under {base}")
+    return Scan(model, on_disk, aspired, warnings=tuple(warnings))
 
 
 def _fingerprint(path: Path) -> tuple:

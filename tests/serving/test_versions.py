@@ -220,7 +220,7 @@ def test_grpc_reload_config(model_store, tmp_path, start_server):
 
 
 def test_missing_base_path_is_logged_once_and_its_arrival_noted(model_store, tmp_path, start_server, caplog):
-    """A server started before the first push: one error, not one per poll, then serving once the folder exists."""
+    """A server started before the first push: one error and one warning, not one per poll, then serving."""
     base = tmp_path / "not_yet" / "m"
     with caplog.at_level("INFO", logger="serving.registry"):
         server = start_server(make_settings(model_name="m", model_base_path=str(base),
@@ -228,6 +228,9 @@ def test_missing_base_path_is_logged_once_and_its_arrival_noted(model_store, tmp
         time.sleep(3 * POLL)
         missing = [r for r in caplog.records if "Could not find base path" in r.getMessage()]
         assert len(missing) == 1
+        base.mkdir(parents=True)  # the folder exists, empty: TF Serving's "No versions" warning, once
+        time.sleep(3 * POLL)
         install_version(model_store["half_plus_two"], base, 1)
         assert wait_for(lambda: served_version(server) == "1", timeout=LOAD_BUDGET)
     assert any("Base path of model m found" in r.getMessage() for r in caplog.records)
+    assert len([r for r in caplog.records if "No versions of servable m found" in r.getMessage()]) == 1
