@@ -43,6 +43,8 @@ class EvalPrediction:
     label: str
     predicted: str
     score: float
+    runner_up: str | None = None
+    runner_up_score: float = 0.0
 
 
 def check_signature_defs(signature_defs: Mapping, num_labels: int) -> list[str]:
@@ -130,7 +132,9 @@ def read_eval_predictions(path: str | Path) -> dict[str, EvalPrediction]:
                 continue
             try:
                 data = json.loads(line)
-                item = EvalPrediction(str(data["sha256"]), str(data["label"]), str(data["predicted"]), float(data["score"]))
+                item = EvalPrediction(str(data["sha256"]), str(data["label"]), str(data["predicted"]),
+                                      float(data["score"]), data.get("runner_up"),
+                                      float(data.get("runner_up_score", 0.0)))
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(f"{path}:{number}: not an eval prediction ({err})") from None
             predictions.setdefault(item.sha256, item)
@@ -154,6 +158,12 @@ def compare_with_eval_predictions(
             continue
         compared += 1
         if label != trainer.predicted:
+            # A near-tie may flip between two numerically equivalent computations (measured:
+            # scores differ by up to ~0.003 between the Trainer's batches and one image served):
+            # the served label must then be the Trainer's runner-up, with its score.
+            if (label == trainer.runner_up and trainer.score - trainer.runner_up_score <= 2 * tolerance
+                    and abs(score - trainer.runner_up_score) <= tolerance):
+                continue
             problems.append(f"{where}: image {sha256[:12]} served as {label!r} ({score:.4f}), "
                             f"the Trainer predicted {trainer.predicted!r} ({trainer.score:.4f})")
         elif abs(score - trainer.score) > tolerance:

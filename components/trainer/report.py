@@ -1,7 +1,8 @@
 """What a training run leaves beside the model: eval predictions, curves, a confusion matrix, a summary.
 
     <model_run_dir>/eval_predictions.jsonl   one line per eval example:
-        {"sha256": ..., "label": true label, "predicted": top label, "score": its probability}
+        {"sha256": ..., "label": true label, "predicted": top label, "score": its probability,
+         "runner_up": second label, "runner_up_score": its probability}
         (the serving check compares the served model's answers with these)
     <model_run_dir>/report/curves.png            loss and accuracy per epoch, train and eval
     <model_run_dir>/report/confusion_matrix.png  eval split, true label x predicted label
@@ -34,7 +35,8 @@ def write_eval_predictions(predictions: Sequence[Prediction], path: str | os.Pat
     with open(path, "w", encoding="utf-8") as out:
         for p in predictions:
             out.write(json.dumps({"sha256": p.sha256, "label": p.label, "predicted": p.predicted,
-                                  "score": p.score}) + "\n")
+                                  "score": p.score, "runner_up": p.runner_up,
+                                  "runner_up_score": p.runner_up_score}) + "\n")
     return path
 
 

@@ -300,12 +300,16 @@ def recalibrate_batchnorm(classifier: keras.Model, dataset: tf.data.Dataset, num
 
 @dataclass(frozen=True)
 class Prediction:
-    """The model's answer for one example: its top label and that label's probability."""
+    """The model's answer for one example: its top label and that label's probability, and the runner-up's."""
 
     sha256: str
     label: str
     predicted: str
     score: float
+    # NOTE: kept so the serving check can tell a near-tie that flips between two
+    # numerically equivalent runs (batched here, one image there) from a wrong export.
+    runner_up: str | None = None
+    runner_up_score: float = 0.0
 
 
 def predict(classifier: keras.Model, files: Sequence[str], labels: Sequence[str],
@@ -316,11 +320,14 @@ def predict(classifier: keras.Model, files: Sequence[str], labels: Sequence[str]
     predictions = []
     for batch in data.prediction_dataset(files, config):
         probabilities = forward(batch["image"]).numpy()
-        top = probabilities.argmax(axis=1)
-        for sha256, label, index, row in zip(batch[data.SHA256_KEY].numpy(), batch[data.LABEL_KEY].numpy(),
-                                             top, probabilities):
-            predictions.append(Prediction(sha256.decode("ascii"), label.decode("utf-8"), vocabulary[index],
-                                          float(row[index])))
+        order = np.argsort(-probabilities, axis=1)
+        for sha256, label, ranked, row in zip(batch[data.SHA256_KEY].numpy(), batch[data.LABEL_KEY].numpy(),
+                                              order, probabilities):
+            first, second = ranked[0], (ranked[1] if len(ranked) > 1 else None)
+            predictions.append(Prediction(
+                sha256.decode("ascii"), label.decode("utf-8"), vocabulary[first], float(row[first]),
+                vocabulary[second] if second is not None else None,
+                float(row[second]) if second is not None else 0.0))
     return predictions
 
 

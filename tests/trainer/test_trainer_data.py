@@ -103,7 +103,8 @@ def test_predictions_cover_every_eval_example_with_its_sha256(tmp_path, items):
     predictions = train.predict(tf.keras.Model(inputs, outputs), files, ["signer_00", "signer_01"], CONFIG)
     assert [p.sha256 for p in predictions] == [hashlib.sha256(image).hexdigest() for image, _ in items[:6]]
     assert [p.label for p in predictions] == [label for _, label in items[:6]]
-    assert {(p.predicted, p.score) for p in predictions} == {("signer_01", 0.75)}
+    assert {(p.predicted, p.score, p.runner_up, p.runner_up_score) for p in predictions} == {
+        ("signer_01", 0.75, "signer_00", 0.25)}
     path = report.write_eval_predictions(predictions, tmp_path / "eval_predictions.jsonl")
     first = json.loads(path.read_text().splitlines()[0])
-    assert set(first) == {"sha256", "label", "predicted", "score"}
+    assert set(first) == {"sha256", "label", "predicted", "score", "runner_up", "runner_up_score"}
