@@ -108,3 +108,29 @@ def test_predictions_cover_every_eval_example_with_its_sha256(tmp_path, items):
     path = report.write_eval_predictions(predictions, tmp_path / "eval_predictions.jsonl")
     first = json.loads(path.read_text().splitlines()[0])
     assert set(first) == {"sha256", "label", "predicted", "score", "runner_up", "runner_up_score"}
+
+
+# Sizes whose fit into 72x216 came out a pixel apart between static and dynamic shapes
+# with tf.image.resize_with_pad (found by the serving check on a generated sample).
+AWKWARD_SIZES = [(164, 415), (108, 381), (80, 253), (118, 381), (102, 361)]
+
+
+@pytest.mark.parametrize("target", [(72, 216), (71, 142)])
+def test_fitting_is_the_same_with_static_and_dynamic_shapes(target):
+    """The Trainer's inputs (tf.data, eager) and the server's (a signature with unknown shapes) must be equal."""
+    from components.trainer.preprocess import resize_with_white_pad
+
+    height, width = target
+    dynamic = tf.function(lambda image: resize_with_white_pad(image, height, width),
+                          input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    rng = np.random.default_rng(5)
+    sizes = AWKWARD_SIZES + [tuple(int(v) for v in rng.integers(20, 600, size=2)) for _ in range(40)]
+    for size in sizes:
+        image = tf.constant(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8))
+        eager = resize_with_white_pad(image, height, width).numpy()
+        np.testing.assert_allclose(dynamic(image).numpy(), eager, rtol=0, atol=1e-3, err_msg=str(size))
+        assert eager.shape == (height, width, 3)
+        # Fitted, not stretched: a full row or column of the output is image, the other side has paper.
+        ink_rows = np.where((eager < 254.5).any(axis=(1, 2)))[0]
+        ink_cols = np.where((eager < 254.5).any(axis=(0, 2)))[0]
+        assert len(ink_rows) == height or len(ink_cols) == width, size
