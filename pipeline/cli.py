@@ -18,7 +18,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipeline.local_runner", "run the whole pipeline once, locally"),
     "schedule": ("pipeline.schedule", "the training server: run the pipeline on a schedule and when data arrives"),
-    "status": ("pipeline.schedule", "what the training server did last, what waits, what is served"),
+    "status": ("pipeline.status", "what the training server did last, what waits, what is served"),
     "compile-kubeflow": ("pipeline.kubeflow_v2_runner", "compile the pipeline for Kubeflow Pipelines V2 / Vertex AI"),
     "collect-kubeflow": ("pipeline.kubeflow_v2_runner",
                          "collect new inbox files into a span before a Kubeflow / Vertex AI run"),

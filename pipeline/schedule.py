@@ -17,7 +17,7 @@ by the kernel when their holder dies (pipeline/run_lock.py).
 
 What the scheduler knows is written atomically after every change to
 `<pipeline_root>/<pipeline_name>/schedule/status.json`: `signflow status`
-prints it, the serving server's /signflow/status route can show it
+(pipeline/status.py) prints it, the serving server's /signflow/status route can show it
 (`--training_status_file`), and `--metrics_port` exposes it to Prometheus.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.configs import PipelineConfig, load_config
-from pipeline.run_lock import RUN_LOCK, SCHEDULER_LOCK, FileLock, LockHeld, holder
+from pipeline.run_lock import SCHEDULER_LOCK, FileLock, LockHeld
 
 log = logging.getLogger("signflow.schedule")
 
@@ -187,7 +187,7 @@ class Scheduler:
         s = self.settings
         cycles = 0
         log.info("training server: interval %s, min new records %d, poll %s; status in %s",
-                 _human(s.interval_seconds), s.min_new_records, _human(s.poll_seconds), self.status_file)
+                 human_duration(s.interval_seconds), s.min_new_records, human_duration(s.poll_seconds), self.status_file)
         while not self.stop.is_set():
             waiting = self._count_waiting()
             now = time.time()
@@ -271,7 +271,7 @@ class Scheduler:
         return outcome
 
     def _log_outcome(self, last: dict[str, Any]) -> None:
-        took = _human(last["duration_seconds"])
+        took = human_duration(last["duration_seconds"])
         result = last["result"]
         if result == "pushed":
             log.info("cycle pushed version %s in %s", last["pushed_version"], took)
@@ -281,10 +281,10 @@ class Scheduler:
         elif result in FINISHED:
             log.info("cycle finished in %s, nothing pushed: %s", took, last.get("infra_reason") or result)
         elif result == BUSY:
-            log.warning("cycle skipped: %s; next try in %s", last["error"], _human(self.settings.retry_seconds))
+            log.warning("cycle skipped: %s; next try in %s", last["error"], human_duration(self.settings.retry_seconds))
         else:
             log.error("cycle failed after %s: %s; serving keeps the last version; next try in %s",
-                      took, last["error"], _human(self.settings.retry_seconds))
+                      took, last["error"], human_duration(self.settings.retry_seconds))
 
     def _set(self, **changes: Any) -> None:
         self.status.update(changes)
@@ -294,7 +294,7 @@ class Scheduler:
             self._on_status(self.status)
 
 
-def _human(seconds: float) -> str:
+def human_duration(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
@@ -392,78 +392,6 @@ def schedule_main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     return scheduler.run()
-
-
-def add_status_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="JSON settings file (to find the pipeline's folders)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
-    parser.add_argument("--json", action="store_true", help="print the status as JSON")
-
-
-def status_main(args: argparse.Namespace) -> int:
-    from components.ingest.landing import IngestPaths, waiting
-    from serving.layout import list_versions
-
-    config = load_config(args.config, args.overrides)
-    status = read_status(status_path(config)) or {}
-    found = waiting(IngestPaths(
-        inbox_dir=str(config.inbox_dir), state_dir=str(config.ingest_state_dir),
-        quarantine_dir=str(config.quarantine_dir), unlabelled_dir=str(config.unlabelled_dir),
-        sample_dir=str(config.sample_dir) if config.sample_dir else None))
-    scheduler = holder(config.run_root / "schedule" / SCHEDULER_LOCK)
-    running = holder(config.run_root / RUN_LOCK)
-    versions = list_versions(config.model_base_path) if config.model_base_path.is_dir() else []
-    report = {
-        "scheduler_alive": scheduler is not None, "scheduler": scheduler, "run_in_progress": running,
-        "records_waiting": found.records, "files_waiting": found.files,
-        "served_versions": [int(v) for v in versions], "status_file": str(status_path(config)), "status": status,
-    }
-    if args.json:
-        print(json.dumps(report, indent=1, default=str))
-        return 0
-    print("\n".join(status_lines(report)))
-    return 0
-
-
-def status_lines(report: dict[str, Any]) -> list[str]:
-    status = report["status"]
-    out = []
-    scheduler = report["scheduler"]
-    if report["scheduler_alive"]:
-        info = status.get("scheduler", {})
-        out.append(f"training server: running (pid {scheduler.get('pid', '?')}), every "
-                   f"{_human(info.get('interval_seconds', 0))} or at {info.get('min_new_records', '?')} new records")
-    else:
-        out.append("training server: not running")
-    if report["run_in_progress"] is not None:
-        who = report["run_in_progress"]
-        out.append(f"run in progress: pid {who.get('pid', '?')} ({who.get('purpose', '?')}) since {_when(who.get('since'))}")
-    out.append(f"waiting in the inbox: {report['records_waiting']} records in {report['files_waiting']} files")
-    last = status.get("last_cycle")
-    if last:
-        line = f"last cycle: {last['result']} at {_when(last['finished_at'])} after {_human(last['duration_seconds'])}"
-        line += f" ({last['trigger']})"
-        if last.get("pushed_version"):
-            line += f", pushed version {last['pushed_version']}"
-        out.append(line)
-        if last.get("error"):
-            out.append(f"  reason: {last['error']}")
-        for reason in last.get("not_blessed_reasons") or []:
-            out.append(f"  not blessed: {reason}")
-    else:
-        out.append("last cycle: none recorded")
-    if status.get("next_due_at") and report["scheduler_alive"]:
-        out.append(f"next interval run due: {_when(status['next_due_at'])} (sooner when enough records arrive)")
-    if status.get("last_push"):
-        out.append(f"last push: version {status['last_push']['version']} at {_when(status['last_push']['at'])}")
-    versions = report["served_versions"]
-    out.append(f"serving folder: {len(versions)} version(s), newest {versions[-1]}" if versions
-               else "serving folder: no versions")
-    return out
-
-
-def _when(timestamp: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "?"
 
 
 if __name__ == "__main__":
