@@ -82,6 +82,15 @@ class Rejected:
     record: Any  # the parsed JSON value, the raw line text, or None for a whole file
     path: str  # the landed file that holds the original bytes
 
+    def __post_init__(self) -> None:
+        # NOTE: JSON may hold lone surrogates ("\ud800"), which no UTF-8 encoder takes:
+        # Beam could not even pass such a record on to the quarantine. Kept as its
+        # JSON text instead, escapes and all, so nothing is lost.
+        try:
+            json.dumps(self.record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            object.__setattr__(self, "record", json.dumps(self.record))
+
     def to_json(self, span: int) -> dict:
         return {
             "reason": self.reason,

@@ -128,6 +128,9 @@ def test_mixed_batch_counts_and_quarantine(tmp_path):
     by_source = {q["source"]: q for q in quarantine}
     assert by_source["span-0/inbox/mixed.jsonl:2"]["record"] == "{not json"
     assert by_source["span-0/inbox/mixed.jsonl:4"]["record"] == {"label": "signer_01"}
+    # A label with a lone surrogate cannot travel as text: its record is kept as its JSON, escapes included.
+    [kept] = [q["record"] for q in quarantine if isinstance(q["record"], str) and "\\ud800" in q["record"]]
+    assert json.loads(kept)["label"] == "signer_\ud800"
     assert by_source["span-0/inbox/dangling.png"]["path"] == f"{paths.inbox_dir}/dangling.png"
     truncated = by_source["span-0/inbox/signer_03/truncated.png"]
     assert (truncated["reason"], truncated["record"], truncated["span"]) == ("corrupt_image", None, 0)
