@@ -102,6 +102,16 @@ class PipelineConfig:
         return self.inbox_dir.parent / "quarantine"
 
     @property
+    def ingest_paths(self):
+        """The folders ingestion reads and writes, as components.ingest.landing takes them."""
+        from components.ingest.landing import IngestPaths
+
+        return IngestPaths(
+            inbox_dir=str(self.inbox_dir), state_dir=str(self.ingest_state_dir),
+            quarantine_dir=str(self.quarantine_dir), unlabelled_dir=str(self.unlabelled_dir),
+            sample_dir=str(self.sample_dir) if self.sample_dir else None)
+
+    @property
     def unlabelled_dir(self) -> Path:
         """Valid images without a label, span-<N>.jsonl, ready to be labelled and dropped back."""
         return self.inbox_dir.parent / "unlabelled"

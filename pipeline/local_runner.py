@@ -137,12 +137,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: Path | None, document: dict) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(document, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    if path is not None:
+        from components.ingest.landing import write_atomic
+
+        write_atomic(str(path), json.dumps(document, indent=1, default=str))
 
 
 if __name__ == "__main__":

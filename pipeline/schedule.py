@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from components.ingest.landing import write_atomic
 from pipeline.configs import PipelineConfig, load_config
 from pipeline.run_lock import SCHEDULER_LOCK, FileLock, LockHeld
 
@@ -95,13 +96,8 @@ def read_status(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _write_status(path: Path, status: dict[str, Any]) -> None:
-    """Readers (the serving server, `signflow status`) see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(status, f, indent=1, default=str)
-    os.replace(tmp, path)
+def scheduler_lock_path(config: PipelineConfig) -> Path:
+    return config.run_root / "schedule" / SCHEDULER_LOCK
 
 
 def run_child(run_args: tuple[str, ...], summary_json: Path, stop: threading.Event) -> CycleResult:
@@ -135,17 +131,12 @@ class Scheduler:
     def __init__(self, config: PipelineConfig, settings: ScheduleSettings,
                  run_cycle: Callable[[Path, threading.Event], CycleResult] | None = None,
                  on_status: Callable[[dict[str, Any]], None] | None = None):
-        from components.ingest.landing import IngestPaths
-
         self.config = config
         self.settings = settings
         self.stop = threading.Event()
         self._run_cycle = run_cycle or (lambda path, stop: run_child(settings.run_args, path, stop))
         self._on_status = on_status
-        self._paths = IngestPaths(
-            inbox_dir=str(config.inbox_dir), state_dir=str(config.ingest_state_dir),
-            quarantine_dir=str(config.quarantine_dir), unlabelled_dir=str(config.unlabelled_dir),
-            sample_dir=str(config.sample_dir) if config.sample_dir else None)
+        self._paths = config.ingest_paths
         self._key_cache: dict = {}
         self.status_file = status_path(config)
         previous = read_status(self.status_file) or {}
@@ -171,7 +162,7 @@ class Scheduler:
 
     def run(self) -> int:
         """Run until stopped (or one cycle with `once`). Returns the exit code."""
-        lock = FileLock(self.config.run_root / "schedule" / SCHEDULER_LOCK, purpose="signflow schedule")
+        lock = FileLock(scheduler_lock_path(self.config), purpose="signflow schedule")
         try:
             lock.acquire()
         except LockHeld as err:
@@ -289,7 +280,8 @@ class Scheduler:
     def _set(self, **changes: Any) -> None:
         self.status.update(changes)
         self.status["updated_at"] = time.time()
-        _write_status(self.status_file, self.status)
+        # Readers (the serving server, `signflow status`) see the old file or the new one, never half.
+        write_atomic(str(self.status_file), json.dumps(self.status, indent=1, default=str))
         if self._on_status:
             self._on_status(self.status)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.configs import load_config
-from pipeline.run_lock import RUN_LOCK, SCHEDULER_LOCK, holder
-from pipeline.schedule import human_duration, read_status, status_path
+from pipeline.run_lock import RUN_LOCK, holder
+from pipeline.schedule import human_duration, read_status, scheduler_lock_path, status_path
 
 
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,16 +24,13 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def status_main(args: argparse.Namespace) -> int:
-    from components.ingest.landing import IngestPaths, waiting
+    from components.ingest.landing import waiting
     from serving.layout import list_versions
 
     config = load_config(args.config, args.overrides)
     status = read_status(status_path(config)) or {}
-    found = waiting(IngestPaths(
-        inbox_dir=str(config.inbox_dir), state_dir=str(config.ingest_state_dir),
-        quarantine_dir=str(config.quarantine_dir), unlabelled_dir=str(config.unlabelled_dir),
-        sample_dir=str(config.sample_dir) if config.sample_dir else None))
-    scheduler = holder(config.run_root / "schedule" / SCHEDULER_LOCK)
+    found = waiting(config.ingest_paths)
+    scheduler = holder(scheduler_lock_path(config))
     running = holder(config.run_root / RUN_LOCK)
     versions = list_versions(config.model_base_path) if config.model_base_path.is_dir() else []
     report = {
