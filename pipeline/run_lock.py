@@ -89,24 +89,42 @@ class FileLock:
 
 
 def holder(path: Path) -> dict[str, Any] | None:
-    """Who holds the lock at `path` now (their record), or None when it is free."""
+    """Who holds the lock at `path` now (their record), or None when it is free.
+
+    Reads the record only and never takes the lock itself, so asking (`signflow
+    status`) cannot make a run that starts at that moment find the lock busy. An
+    empty record was released cleanly; one whose process on this host is gone was
+    left by a crash. (A reused pid reads as held: this answer is for people; the
+    flock decides who runs.)
+    """
     try:
-        fd = os.open(path, os.O_RDWR)
+        record = _parse(Path(path).read_bytes())
     except FileNotFoundError:
         return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _read_record(fd) or {}
-        fcntl.flock(fd, fcntl.LOCK_UN)
+    if not record:
         return None
-    finally:
-        os.close(fd)
+    if record.get("host") == socket.gethostname() and not _alive(record.get("pid")):
+        return None
+    return record
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _read_record(fd: int) -> dict[str, Any]:
-    raw = os.pread(fd, 4096, 0)
+    return _parse(os.pread(fd, 4096, 0))
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:

@@ -33,8 +33,7 @@ def _config(root: Path) -> PipelineConfig:
 
 
 def _paths(config: PipelineConfig) -> IngestPaths:
-    return IngestPaths(inbox_dir=str(config.inbox_dir), state_dir=str(config.ingest_state_dir),
-                       quarantine_dir=str(config.quarantine_dir), unlabelled_dir=str(config.unlabelled_dir))
+    return config.ingest_paths
 
 
 def _drop(config: PipelineConfig, name: str, records: int, seed: int = 0) -> None:
@@ -206,6 +205,7 @@ def test_lock_left_by_a_killed_process_is_taken_over(tmp_path, caplog):
     assert holder(lock_path)["pid"] == child.pid
     child.send_signal(signal.SIGKILL)
     child.wait()
+    assert holder(lock_path) is None  # its record is still there, its process is not: free
     with caplog.at_level("WARNING"):
         lock = FileLock(lock_path, "next run").acquire()
     assert lock.took_over["pid"] == child.pid
