@@ -5,12 +5,11 @@ that explains why a model was not infra-blessed.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+
+from components.trainer.predictions import Prediction
 
 SERVING_SIGNATURE = "serving_default"
 CLASSIFY_SIGNATURE = "classify"
@@ -33,18 +32,6 @@ SIGNATURE_CONTRACT = {
 SUM_TOLERANCE = 1e-3
 # `score` is max(probabilities) computed in the same graph: equal up to rounding.
 SCORE_CONSISTENCY_TOLERANCE = 1e-5
-
-
-@dataclass(frozen=True)
-class EvalPrediction:
-    """One line of the Trainer's eval_predictions.jsonl."""
-
-    sha256: str
-    label: str
-    predicted: str
-    score: float
-    runner_up: str | None = None
-    runner_up_score: float = 0.0
 
 
 def check_signature_defs(signature_defs: Mapping, num_labels: int) -> list[str]:
@@ -123,29 +110,11 @@ def top_classes(outputs: Mapping[str, np.ndarray]) -> list[str]:
     return [as_text(classes[row][int(np.argmax(scores[row]))]) for row in range(len(classes))]
 
 
-def read_eval_predictions(path: str | Path) -> dict[str, EvalPrediction]:
-    """eval_predictions.jsonl by image sha256. Lines for the same image must agree (same bytes, same model)."""
-    predictions: dict[str, EvalPrediction] = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-                item = EvalPrediction(str(data["sha256"]), str(data["label"]), str(data["predicted"]),
-                                      float(data["score"]), data.get("runner_up"),
-                                      float(data.get("runner_up_score", 0.0)))
-            except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"{path}:{number}: not an eval prediction ({err})") from None
-            predictions.setdefault(item.sha256, item)
-    return predictions
-
-
 def compare_with_eval_predictions(
     sha256s: Sequence[str],
     labels: Sequence[str],
     scores: Sequence[float],
-    expected: Mapping[str, EvalPrediction],
+    expected: Mapping[str, Prediction],
     tolerance: float,
     where: str,
 ) -> tuple[int, list[str]]:

@@ -33,6 +33,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils, path_utils
 
 from components.serving_check.probe import IN_PROCESS, MODEL_SERVER, ProbeRequest
+from components.trainer.predictions import EVAL_PREDICTIONS_FILE
 
 MODEL_KEY = "model"
 EXAMPLES_KEY = "examples"
@@ -40,7 +41,6 @@ BLESSING_KEY = "blessing"
 MODEL_RUN_KEY = "model_run"
 INFRA_BLESSING_KEY = "infra_blessing"
 
-EVAL_PREDICTIONS_FILE = "eval_predictions.jsonl"
 REPORT_FILE = "serving_check.json"
 LOG_FILE = "serving_check.log"
 # TFX's InfraValidator marker files and property.

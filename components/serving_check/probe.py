@@ -24,6 +24,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from components.serving_check import checks
 from components.serving_check.backends import BackendError, ModelServerBackend, ObjectBackend, SessionBackend
+from components.trainer.predictions import Prediction, read_eval_predictions
 from serving.images import InvalidImage
 from serving.layout import LABELS_FILE, SAVED_MODEL_FILE, WARMUP_FILE
 
@@ -90,7 +91,7 @@ def run_probe(request: ProbeRequest) -> ProbeResult:
     expected = None
     if request.eval_predictions:
         try:
-            expected = checks.read_eval_predictions(request.eval_predictions)
+            expected = read_eval_predictions(request.eval_predictions)
         except (OSError, ValueError) as err:
             result.problems.append(f"the Trainer's eval predictions are unreadable: {_one_line(err)}")
             return result
@@ -121,7 +122,7 @@ def run_probe(request: ProbeRequest) -> ProbeResult:
 
 
 def _exercise(backend, labels: list[str], warmup: list[prediction_log_pb2.PredictionLog], images: list[EvalImage],
-              expected: dict[str, checks.EvalPrediction] | None, tolerance: float, result: ProbeResult) -> None:
+              expected: dict[str, Prediction] | None, tolerance: float, result: ProbeResult) -> None:
     """Send warmup, base64 and classify requests to one backend; append what is wrong to `result`."""
     name = backend.name
 

@@ -23,21 +23,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
-from components.trainer.train import Prediction, accuracy  # noqa: E402
+from components.trainer.predictions import (  # noqa: E402
+    EVAL_PREDICTIONS_FILE, Prediction, write_eval_predictions)
+from components.trainer.train import accuracy  # noqa: E402
 
-EVAL_PREDICTIONS_FILE = "eval_predictions.jsonl"
 REPORT_DIR = "report"
-
-
-def write_eval_predictions(predictions: Sequence[Prediction], path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as out:
-        for p in predictions:
-            out.write(json.dumps({"sha256": p.sha256, "label": p.label, "predicted": p.predicted,
-                                  "score": p.score, "runner_up": p.runner_up,
-                                  "runner_up_score": p.runner_up_score}) + "\n")
-    return path
 
 
 def write_report(model_run_dir: str | os.PathLike, history: Sequence[dict], predictions: Sequence[Prediction],

@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from components.trainer import data, model as model_lib
 from components.trainer.config import TrainerConfig
+from components.trainer.predictions import Prediction
 
 keras = tf.keras
 
@@ -296,20 +297,6 @@ def recalibrate_batchnorm(classifier: keras.Model, dataset: tf.data.Dataset, num
         layer.moving_mean.assign(mean_sum / count)
         layer.moving_variance.assign(variance_sum / count)
     log.info("recalibrated %d BatchNorm layers on %d batches", len(layers), count)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The model's answer for one example: its top label and that label's probability, and the runner-up's."""
-
-    sha256: str
-    label: str
-    predicted: str
-    score: float
-    # NOTE: kept so the serving check can tell a near-tie that flips between two
-    # numerically equivalent runs (batched here, one image there) from a wrong export.
-    runner_up: str | None = None
-    runner_up_score: float = 0.0
 
 
 def predict(classifier: keras.Model, files: Sequence[str], labels: Sequence[str],

@@ -1,7 +1,8 @@
 """The serving check's comparison of served answers with the Trainer's own eval predictions."""
 import pytest
 
-from components.serving_check.checks import EvalPrediction, compare_with_eval_predictions
+from components.serving_check.checks import compare_with_eval_predictions
+from components.trainer.predictions import Prediction as EvalPrediction
 
 TOLERANCE = 0.01
 TRAINER = {
