@@ -115,6 +115,9 @@ class Executor(tfx_pusher_executor.Executor):
             pushed_model.set_string_custom_property(lineage.NOT_PUSHED_REASON, problem)
             return
 
+        # Before reading the serving version's record: a push that died after
+        # publishing left that record saying "staging".
+        _log_recovery(model_base_path, publish.recover_interrupted_pushes(model_base_path))
         serving = publish.serving_version(model_base_path)
         serving_record = records.read_record(model_base_path, serving) if serving is not None else None
         if serving_record is not None and serving_record.model_uri == model.uri:
@@ -133,15 +136,14 @@ class Executor(tfx_pusher_executor.Executor):
                 eval_metrics=summary.metrics if summary else {},
             )
             result = publish.push_model(record.source_path, model_base_path, record)
-            for name in result.stale_removed:
-                logging.info("Pusher: removed %s left by a push that died.", model_base_path / name)
+            _log_recovery(model_base_path, result)
             logging.info("Pusher: model %s pushed as %s.", model.uri, result.path)
         models_config.write_models_config(serving_dir / models_config.MODELS_CONFIG_FILE, model_name, model_base_path)
         self._retain(serving_dir, model_name, keep_versions)
 
         destination = version_path(model_base_path, record.version)
         self._MarkPushed(pushed_model, pushed_destination=str(destination), pushed_version=str(record.version))
-        pushed_model.set_int_custom_property(lineage.PUSHED_AT, int(record.pushed_at or time.time()))
+        pushed_model.set_int_custom_property(lineage.PUSHED_AT, int(record.pushed_at or record.adopted_at or time.time()))
         if record.eval_metrics:
             pushed_model.set_string_custom_property(lineage.EVAL_METRICS, json.dumps(record.eval_metrics, sort_keys=True))
         # The PushedModel's own folder keeps the push record, not a second copy of the model.
@@ -178,6 +180,14 @@ class Executor(tfx_pusher_executor.Executor):
         if removed:
             logging.info("Pusher: retention removed versions %s (keeping %d, pinned %s).",
                          removed, keep_versions, sorted(pinned) or "none")
+
+
+def _log_recovery(model_base_path: Path, recovery: publish.Recovery | publish.PushResult) -> None:
+    for name in recovery.stale_removed:
+        logging.info("Pusher: removed %s left by a push or retention that died.", model_base_path / name)
+    for version in recovery.adopted:
+        logging.warning("Pusher: version %d was published by a push that died before recording it; "
+                        "it is complete and served, and is now recorded as live.", version)
 
 
 def _rolled_back_problem(model_base_path: Path, model_uri: str) -> str | None:

@@ -5,7 +5,9 @@ A push copies the model into a hidden staging folder inside the model folder
 folder, then renames the folder to `<version>` in one step. A model server that
 polls the folder sees either no new version or a complete one. A push that dies
 half-way leaves only its staging folder, which the next push removes once the
-process that owned it is gone.
+process that owned it is gone. A push that dies after the rename but before
+recording the version as live leaves a complete, served version: the next push
+adopts it (records it as live) rather than removing what TF Serving serves.
 
 Standard library only (no TensorFlow), so a push is cheap to start.
 """
@@ -28,12 +30,25 @@ REMOVING_PREFIX = ".removing-"
 
 Clock = Callable[[], float]
 
+# (model folder, version) of the pushes this process is running: adoption must
+# tell its own push in flight from one of its pushes that raised after the rename.
+_publishing: set[tuple[str, int]] = set()
+
 
 @dataclass(frozen=True)
 class PushResult:
     version: int
     path: Path
     stale_removed: list[str]
+    adopted: list[int]
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What a push that died left behind and what was done about it."""
+
+    stale_removed: list[str]  # staging and removal folders deleted
+    adopted: list[int]  # complete versions whose record said staging, now recorded as live
 
 
 def push_model(
@@ -54,26 +69,68 @@ def push_model(
     if not (model_dir / SAVED_MODEL_FILE).is_file():
         raise FileNotFoundError(f"{model_dir} has no {SAVED_MODEL_FILE}: not a SavedModel")
     base.mkdir(parents=True, exist_ok=True)
-    stale = remove_stale_folders(base)
+    recovery = recover_interrupted_pushes(base)
     version = _reserve_version(base, record, clock)
     staging = base / f"{STAGING_PREFIX}{version}-{os.getpid()}"
     final = version_path(base, version)
+    in_flight = (str(base.resolve()), version)
+    _publishing.add(in_flight)
     try:
-        _copy_saved_model(model_dir, staging)
-        # The one step that makes the version visible. os.rename of a folder onto
-        # an existing non-empty folder fails rather than merging, and the number
-        # was reserved above, so an existing target would be a bug, not a race.
-        os.rename(staging, final)
+        try:
+            _copy_saved_model(model_dir, staging)
+            # The one step that makes the version visible. os.rename of a folder onto
+            # an existing non-empty folder fails rather than merging, and the number
+            # was reserved above, so an existing target would be a bug, not a race.
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            record.state = records.FAILED
+            records.update_record(base, record)
+            raise
+        # Outside the inner try: once renamed the version is served, so a failure
+        # from here on leaves the record saying "staging" for the next push to
+        # adopt, never "failed".
         records.fsync_dir(base)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        record.state = records.FAILED
+        record.state = records.LIVE
+        record.pushed_at = clock()
         records.update_record(base, record)
-        raise
-    record.state = records.LIVE
-    record.pushed_at = clock()
-    records.update_record(base, record)
-    return PushResult(version=version, path=final, stale_removed=stale)
+    finally:
+        _publishing.discard(in_flight)
+    return PushResult(version=version, path=final, stale_removed=recovery.stale_removed, adopted=recovery.adopted)
+
+
+def recover_interrupted_pushes(model_base_path: str | Path) -> Recovery:
+    """Clean up after pushes and retentions that died: see remove_stale_folders and adopt_published_versions."""
+    return Recovery(stale_removed=remove_stale_folders(model_base_path),
+                    adopted=adopt_published_versions(model_base_path))
+
+
+def adopt_published_versions(model_base_path: str | Path) -> list[int]:
+    """Record as live every version folder whose push died after the rename. Returns those versions.
+
+    The rename is a push's commit point: a numbered folder exists only once its
+    copy is complete and fsynced, so a record still saying `staging` next to one
+    means the push died before writing `live`. TF Serving already serves such a
+    version, so it is adopted, not removed. A push still running (in another
+    live process, or in this one) is about to write its own record and is left
+    alone (pids: one host only, as for staging folders).
+    """
+    base = Path(model_base_path)
+    adopted = []
+    for version in list_versions(base):
+        record = records.read_record(base, version)
+        if record is None or record.state != records.STAGING:
+            continue
+        if record.pid == os.getpid():
+            if (str(base.resolve()), version) in _publishing:
+                continue
+        elif record.pid is not None and _process_alive(record.pid):
+            continue
+        record.state = records.LIVE
+        record.adopted_at = time.time()
+        records.update_record(base, record)
+        adopted.append(version)
+    return adopted
 
 
 def highest_used_version(model_base_path: str | Path) -> int:
@@ -130,7 +187,8 @@ def remove_stale_folders(model_base_path: str | Path) -> list[str]:
 
     Folder names carry the owner's pid; a live owner (another Pusher still
     copying) is left alone. Pids are only meaningful on one host: a serving
-    folder shared by several pushing hosts needs one pusher at a time.
+    folder shared by several pushing hosts needs one pusher at a time. A removal
+    folder's record gets the `removed_at` its dead retention did not write.
     """
     base = Path(model_base_path)
     removed = []
@@ -140,6 +198,10 @@ def remove_stale_folders(model_base_path: str | Path) -> list[str]:
             continue
         shutil.rmtree(child, ignore_errors=True)
         removed.append(child.name)
+        record = records.read_record(base, version) if child.name.startswith(REMOVING_PREFIX) else None
+        if record is not None and record.removed_at is None:
+            record.removed_at = time.time()
+            records.update_record(base, record)
     return removed
 
 
@@ -147,6 +209,7 @@ def _reserve_version(base: Path, record: PushRecord, clock: Clock) -> int:
     now = clock()
     version = max(int(now), highest_used_version(base) + 1)
     record.reserved_at = now
+    record.pid = os.getpid()
     while True:
         record.version = version
         record.state = records.STAGING

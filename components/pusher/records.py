@@ -29,7 +29,8 @@ PIN_FILE = ".pinned"
 ROLLBACK_NOTE_FILE = "ROLLBACK_NOTE.json"
 
 # Push record states. A record whose state is STAGING but whose folder never
-# appeared belongs to a push that crashed: its number stays used.
+# appeared belongs to a push that crashed: its number stays used. One whose
+# folder did appear is adopted as LIVE by the next push (publish.adopt_published_versions).
 STAGING = "staging"
 LIVE = "live"
 FAILED = "failed"
@@ -50,6 +51,10 @@ class PushRecord:
     reserved_at: float | None = None
     pushed_at: float | None = None
     removed_at: float | None = None
+    # The process that reserved the number: tells a push that died from one still running.
+    pid: int | None = None
+    # Set instead of pushed_at when the push died after publishing and a later push adopted the version.
+    adopted_at: float | None = None
     eval_metrics: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:

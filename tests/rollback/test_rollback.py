@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -96,6 +97,29 @@ def test_rollback_refuses_a_version_already_rolled_back(base, capsys):
     signflow(["rollback", "--model_base_path", str(base)])
     assert signflow(["rollback", "--model_base_path", str(base), "--to", "400"]) == 1
     assert "version 400 does not exist" in capsys.readouterr().err
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every folder and file under `folder` with the file contents: equal snapshots mean nothing moved."""
+    return {str(path.relative_to(folder)): path.read_bytes() if path.is_file() else None
+            for path in sorted(folder.rglob("*"))}
+
+
+def test_rollback_refuses_when_rolled_back_already_holds_a_version_and_moves_nothing(base, capsys):
+    # 400 was rolled back, then restored by hand as a copy, so .rolled_back/400 is still there.
+    assert signflow(["rollback", "--model_base_path", str(base), "--reason", "labels swapped"]) == 0
+    shutil.copytree(base / ".rolled_back" / "400", base / "400")
+    capsys.readouterr()
+    before = snapshot(base)
+
+    code = signflow(["rollback", "--model_base_path", str(base), "--to", "200", "--reason", "again"])
+
+    assert code == 1
+    assert capsys.readouterr().err == (
+        f"signflow rollback: {base / '.rolled_back'} already holds 400 (restored by hand?); move it away first\n")
+    # Not even 300, which has no clash, moved: the check comes before the first rename.
+    assert snapshot(base) == before
+    assert list_versions(base) == [100, 200, 300, 400]
 
 
 def test_rollback_exit_code_from_a_real_process(tmp_path):
