@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import select
 import shutil
 from pathlib import Path
 
@@ -17,6 +19,23 @@ from components.serving_check.checks import check_signature_defs
 from components.serving_check.component import Executor, ServingCheck
 
 pytestmark = pytest.mark.timeout(180)
+
+# Hang guard: how long a killed process group may take to release its files.
+EXIT_GUARD_SECONDS = 60
+
+# sitecustomize for the probe: Python imports it at start-up from PYTHONPATH, so
+# the probe hangs before it does any work, however fast the machine. It and a
+# child of its own (as a tensorflow_model_server the probe started would be)
+# hold the write end of the test's FIFO until they die.
+HANG_AT_START = """
+import os, signal
+fifo = os.environ.get("SIGNFLOW_TEST_HANG_FIFO")
+if fifo:
+    os.open(fifo, os.O_WRONLY)
+    os.fork()
+    while True:
+        signal.pause()
+"""
 
 
 def run_check(candidate, blessing=None, with_model_run=True, **options):
@@ -110,12 +129,39 @@ def test_model_whose_variables_do_not_restore_is_not_blessed(candidate):
     assert any("failed to load" in problem for problem in report["problems"])
 
 
-def test_hung_or_slow_serving_process_is_killed_and_not_blessed(candidate):
-    # One second is less than the probe needs to import TensorFlow: the deadline must fire.
-    blessing, report = run_check(candidate, timeout_seconds=1)
+def wait_for_every_writer_to_exit(fifo_reader: int, guard_seconds: float) -> bool:
+    """Block until no process holds the FIFO open for writing (True), or the guard runs out (False)."""
+    while True:
+        try:
+            if not os.read(fifo_reader, 4096):
+                return True  # end of file: no writer is left
+        except BlockingIOError:
+            # A writer is still there: wait until it writes or exits.
+            ready, _, _ = select.select([fifo_reader], [], [], guard_seconds)
+            if not ready:
+                return False
+
+
+def test_hung_serving_process_is_killed_with_its_children_and_not_blessed(candidate, tmp_path, monkeypatch):
+    hook = tmp_path / "hang_at_start"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HANG_AT_START)
+    fifo = tmp_path / "held_by_the_probe"
+    os.mkfifo(fifo)
+    # Opened first, so the probe's open for writing never waits for a reader.
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("SIGNFLOW_TEST_HANG_FIFO", str(fifo))
+    try:
+        blessing, report = run_check(candidate, timeout_seconds=1)
+        every_holder_exited = wait_for_every_writer_to_exit(reader, EXIT_GUARD_SECONDS)
+    finally:
+        os.close(reader)
 
     assert not model_utils.is_infra_validated(blessing)
     assert report["problems"] == ["the serving check did not finish within 1s (killed)"]
+    # The whole process group went, not only the probe.
+    assert every_holder_exited, f"a process of the killed serving check still held {fifo} after {EXIT_GUARD_SECONDS}s"
 
 
 def test_model_not_blessed_by_evaluator_is_not_served(candidate):
