@@ -365,6 +365,12 @@ class Batcher:
     def options(self) -> BatchingOptions:
         return self._options
 
+    @property
+    def queued_tasks(self) -> int:
+        """Requests waiting in the queue, not yet handed to a worker (a split request counts once;
+        one whose caller went away counts until its batch is taken)."""
+        return len({id(piece.task) for batch in self._batches for piece in batch.pieces})
+
     async def submit(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run `inputs` (one request; all arrays share dimension 0) as part of a batch.
 

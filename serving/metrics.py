@@ -14,7 +14,10 @@ Two families:
   `signflow_serving_model_load_events_total{model,version,event}`,
   `signflow_serving_feedback_requests_total{code}`,
   `signflow_serving_feedback_instances_total{model,outcome}` (accepted/rejected),
-  `signflow_serving_request_log_dropped_total` (entries the request log could not keep).
+  `signflow_serving_request_log_dropped_total` (entries the request log could not keep),
+  `signflow_serving_file_system_polls_total` (completed scans of the models' base paths),
+  `signflow_serving_config_file_polls_total{outcome}` (re-reads of --model_config_file:
+  unchanged, applied, or failed -- a file that did not parse or load, the old config kept).
   Feedback is not counted in the request families above: those are TF Serving's APIs.
 
 Each server has its own CollectorRegistry, so several servers in one process
@@ -92,6 +95,12 @@ class Metrics:
         self._request_log_dropped = Counter(
             "signflow_serving_request_log_dropped", "Request log entries dropped (queue full, write error, cap).",
             registry=self.registry)
+        self._file_system_polls = Counter(
+            "signflow_serving_file_system_polls", "Completed scans of the models' base paths for versions.",
+            registry=self.registry)
+        self._config_file_polls = Counter(
+            "signflow_serving_config_file_polls", "Re-reads of --model_config_file by outcome (unchanged, applied, "
+            "failed).", ("outcome",), registry=self.registry)
 
     def request(self, model: str, version: int | None, api: str, entrypoint: str, code: str,
                 seconds: float) -> None:
@@ -118,6 +127,12 @@ class Metrics:
 
     def request_log_dropped(self, count: int = 1) -> None:
         self._request_log_dropped.inc(count)
+
+    def file_system_poll(self) -> None:
+        self._file_system_polls.inc()
+
+    def config_file_poll(self, outcome: str) -> None:
+        self._config_file_polls.labels(outcome).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

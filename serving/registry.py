@@ -81,6 +81,14 @@ class Servable:
         if function is None:
             raise errors.FailedPrecondition(f'Serving signature key "{signature_name}" not found.')
         signature = self.signature_defs[signature_name]
+        unknown = sorted(set(inputs) - set(signature.inputs))
+        if unknown:
+            # Before signature.inputs[name] below: indexing a protobuf map adds the missing key, which
+            # would put the unknown name into this version's SignatureDef. predict_util.cc's words;
+            # requests are checked by the handlers first, warm-up requests only here.
+            raise errors.InvalidArgument(
+                f"input tensor alias not found in signature: {unknown[0]}. "
+                f"Inputs expected to be in the set {{{','.join(sorted(signature.inputs))}}}.")
         try:
             feed = {
                 name: tf.convert_to_tensor(value, dtype=tf.dtypes.as_dtype(signature.inputs[name].dtype))
@@ -129,7 +137,9 @@ def load_servable(name: str, version: int, path: Path, *, warmup: bool = True) -
 def run_warmup(servable: Servable) -> int:
     """Replay assets.extra/tf_serving_warmup_requests (TFRecord of PredictionLog). Returns the count.
 
-    As TF Serving: a missing file is fine; any failing record fails the load.
+    As TF Serving (saved_model_warmup_util.cc): a missing file is fine; any failing
+    record fails the load with that record's error; a file that is not TFRecord
+    fails it with DATA_LOSS.
     """
     path = servable.path / layout.WARMUP_FILE
     if not path.is_file():
@@ -143,8 +153,10 @@ def run_warmup(servable: Servable) -> int:
                     f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
             _replay(servable, record, path)
     except tf.errors.DataLossError as err:
-        raise errors.ServingError(
-            f"{err.message}. Please verify your warmup data is in TFRecord format.") from None
+        raise errors.from_code_name(
+            "DATA_LOSS", f"{err.message}. Please verify your warmup data is in TFRecord format.") from None
+    except tf.errors.OpError as err:  # e.g. the file cannot be read
+        raise op_error(err) from None
     return count
 
 

@@ -86,18 +86,36 @@ class Watcher:
     `on_scans(scans)` receives every round (the registry's reconcile). As with
     --file_system_poll_wait_seconds, 0 means one scan at start and < 0 none:
     call `poll_once()` for that first scan; `start()` runs the periodic ones.
+
+    `polls` counts completed rounds (scan, then `on_scans` returned), and
+    `on_poll()` hears each one (the metrics). A round that began after some
+    moment has completed once `polls` has grown by 2 since then: how a caller
+    knows the watcher has looked at a change, including one that changes nothing.
     """
 
     def __init__(self, models: Callable[[], list[ModelConfig]], on_scans: Callable[[list[Scan]], None],
-                 poll_seconds: float):
+                 poll_seconds: float, on_poll: Callable[[], None] | None = None):
         self._models = models
         self._on_scans = on_scans
+        self._on_poll = on_poll or (lambda: None)
         self._poll_seconds = poll_seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Rounds run on the watcher thread and, for config reloads, on the server's pool.
+        self._lock = threading.Lock()
+        self._polls = 0
+
+    @property
+    def polls(self) -> int:
+        """Completed rounds since the watcher was created."""
+        with self._lock:
+            return self._polls
 
     def poll_once(self) -> None:
         self._on_scans([scan(model) for model in self._models()])
+        with self._lock:
+            self._polls += 1
+        self._on_poll()
 
     def start(self) -> None:
         if self._poll_seconds > 0 and self._thread is None:

@@ -60,9 +60,10 @@ STATUS_PATH = "/signflow/status"
 # The scheduler's status is a few hundred bytes; anything this big is not it.
 MAX_TRAINING_STATUS_BYTES = 1024 * 1024
 
-_NOT_FOUND_PAGE = (
-    "<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n"
-    "The requested URL {} was not found on this server.\n</BODY></HTML>\n")
+# What TF Serving answers outside /v1: no handler claims the request, so its HTTP server calls
+# libevent's evhttp_send_error(req, 404, NULL), whose page names the status only (never the URL,
+# which would reflect unescaped client input into HTML).
+NOT_FOUND_PAGE = "<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n</BODY></HTML>\n"
 
 
 def error_response(err: errors.ServingError, headers: dict | None = None) -> Response:
@@ -110,8 +111,7 @@ class _RestApi:
     async def dispatch(self, request: Request) -> Response:
         target = _raw_target(request)
         if not _V1.fullmatch(target):
-            page = _NOT_FOUND_PAGE.format(request.url.path)
-            return Response(page, status_code=404, media_type="text/html")
+            return Response(NOT_FOUND_PAGE, status_code=404, media_type="text/html")
         method = request.method
         if method == "OPTIONS":
             # CORS preflight: an empty answer, 200 with an http(s) Origin, else 400.

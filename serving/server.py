@@ -17,6 +17,7 @@ thread (tests, embedding); `run(settings)` is the command-line entry.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import logging
@@ -82,8 +83,11 @@ class ModelServer:
             self.registry, settings, self._executor, batching_options=batching_options,
             batch_executor=batch_executor, on_batch=self.metrics.batch,
             on_predicted=self.request_log.record if self.request_log is not None else None)
-        self._watcher = Watcher(self.registry.configs, self.registry.reconcile, settings.file_system_poll_wait_seconds)
+        self._watcher = Watcher(self.registry.configs, self.registry.reconcile, settings.file_system_poll_wait_seconds,
+                                on_poll=self.metrics.file_system_poll)
         self._config_text: str | None = None
+        self._config_file_polls: collections.Counter[str] = collections.Counter()
+        self._config_file_polls_lock = threading.Lock()  # updated on the loop, read from any thread
         self._stopping: asyncio.Event | None = None
         self._tasks: list[asyncio.Task] = []
         self._uvicorn: _Uvicorn | None = None
@@ -172,21 +176,37 @@ class ModelServer:
         await loop.run_in_executor(self._executor, self.registry.apply_config, models)
         await loop.run_in_executor(self._executor, self._watcher.poll_once)
 
+    @property
+    def file_system_polls(self) -> int:
+        """Completed version-watcher rounds (see repository.Watcher.polls)."""
+        return self._watcher.polls
+
+    def config_file_polls(self, outcome: str | None = None) -> int:
+        """Completed re-reads of --model_config_file with this outcome ("unchanged", "applied",
+        "failed"), or all of them."""
+        with self._config_file_polls_lock:
+            return sum(self._config_file_polls.values()) if outcome is None else self._config_file_polls[outcome]
+
     async def _poll_config_file(self) -> None:
         path = self.settings.model_config_file
         while True:
             await asyncio.sleep(self.settings.model_config_file_poll_wait_seconds)
+            outcome = "unchanged"
             try:
                 text = Path(path).read_text(encoding="utf-8")
-                if text == self._config_text:
-                    continue
-                models = read_model_config_file(path)
-                await self.reload_config(models)
-                self._config_text = text
-                log.info("Applied the new model config from %s", path)
+                if text != self._config_text:
+                    models = read_model_config_file(path)
+                    await self.reload_config(models)
+                    self._config_text = text
+                    outcome = "applied"
+                    log.info("Applied the new model config from %s", path)
             except (OSError, SettingsError, errors.ServingError) as err:
                 # As TF Serving: a bad config file is logged and the old config keeps serving.
+                outcome = "failed"
                 log.error("Not applying %s: %s", path, err)
+            with self._config_file_polls_lock:
+                self._config_file_polls[outcome] += 1
+            self.metrics.config_file_poll(outcome)
 
     def request_stop(self) -> None:
         """Ask run_until_stopped() to shut down (thread-safe through loop.call_soon_threadsafe)."""
@@ -265,6 +285,15 @@ class ServerThread:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self.server.request_stop)
             self._thread.join(timeout)
+
+    @property
+    def file_system_polls(self) -> int:
+        """Completed version-watcher rounds: wait for it to grow by 2 to know a change was looked at."""
+        return self.server.file_system_polls
+
+    def config_file_polls(self, outcome: str | None = None) -> int:
+        """Completed re-reads of --model_config_file (ModelServer.config_file_polls)."""
+        return self.server.config_file_polls(outcome)
 
     @property
     def rest_url(self) -> str:
