@@ -10,6 +10,9 @@ For other test modules (client, bench, end-to-end):
 - `signflow_server`: one session-wide server of signflow's own tiny model, named
   `SIGNFLOW_MODEL`, version 1.
 - `wait_for(predicate, timeout)`: poll until true (version changes take a poll interval).
+  Its timeout is a hang guard, not a speed claim: keep it generous (HANG_GUARD).
+- `wait_for_polls(server, rounds)`: wait until the server's version watcher completed
+  `rounds` more polls, i.e. until it has certainly looked at the folders as they are now.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ TOY_BUILDERS = {
     "multi_input": toy_models.build_multi_input,
     "bytes_identity": toy_models.build_bytes_identity,
     "slow": toy_models.build_slow,
+    "gated": toy_models.build_gated,
     "broken": toy_models.build_broken,
     "half_precision": toy_models.build_half_precision,
 }
@@ -84,13 +88,28 @@ def write_model_config(path: Path, models: list[dict]) -> Path:
     return path
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.1) -> bool:
+# How long a wait may take before the test calls it a hang. Loading a tiny model takes well
+# under a second on an idle machine; this leaves room for two cores shared with other jobs.
+HANG_GUARD = 60.0
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = HANG_GUARD, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return True
         time.sleep(interval)
     return predicate()
+
+
+def wait_for_polls(server: ServerThread, rounds: int = 2, timeout: float = HANG_GUARD) -> bool:
+    """Wait until the version watcher completed `rounds` more rounds than it has now.
+
+    With rounds >= 2, at least one whole round (scan and reconcile) began after
+    this call: whatever the folders held at the call has been seen and acted on.
+    """
+    target = server.file_system_polls + rounds
+    return wait_for(lambda: server.file_system_polls >= target, timeout, interval=0.05)
 
 
 @pytest.fixture

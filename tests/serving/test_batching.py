@@ -1,21 +1,39 @@
-"""serving.batching: real numpy (and one tf.function) models behind a real Batcher."""
+"""serving.batching: real numpy (and one tf.function) models behind a real Batcher.
+
+No assertion here depends on how fast anything runs. Where a test needs "the batch has
+not run yet" or "these requests are queued", a gate holds the model or the test waits
+for the batcher's own count (`until`); a batch timeout that must not fire is set far
+beyond the hang guard of `run`, so reaching it fails the test instead of passing slowly.
+"""
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from typing import Callable
 
 import numpy as np
 import pytest
 
 from serving.batching import BatchingError, BatchingOptions, BatchQueueFull, BatcherClosed, Batcher, BatchStats
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
+
+# How long a whole test coroutine may take before it counts as hung.
+HANG_GUARD = 60.0
+# A batch timeout that never fires while a test can pass: far beyond HANG_GUARD.
+NEVER_MICROS = 600_000_000
 
 
-def run(coro, timeout: float = 20.0):
+def run(coro, timeout: float = HANG_GUARD):
     """Run a coroutine on a fresh loop; a hang fails the test instead of blocking the suite."""
     return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the loop run until `condition()` holds (bounded by run()'s hang guard)."""
+    while not condition():
+        await asyncio.sleep(0.001)
 
 
 class Model:
@@ -25,6 +43,8 @@ class Model:
         self.delay = delay
         self.gate = gate
         self.batch_sizes: list[int] = []
+        self.gate_opened: list[bool] = []
+        """Per gated call: whether the gate opened (False: the call gave up waiting, a hang)."""
         self._lock = threading.Lock()
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -32,7 +52,9 @@ class Model:
         with self._lock:
             self.batch_sizes.append(x.shape[0])
         if self.gate is not None:
-            self.gate.wait(10)
+            opened = self.gate.wait(HANG_GUARD)
+            with self._lock:
+                self.gate_opened.append(opened)
         if self.delay:
             time.sleep(self.delay)
         return {"y": x * 2.0 + 1.0, "norm": np.linalg.norm(x, axis=1)}
@@ -54,17 +76,14 @@ def test_concurrent_requests_become_one_batch():
     model = Model()
 
     async def main():
-        # A long timeout: only a full batch can run, so this checks that it runs at once when full.
-        batcher = Batcher(model, options(max_batch_size=sum(rows), batch_timeout_micros=10_000_000))
-        start = time.monotonic()
+        # The timeout never fires: answers at all mean the batch ran because it was full.
+        batcher = Batcher(model, options(max_batch_size=sum(rows), batch_timeout_micros=NEVER_MICROS))
         results = await asyncio.gather(*(batcher.submit({"x": x}) for x in requests))
-        elapsed = time.monotonic() - start
         await batcher.close()
-        return results, elapsed
+        return results
 
-    results, elapsed = run(main())
+    results = run(main())
     assert model.batch_sizes == [sum(rows)]
-    assert elapsed < 5.0
     for x, result in zip(requests, results):
         want = expected(x)
         assert result.keys() == want.keys()
@@ -86,7 +105,8 @@ def test_timeout_flushes_a_partial_batch():
 
     results, elapsed = run(main())
     assert model.batch_sizes == [3]
-    assert timeout_s * 0.9 <= elapsed < timeout_s + 3.0
+    # Not before the timeout (a lower bound only: a loaded machine makes it later, never earlier).
+    assert elapsed >= timeout_s * 0.9
     assert [float(r["y"][0, 0]) for r in results] == [1.0, 3.0, 5.0]
 
 
@@ -99,16 +119,16 @@ def test_zero_timeout_batches_requests_that_wait_for_a_busy_worker():
     async def main():
         batcher = Batcher(model, options(max_batch_size=100, batch_timeout_micros=0))
         first = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 2), np.float32)}))
-        while not model.batch_sizes:
-            await asyncio.sleep(0.005)
+        await until(lambda: model.batch_sizes == [1])
         rest = [asyncio.ensure_future(batcher.submit({"x": np.ones((2, 2), np.float32)})) for _ in range(4)]
-        await asyncio.sleep(0.05)
+        await until(lambda: batcher.queued_tasks == 4)
         gate.set()
         await asyncio.gather(first, *rest)
         await batcher.close()
 
     run(main())
     assert model.batch_sizes == [1, 8]
+    assert model.gate_opened == [True, True]
 
 
 def test_an_exception_reaches_every_caller_of_the_batch():
@@ -188,21 +208,20 @@ def test_full_queue_refuses_at_once_with_tf_servings_error():
         batcher = Batcher(model, options(max_batch_size=2, batch_timeout_micros=10_000_000, max_enqueued_batches=2))
         two_rows = {"x": np.ones((2, 1))}
         running = asyncio.ensure_future(batcher.submit(two_rows))  # full batch: runs, then blocks on the gate
-        while not model.batch_sizes:
-            await asyncio.sleep(0.005)
+        await until(lambda: model.batch_sizes == [2])
         queued = [asyncio.ensure_future(batcher.submit(two_rows)) for _ in range(2)]  # fill the 2 queued batches
-        await asyncio.sleep(0)
-        start = time.monotonic()
+        await until(lambda: batcher.queued_tasks == 2)
         with pytest.raises(BatchQueueFull) as refused:
             await batcher.submit(two_rows)
-        elapsed = time.monotonic() - start
+        # Ordering, not speed: refused while the queue was still full, so it did not wait for room.
+        still_full = not gate.is_set() and not running.done() and batcher.queued_tasks == 2
         gate.set()
         await asyncio.gather(running, *queued)
         await batcher.close()
-        return refused.value, elapsed
+        return refused.value, still_full
 
-    error, elapsed = run(main())
-    assert elapsed < 0.5
+    error, still_full = run(main())
+    assert still_full
     assert error.code == "UNAVAILABLE"
     assert str(error) == (
         "The batch scheduling queue to which this task was submitted is full; "
@@ -349,43 +368,45 @@ def test_variable_width_byte_strings_share_a_batch():
 
 
 def test_the_event_loop_keeps_running_while_a_batch_runs():
+    # The batch cannot finish until a coroutine on the loop opens its gate: if running the
+    # batch blocked the loop, the gate would never open and the model would give up waiting.
+    gate = threading.Event()
+    model = Model(gate=gate)
+
     async def main():
-        batcher = Batcher(Model(delay=0.3), options(max_batch_size=1))
-        ticks = 0
+        batcher = Batcher(model, options(max_batch_size=1))
 
-        async def ticker():
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
+        async def opener():
+            await until(lambda: bool(model.batch_sizes))
+            gate.set()
 
-        ticking = asyncio.ensure_future(ticker())
-        await batcher.submit({"x": np.ones((1, 1))})
-        ticking.cancel()
+        opening = asyncio.ensure_future(opener())
+        result = await batcher.submit({"x": np.ones((1, 1))})
+        await opening
         await batcher.close()
-        return ticks
+        return result
 
-    assert run(main()) >= 10
+    result = run(main())
+    assert model.gate_opened == [True]
+    np.testing.assert_allclose(result["y"], [[3.0]])
 
 
 def test_close_runs_pending_requests_without_waiting_for_the_timeout_then_refuses():
     model = Model()
 
     async def main():
-        batcher = Batcher(model, options(max_batch_size=100, batch_timeout_micros=30_000_000))
+        # The timeout never fires: close() returning at all means it ran the batch without it.
+        batcher = Batcher(model, options(max_batch_size=100, batch_timeout_micros=NEVER_MICROS))
         pending = [asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), i)})) for i in range(3)]
-        await asyncio.sleep(0.01)
-        start = time.monotonic()
+        await until(lambda: batcher.queued_tasks == 3)
         await batcher.close()
-        closed_in = time.monotonic() - start
         assert all(task.done() for task in pending)
         with pytest.raises(BatcherClosed) as refused:
             await batcher.submit({"x": np.ones((1, 1))})
-        return [float(t.result()["y"][0, 0]) for t in pending], closed_in, refused.value
+        return [float(t.result()["y"][0, 0]) for t in pending], refused.value
 
-    values, closed_in, error = run(main())
+    values, error = run(main())
     assert values == [1.0, 3.0, 5.0]
-    assert closed_in < 5.0
     assert model.batch_sizes == [3]
     assert error.code == "UNAVAILABLE"
 
@@ -397,19 +418,20 @@ def test_a_cancelled_request_does_not_disturb_the_others():
     async def main():
         batcher = Batcher(model, options(max_batch_size=10, batch_timeout_micros=0))
         blocker = asyncio.ensure_future(batcher.submit({"x": np.ones((1, 1))}))
-        while not model.batch_sizes:
-            await asyncio.sleep(0.005)
+        await until(lambda: model.batch_sizes == [1])
         gone = asyncio.ensure_future(batcher.submit({"x": np.ones((4, 1))}))
         kept = asyncio.ensure_future(batcher.submit({"x": np.full((2, 1), 7.0)}))
-        await asyncio.sleep(0.01)
+        # Both are in the queue (in one batch) before one is cancelled.
+        await until(lambda: batcher.queued_tasks == 2)
         gone.cancel()
         gate.set()
         result = await kept
         await blocker
         await batcher.close()
-        return result
+        return result, gone.cancelled()
 
-    result = run(main())
+    result, cancelled = run(main())
+    assert cancelled
     np.testing.assert_allclose(result["y"], np.full((2, 1), 15.0))
     assert model.batch_sizes == [1, 2]  # the cancelled request's 4 rows were not run
 
@@ -535,9 +557,10 @@ def _batching_server(start_server, model_store, tmp_path, model: str, parameters
     install_version(model_store[model], base, 1)
     batching_file = tmp_path / "batching.txt"
     batching_file.write_text(parameters)
+    # No REST deadline: a request held in the gated model lasts as long as the test holds it.
     return start_server(make_settings(
         model_name=model, model_base_path=str(base), enable_batching=True,
-        batching_parameters_file=str(batching_file),
+        batching_parameters_file=str(batching_file), rest_api_timeout_in_ms=0,
     ))
 
 
@@ -561,18 +584,41 @@ def test_a_full_queue_answers_503_with_tf_servings_message(start_server, model_s
 
     import requests
 
-    # One batch thread, one-row batches, one queued batch: while the first request
-    # sleeps in the model, a second waits in the queue and a third is refused.
+    from tests.serving.conftest import wait_for
+    from tests.serving.toy_models import Gate
+
+    # One batch thread, one-row batches, one queued batch: while the first request is held
+    # in the model, of the next two one waits in the queue and the other is refused.
     server = _batching_server(
-        start_server, model_store, tmp_path, "slow",
+        start_server, model_store, tmp_path, "gated",
         "max_batch_size { value: 1 } max_enqueued_batches { value: 1 } num_batch_threads { value: 1 }",
     )
-    url = f"{server.rest_url}/v1/models/slow:predict"
+    url = f"{server.rest_url}/v1/models/gated:predict"
+    held = Gate(tmp_path / "held")
+
+    def post(gate: Gate):
+        return requests.post(url, data=gate.request(), timeout=HANG_GUARD + 60)
+
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        answers = list(pool.map(lambda _: requests.post(url, json={"instances": [1500.0]}, timeout=30), range(3)))
-    refused = [a for a in answers if a.status_code == 503]
-    assert refused, [a.status_code for a in answers]
-    assert all(a.status_code in (200, 503) for a in answers)
-    assert refused[0].json() == {"error": (
-        "The batch scheduling queue to which this task was submitted is full; "
-        "currently 1 batches enqueued and max_enqueued_batches is 1")}
+        first = pool.submit(post, held)
+        try:
+            assert wait_for(held.started), "the first request never reached the model"
+            others = [pool.submit(post, Gate.open(tmp_path / name)) for name in ("second", "third")]
+            # Ordering: the one worker is held, so an answer now can only be a refusal.
+            assert wait_for(lambda: any(f.done() for f in others))
+            refused = [f for f in others if f.done()]
+            waiting = [f for f in others if not f.done()]
+            assert len(refused) == 1 and len(waiting) == 1
+            assert not first.done()
+        finally:
+            held.release()
+        answer = refused[0].result()
+        assert answer.status_code == 503, answer.text
+        assert answer.json() == {"error": (
+            "The batch scheduling queue to which this task was submitted is full; "
+            "currently 1 batches enqueued and max_enqueued_batches is 1")}
+        # Once the first is let go, it and the queued one are answered by the model.
+        for future in (first, waiting[0]):
+            response = future.result()
+            assert response.status_code == 200, response.text
+            assert response.json() == {"predictions": [{"y": 2.5, "released": True}]}

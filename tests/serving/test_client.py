@@ -2,8 +2,10 @@
 
 The server is conftest's session-wide `signflow_server`: signflow's tiny model
 (tests/fixtures/tiny_model.py, built by the real export code). Expected answers
-come from calling that same SavedModel in-process. URL inputs are served by a
-local http.server.
+come from calling that same SavedModel in-process. Choosing a version or a label
+is checked against a second server whose two versions have different label sets,
+so an answer can only have come from the version that was asked for. URL inputs
+are served by a local http.server.
 """
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,10 @@ from serving.client import (
     fetch_image_url,
     read_image_file,
 )
-from tests.fixtures.tiny_model import DEFAULT_LABELS, make_image_bytes
+from serving.server import ServerThread
+from tests.fixtures.tiny_model import DEFAULT_LABELS, build_tiny_saved_model, make_image_bytes
 from tests.serving.conftest import SIGNFLOW_MODEL as MODEL
+from tests.serving.conftest import install_version, make_settings, write_model_config
 
 ROOT = Path(__file__).resolve().parents[2]
 FORMATS = {"png": "PNG", "jpg": "JPEG", "gif": "GIF"}
@@ -50,10 +53,9 @@ def image_files(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
-@pytest.fixture(scope="module")
-def in_process(model_store):
-    """The served model's signature called directly: the answers the server must give."""
-    signature = tf.saved_model.load(str(model_store["signflow"])).signatures["serving_default"]
+def signature_caller(model_path: Path):
+    """A SavedModel's serving signature called directly: the answers a server of it must give."""
+    signature = tf.saved_model.load(str(model_path)).signatures["serving_default"]
 
     def call(images: list[bytes]) -> tuple[list[str], np.ndarray, np.ndarray]:
         out = signature(image_bytes=tf.constant(images))
@@ -62,13 +64,45 @@ def in_process(model_store):
     return call
 
 
+@pytest.fixture(scope="module")
+def in_process(model_store):
+    """The served model's signature called directly: the answers the server must give."""
+    return signature_caller(model_store["signflow"])
+
+
+# -- a server with two versions that answer differently -------------------------------------------
+
+# Version 2 names its signers differently from version 1 (DEFAULT_LABELS) and has other weights:
+# every label in an answer says which version gave it.
+V2_LABELS = ("v2_signer_a", "v2_signer_b", "v2_signer_c")
+LABELS_OF = {1: DEFAULT_LABELS, 2: V2_LABELS}
+VERSION_LABELS = {"stable": 1, "canary": 2}
+
+
+@pytest.fixture(scope="module")
+def two_versions(model_store, tmp_path_factory):
+    """(server, {version: in-process caller}) for MODEL with versions 1 and 2 both served,
+    labels stable -> 1 and canary -> 2."""
+    assert not set(V2_LABELS) & set(DEFAULT_LABELS)
+    root = tmp_path_factory.mktemp("two_versions")
+    templates = {1: model_store["signflow"], 2: build_tiny_saved_model(root / "v2", labels=V2_LABELS, seed=7)}
+    for version, template in templates.items():
+        install_version(template, root / MODEL, version)
+    config = write_model_config(root / "models.config", [
+        {"name": MODEL, "base_path": root / MODEL, "policy": "all", "labels": VERSION_LABELS}])
+    server = ServerThread(make_settings(model_config_file=str(config),
+                                        allow_version_labels_for_unavailable_models=True)).start()
+    yield server, {version: signature_caller(path) for version, path in templates.items()}
+    server.stop()
+
+
 # -- a local web server for --url ----------------------------------------------------------------
-
-SLOW_SECONDS = 3.0
-
 
 class _ImageHandler(http.server.BaseHTTPRequestHandler):
     image = b""
+    # /slow answers only once this is set: a client that gave up before it was set cannot
+    # have had the answer. The bound is a hang guard for a test that fails before setting it.
+    slow_release = threading.Event()
 
     def do_GET(self):  # noqa: N802 - http.server's naming
         if self.path == "/signature.png":
@@ -89,7 +123,7 @@ class _ImageHandler(http.server.BaseHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError):
                 pass
         elif self.path == "/slow":
-            time.sleep(SLOW_SECONDS)
+            self.slow_release.wait(120)
             self._send(200, self.image, "image/png")
         elif self.path == "/text":
             self._send(200, b"hello, not an image", "text/plain")
@@ -169,12 +203,34 @@ def test_classify_gives_the_top_k_in_order(signflow_server, image_files, in_proc
         assert [s for _, s in prediction.top_k] == pytest.approx(probs[order].tolist(), rel=1e-5)
 
 
-def test_a_version_can_be_named(signflow_server, image_files):
-    image = read_image_file(image_files["png"])
-    with RestClient(signflow_server.rest_url, MODEL, version=1) as client:
-        assert client.predict([image])[0].label in DEFAULT_LABELS
-    with GrpcClient(signflow_server.grpc_target, MODEL, version=1) as client:
-        assert client.predict([image])[0].label in DEFAULT_LABELS
+def make_versioned_client(kind: str, server, **choice) -> RestClient | GrpcClient:
+    if kind == "rest":
+        return RestClient(server.rest_url, MODEL, **choice)
+    return GrpcClient(server.grpc_target, MODEL, **choice)
+
+
+@pytest.mark.parametrize("client_kind", ["rest", "grpc"])
+@pytest.mark.parametrize("choice, version", [
+    ({"version": 1}, 1),
+    ({"version": 2}, 2),
+    ({"label": "stable"}, 1),
+    ({"label": "canary"}, 2),
+    ({}, 2),  # nothing named: the latest
+], ids=["version=1", "version=2", "label=stable", "label=canary", "latest"])
+def test_the_named_version_answers(two_versions, image_files, client_kind, choice, version):
+    server, callers = two_versions
+    images = [read_image_file(image_files[suffix]) for suffix in FORMATS]
+    labels, scores, probabilities = callers[version](images)
+    with make_versioned_client(client_kind, server, **choice) as client:
+        predictions = client.predict(images)
+        ranked = client.classify(images, top_k=3)
+    assert [p.label for p in predictions] == labels
+    assert set(labels) <= set(LABELS_OF[version])
+    assert [p.score for p in predictions] == pytest.approx(scores.tolist(), rel=1e-5)
+    for prediction, probs in zip(ranked, probabilities):
+        order = np.argsort(-probs)
+        assert [name for name, _ in prediction.top_k] == [LABELS_OF[version][i] for i in order]
+        assert [s for _, s in prediction.top_k] == pytest.approx(probs[order].tolist(), rel=1e-5)
 
 
 def test_server_errors_carry_the_servers_own_message(signflow_server, image_files):
@@ -247,10 +303,13 @@ def test_url_images_are_fetched_within_limits(web, image_files):
 
 
 def test_a_slow_url_times_out(web):
-    start = time.monotonic()
-    with pytest.raises(ClientError, match="no answer within 0.5 s"):
-        fetch_image_url(f"{web}/slow", timeout=0.5)
-    assert time.monotonic() - start < SLOW_SECONDS
+    _ImageHandler.slow_release.clear()
+    try:
+        # The server holds its answer until released below, so this can only end by giving up.
+        with pytest.raises(ClientError, match="no answer within 0.5 s"):
+            fetch_image_url(f"{web}/slow", timeout=0.5)
+    finally:
+        _ImageHandler.slow_release.set()
 
 
 # -- `signflow predict` ----------------------------------------------------------------------------
@@ -311,3 +370,14 @@ def test_cli_reports_server_and_input_errors(signflow_server, image_files, tmp_p
     result = signflow("--rest-url", signflow_server.rest_url)
     assert result.returncode == 2
     assert "no image given" in result.stderr
+
+
+def test_cli_version_and_label_choose_the_answering_version(two_versions, image_files):
+    server, callers = two_versions
+    png = image_files["png"]
+    for flags, version in ((["--version", "1"], 1), (["--protocol", "grpc", "--label", "stable"], 1)):
+        result = signflow(str(png), *flags, "--rest-url", server.rest_url, "--grpc-target", server.grpc_target,
+                          "--model", MODEL)
+        assert result.returncode == 0, (flags, result.stderr)
+        labels, scores, _ = callers[version]([png.read_bytes()])
+        assert result.stdout.splitlines() == [f"{png}: {labels[0]} (score {scores[0]:.4f})"], flags

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import time
 
 import pytest
 import requests
 
 from tests.fixtures.tiny_model import make_image_bytes
-from tests.serving.conftest import SIGNFLOW_MODEL, install_version, make_settings
+from tests.serving.conftest import HANG_GUARD, SIGNFLOW_MODEL, install_version, make_settings, wait_for
+from tests.serving.toy_models import Gate
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 
 IMAGES = [base64.b64encode(make_image_bytes(fmt, size=(120 + 7 * i, 60), seed=i)).decode()
           for i, fmt in enumerate(["PNG", "JPEG", "GIF", "BMP"] * 4)]
@@ -39,25 +39,38 @@ def test_many_concurrent_connections_each_get_their_own_answer(signflow_server):
 
 
 def test_model_work_never_blocks_the_event_loop(model_store, tmp_path, start_server):
-    install_version(model_store["slow"], tmp_path / "slow", 1)
-    server = start_server(make_settings(model_name="slow", model_base_path=str(tmp_path / "slow")))
+    """Status answers arrive while a model call runs: the call is held in the model until the
+    test has them, so a server that ran models on its event loop could not answer at all."""
+    install_version(model_store["gated"], tmp_path / "gated", 1)
+    server = start_server(make_settings(model_name="gated", model_base_path=str(tmp_path / "gated"),
+                                        rest_api_timeout_in_ms=0))
+    gate = Gate(tmp_path / "held")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(requests.post, f"{server.rest_url}/v1/models/slow:predict",
-                           json={"instances": [1500.0]}, timeout=30)
-        time.sleep(0.2)
-        for _ in range(5):
-            started = time.monotonic()
-            assert requests.get(f"{server.rest_url}/v1/models/slow", timeout=5).status_code == 200
-            assert time.monotonic() - started < 0.5
-        assert not slow.done()
-        assert slow.result().status_code == 200
+        held = pool.submit(requests.post, f"{server.rest_url}/v1/models/gated:predict",
+                           data=gate.request(), timeout=HANG_GUARD + 60)
+        try:
+            assert wait_for(gate.started), "the held request never reached the model"
+            for _ in range(5):
+                status = requests.get(f"{server.rest_url}/v1/models/gated", timeout=HANG_GUARD)
+                assert status.status_code == 200, status.text
+                assert status.json()["model_version_status"][0]["state"] == "AVAILABLE"
+            # Ordering: every status answer above came back while the model call was still running.
+            assert not held.done()
+            assert not gate.released()
+        finally:
+            gate.release()
+        response = held.result()
+    assert response.status_code == 200, response.text
+    assert response.json() == {"predictions": [{"y": 2.5, "released": True}]}
 
 
 @pytest.fixture
 def batching_server(model_store, tmp_path, start_server):
     install_version(model_store["signflow"], tmp_path / SIGNFLOW_MODEL, 1)
     parameters = tmp_path / "batching.config"
-    parameters.write_text("max_batch_size { value: 8 } batch_timeout_micros { value: 50000 } "
+    # A batch runs only when full (the timeout, 10 minutes, is never reached in a passing test):
+    # how the requests happen to be spread in time cannot change what is batched.
+    parameters.write_text("max_batch_size { value: 8 } batch_timeout_micros { value: 600000000 } "
                           "max_enqueued_batches { value: 100 } num_batch_threads { value: 1 }\n")
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text("prometheus_config { enable: true }\n")
@@ -83,8 +96,9 @@ def test_batching_shares_model_calls_and_isolates_bad_images(batching_server, si
     metrics = requests.get(batching_server.rest_url + "/monitoring/prometheus/metrics", timeout=10).text
     count = _sample(metrics, f'signflow_serving_batch_size_count{{model="{SIGNFLOW_MODEL}",version="1"}}')
     rows = _sample(metrics, f'signflow_serving_batch_size_sum{{model="{SIGNFLOW_MODEL}",version="1"}}')
-    assert rows == len(IMAGES)
-    assert count < len(IMAGES)  # several requests per model call
+    # 16 good one-image requests and full batches of 8 (bad images are refused before batching).
+    assert rows == len(IMAGES) == 16
+    assert count == 2
 
     # shared_batch_scheduler.h: a request over max_batch_size is INVALID_ARGUMENT. (A full queue's
     # 503 is tested behind a real server in test_batching.py.)

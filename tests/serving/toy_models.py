@@ -2,11 +2,13 @@
 
 They mirror the models TF Serving's own tests use (half_plus_two with classify and
 regress signatures, a multi-input model, a bytes model), plus models that are
-slow, fail at run time, or take a dtype JSON cannot express. Each saves in well
-under a second. signflow's real model comes from tests/fixtures/tiny_model.py.
+slow, gated (run until the test lets them finish), fail at run time, or take a
+dtype JSON cannot express. Each saves in well under a second. signflow's real
+model comes from tests/fixtures/tiny_model.py.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import tensorflow as tf
@@ -104,6 +106,77 @@ def build_slow(path: Path) -> Path:
     module = _Slow()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
     return path
+
+
+# The gated model checks for its release file every GATE_POLL_MICROS, and gives up waiting
+# after GATE_MAX_POLLS checks (a minute at the very least): a test that fails before
+# releasing it must not leave a model call running forever.
+GATE_POLL_MICROS = 5_000
+GATE_MAX_POLLS = 12_000
+
+
+class _Gated(tf.Module):
+    """Writes the file `started[0]` names, then runs until a file exists at `release[0]`; returns x.
+
+    A request that is provably inside the model for as long as the test wants, with
+    no guess at how long anything takes. The waits are tf.data sleeps (see _Slow's NOTE).
+    """
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x"),
+                                  tf.TensorSpec([None], tf.string, name="started"),
+                                  tf.TensorSpec([None], tf.string, name="release")])
+    def predict(self, x, started, release):
+        with tf.control_dependencies([tf.io.write_file(started[0], "running")]):
+            checks = tf.constant(0, tf.int64)
+
+        def waiting(checks):
+            released = tf.size(tf.io.matching_files(release[0])) > 0
+            return tf.logical_and(checks < GATE_MAX_POLLS, tf.logical_not(released))
+
+        def pause(checks):
+            slept = tf.data.Dataset.range(1).apply(data_testing.sleep(GATE_POLL_MICROS)).take(1).reduce(
+                tf.constant(0, tf.int64), lambda total, item: total + item)
+            return (checks + 1 + slept,)
+
+        (checks,) = tf.while_loop(waiting, pause, (checks,))
+        return {"y": x / 2.0 + 2.0, "released": tf.fill(tf.shape(x), checks < GATE_MAX_POLLS)}
+
+
+def build_gated(path: Path) -> Path:
+    module = _Gated()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
+    return path
+
+
+class Gate:
+    """The two files of one gated request: `started` appears when the model runs, `release()` ends it.
+
+    `request()` is the REST body; `open()` makes a gate whose requests answer at once.
+    """
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.started_path = folder / "started"
+        self.release_path = folder / "release"
+
+    @classmethod
+    def open(cls, folder: Path) -> "Gate":
+        gate = cls(folder)
+        gate.release()
+        return gate
+
+    def started(self) -> bool:
+        return self.started_path.exists()
+
+    def released(self) -> bool:
+        return self.release_path.exists()
+
+    def release(self) -> None:
+        self.release_path.touch()
+
+    def request(self, x: float = 1.0) -> bytes:
+        return json.dumps({"instances": [
+            {"x": x, "started": str(self.started_path), "release": str(self.release_path)}]}).encode()
 
 
 class _Broken(tf.Module):
