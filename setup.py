@@ -1,5 +1,32 @@
-"""signflow: continuous training on TFX for base64 signature images, and its serving side."""
+"""signflow: continuous training on TFX for base64 signature images, and its serving side.
+
+`pip install .` (or `.[serving]`) installs what the model server needs and nothing of TFX:
+serving/ never imports pipeline/ or components/. `pip install .[pipeline]` adds the
+training side. Exact versions for both are pinned in requirements.lock.
+"""
 from setuptools import find_packages, setup
+
+SERVING = [
+    "tensorflow==2.16.2",
+    "tensorflow-serving-api==2.16.1",
+    "numpy",
+    "starlette",
+    "uvicorn[standard]",
+    "prometheus-client",
+    "pillow",
+    "requests",
+]
+PIPELINE = [
+    "tfx==1.16.0",
+    "tf-keras==2.16.0",
+    "apache-beam[gcp]==2.59.0",
+    "ml-metadata==1.16.0",
+    "tensorflow-data-validation==1.16.1",
+    "tensorflow-model-analysis>=0.47,<0.48",
+    "tfx-bsl==1.16.1",
+    "kfp-pipeline-spec==0.2.2",
+    "matplotlib",
+]
 
 setup(
     name="signflow",
@@ -8,22 +35,11 @@ setup(
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*", "serving", "serving.*"]),
     package_data={"components": ["schema/*.pbtxt"]},
-    # Versions are pinned in requirements.lock; these are the direct needs.
-    install_requires=[
-        "tfx==1.16.0",
-        "tensorflow==2.16.2",
-        "tf-keras==2.16.0",
-        "apache-beam[gcp]==2.59.0",
-        "tensorflow-serving-api==2.16.1",
-        "starlette",
-        "uvicorn[standard]",
-        "prometheus-client",
-        "pillow",
-        "requests",
-        "matplotlib",
-    ],
+    install_requires=SERVING,
+    extras_require={"serving": [], "pipeline": PIPELINE},
     entry_points={
         "console_scripts": [
+            # Needs the pipeline extra.
             "signflow=pipeline.cli:main",
             # The serving side alone, for machines that deploy without TFX.
             "signflow-serve=serving.__main__:main",
