@@ -13,18 +13,20 @@ export PYTHONHASHSEED ?= 0
 # Beam's multi-processing workers import the pipeline's modules by name.
 export PYTHONPATH := $(CURDIR)
 
-# The venv is ~3.3 GB, so it lives outside the checkout, keyed by the hash of
-# what defines it, and .venv links to it: a fresh clone (CI) reuses it while
-# the lock is unchanged, and a changed lock builds a new one beside it.
-VENV_KEY := $(shell cat requirements.lock setup.py | sha256sum | cut -c1-16)
+# The locked dependencies (~3.3 GB) live outside the checkout, keyed by the hash of
+# the lock, so a fresh clone (CI) reuses them while the lock is unchanged. .venv is this
+# clone's own small venv on top of them, with the checkout installed in editable mode
+# (.venv/bin/signflow, .venv/bin/signflow-serve); see .ci/make-venv.
+VENV_KEY := $(shell cat requirements.lock | sha256sum | cut -c1-16)
 VENV_STORE ?= $(HOME)/.cache/signflow/venvs
 VENV_DIR := $(VENV_STORE)/$(VENV_KEY)
 
-.PHONY: help venv run-local test serve schedule status rollback versions ingest lock clean
+.PHONY: help venv run-local test test-fast serve schedule status rollback versions ingest lock clean
 
 help:
 	@echo "make run-local             set up, then run the pipeline once on the committed sample"
-	@echo "make test                  set up, then run the test suite"
+	@echo "make test                  set up, then run the whole test suite (what CI runs)"
+	@echo "make test-fast             the inner loop: every test not marked slow (no training, no pipelines)"
 	@echo "make serve                 serve serving_model/\$$(MODEL) on 8500 (gRPC) and 8501 (REST)"
 	@echo "make schedule              the training server: retrain on a schedule and when new data arrives"
 	@echo "make status                what the training server did last, what waits, what is served"
@@ -35,9 +37,8 @@ help:
 
 venv: .venv/.ready-$(VENV_KEY)
 
-.venv/.ready-$(VENV_KEY): requirements.lock setup.py
-	@bash .ci/make-venv "$(VENV_DIR)"
-	@ln -sfn "$(VENV_DIR)" .venv
+.venv/.ready-$(VENV_KEY): requirements.lock setup.py .ci/make-venv
+	@bash .ci/make-venv "$(VENV_DIR)" .venv
 	@touch "$@"
 
 MODEL ?= xception
@@ -78,6 +79,9 @@ ingest: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf pipeline_root bench/out .pytest_cache
