@@ -437,7 +437,7 @@ def test_a_cancelled_request_does_not_disturb_the_others():
 
 
 def test_a_real_tf_function_behind_the_batcher():
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def signature(image_bytes):

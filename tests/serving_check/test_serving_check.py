@@ -192,7 +192,8 @@ def test_requiring_the_model_server_without_the_binary_is_not_blessed(candidate)
     assert "no tensorflow_model_server on PATH" in report["problems"][0]
 
 
-@pytest.mark.skipif(shutil.which("tensorflow_model_server") is None, reason="tensorflow_model_server not on PATH")
+@pytest.mark.skipif(shutil.which("tensorflow_model_server") is None,
+                    reason="tensorflow_model_server not on PATH: install TF Serving's binary to run it")
 def test_good_model_is_infra_blessed_by_the_real_model_server(candidate):
     blessing, report = run_check(candidate, server="tensorflow_model_server")
 
