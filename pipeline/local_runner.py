@@ -5,6 +5,12 @@ as a child process per cycle. All paths come from the typed config
 (pipeline/configs.py), resolved against the current directory. A run holds the
 pipeline's run lock (pipeline/run_lock.py): a second run of the same pipeline
 exits with EXIT_BUSY instead of racing the first.
+
+Exit status: 0 the pipeline ran to its end (whether or not it pushed), 1 it
+failed (a component raised, a folder could not be written ...), 2 the settings
+are invalid, 75 (EXIT_BUSY) another run holds the lock. Every outcome is also
+written to --summary-json, a failure as {"result": "failed", "error": reason},
+which is what the scheduler records for the cycle.
 """
 from __future__ import annotations
 
@@ -30,6 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("signflow.run")
 
+EXIT_FAILED = 1
+# As argparse exits for a bad command line.
+EXIT_USAGE = 2
 # sysexits.h EX_TEMPFAIL: another run holds the lock; try again later.
 EXIT_BUSY = 75
 BEAM_MODES = ("in_memory", "multi_processing", "multi_threading")
@@ -114,7 +123,10 @@ def main(args: argparse.Namespace) -> int:
         # thousands of lines that hide signflow's own progress lines.
         for noisy in ("absl", "apache_beam"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    config = load_config(args.config, args.overrides)
+    try:
+        config = load_config(args.config, args.overrides)
+    except (OSError, ValueError) as err:
+        return _failed(args.summary_json, f"invalid settings: {err}", EXIT_USAGE)
     extra = beam_args(args.beam_mode, args.workers)
     if extra:
         direct = ("--direct_running_mode", "--direct_num_workers")
@@ -127,13 +139,18 @@ def main(args: argparse.Namespace) -> int:
         _write_json(args.summary_json, {"result": "busy", "error": str(err)})
         return EXIT_BUSY
     except Exception as err:
-        # The traceback is logged; the scheduler reads the one-line reason from the JSON.
+        # The traceback is logged; the reason is repeated last, on one line, and the scheduler reads it from the JSON.
         log.exception("pipeline run failed")
-        _write_json(args.summary_json, {"result": "failed", "error": f"{type(err).__name__}: {err}"[:2000]})
-        return 1
+        return _failed(args.summary_json, f"{type(err).__name__}: {err}"[:2000], EXIT_FAILED)
     _write_json(args.summary_json, summary.to_json())
     print("\n".join(["", "signflow run summary", *summary.lines()]))
     return 0
+
+
+def _failed(summary_json: Path | None, reason: str, code: int) -> int:
+    print(f"signflow run failed: {reason}", file=sys.stderr)
+    _write_json(summary_json, {"result": "failed", "error": reason})
+    return code
 
 
 def _write_json(path: Path | None, document: dict) -> None:

@@ -7,9 +7,14 @@ A cycle is due when
   the last cycle did not finish (a cycle with nothing new would retrain on the
   same data, so it is skipped, with a log line).
 
-Each cycle is `signflow run` in a child process: a crash, a leak or a
-TensorFlow abort ends that cycle only, the scheduler logs the reason and goes
-on, and the serving side keeps the last version pushed. Cycles never overlap:
+Each cycle is `signflow run` in a child process (optionally under
+`--cycle-prefix`, e.g. `nice -n 10` or `timeout 4h`) in its own process group: a
+crash, a leak or a TensorFlow abort ends that cycle only, the scheduler logs the
+reason and goes on, and the serving side keeps the last version pushed. A cycle
+counts as finished only when its child exits 0 or 75 and leaves its run summary;
+a child killed by a signal, or one that exits without a summary, is a failed
+cycle with that reason. Processes a cycle leaves behind in its group are killed
+once it ends. Cycles never overlap:
 the child holds the pipeline's run lock (a manual `make run-local` meanwhile
 makes the cycle report "busy"), and the scheduler holds its own lock so that a
 second scheduler on the same pipeline refuses to start. Both locks are released
@@ -18,7 +23,16 @@ by the kernel when their holder dies (pipeline/run_lock.py).
 What the scheduler knows is written atomically after every change to
 `<pipeline_root>/<pipeline_name>/schedule/status.json`: `signflow status`
 (pipeline/status.py) prints it, the serving server's /signflow/status route can show it
-(`--training_status_file`), and `--metrics_port` exposes it to Prometheus.
+(`--training_status_file`), and `--metrics_port` exposes it to Prometheus. The
+status counts the scheduler's polls of the inbox (`polls`, `last_poll_at`), so a
+reader can tell a scheduler that is checking from one that is stuck.
+
+SIGTERM or SIGINT stops the scheduler: a running cycle's process group is sent
+SIGTERM (SIGKILL after STOP_GRACE_SECONDS), the cycle is recorded as failed
+("the scheduler was asked to stop"), the status becomes "stopped", and the
+scheduler exits 0 (with `--once`, 1: the cycle did not finish). Exit codes: 0
+stopped or `--max-cycles` reached, 1 the `--once` cycle failed, 2 bad
+settings, 75 another scheduler runs this pipeline (or the `--once` cycle was busy).
 """
 from __future__ import annotations
 
@@ -27,6 +41,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -48,6 +63,10 @@ STATUS_FILE = "status.json"
 # Results of a cycle. The first two mean the pipeline finished its work.
 FINISHED = ("pushed", "not_blessed", "serving_check_failed", "not_pushed")
 FAILED, BUSY = "failed", "busy"
+# `signflow run`'s exit codes (pipeline/local_runner.py) that come with a summary worth reading.
+EXIT_OK, EXIT_BUSY = 0, 75
+# How long a stopping cycle gets to end after SIGTERM before its process group is killed.
+STOP_GRACE_SECONDS = 60
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 
@@ -76,6 +95,8 @@ class ScheduleSettings:
     """Stop after this many cycles (tests, benchmarks)."""
     run_args: tuple[str, ...] = ()
     """Arguments passed on to each `signflow run` (--config, --set, --beam-mode ...)."""
+    cycle_prefix: tuple[str, ...] = ()
+    """A command each cycle's `signflow run` runs under (`nice -n 10`, `timeout 4h`); it must pass the exit code on."""
 
 
 @dataclass
@@ -100,29 +121,55 @@ def scheduler_lock_path(config: PipelineConfig) -> Path:
     return config.run_root / "schedule" / SCHEDULER_LOCK
 
 
-def run_child(run_args: tuple[str, ...], summary_json: Path, stop: threading.Event) -> CycleResult:
-    """One `signflow run` in its own process (and session, so a stop reaches it only through us)."""
-    command = [sys.executable, "-m", "pipeline.cli", "run", *run_args, "--summary-json", str(summary_json)]
+def run_child(run_args: tuple[str, ...], summary_json: Path, stop: threading.Event,
+              prefix: tuple[str, ...] = ()) -> CycleResult:
+    """One `signflow run` in its own process group (and session, so a stop reaches it only through us)."""
+    command = [*prefix, sys.executable, "-m", "pipeline.cli", "run", *run_args, "--summary-json", str(summary_json)]
     child = subprocess.Popen(command, start_new_session=True)
+    stopped = False
     while child.poll() is None:
         if stop.wait(0.5):
+            stopped = True
             log.info("stopping: asking the running cycle (pid %d) to stop", child.pid)
-            child.send_signal(signal.SIGTERM)
+            _signal_group(child.pid, signal.SIGTERM)
             try:
-                child.wait(timeout=60)
+                child.wait(timeout=STOP_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
-                child.kill()
+                log.warning("the cycle (pid %d) did not stop within %s: killing it", child.pid,
+                            human_duration(STOP_GRACE_SECONDS))
+                _signal_group(child.pid, signal.SIGKILL)
             break
     code = child.wait()
+    # Beam workers and other helpers of a crashed run would otherwise outlive it (and hold memory).
+    if _signal_group(child.pid, signal.SIGKILL):
+        log.warning("killed processes the cycle (pid %d) left behind in its process group", child.pid)
     try:
         summary = json.loads(summary_json.read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
-        summary = {"result": FAILED, "error": f"signflow run ended with exit code {code} and no summary"
-                                               + (" (killed by a signal)" if code < 0 else "")}
-    result = summary.get("result", FAILED) if code in (0, 75) else FAILED
-    if code not in (0, 75) and "error" not in summary:
+        summary = {"result": FAILED, "error": _no_summary_reason(code)}
+    result = summary.get("result", FAILED) if code in (EXIT_OK, EXIT_BUSY) else FAILED
+    if code not in (EXIT_OK, EXIT_BUSY) and "error" not in summary:
         summary["error"] = f"signflow run ended with exit code {code}"
+    if stopped and result == FAILED:
+        summary["error"] = f"the scheduler was asked to stop: {summary.get('error')}"
     return CycleResult(result, code, summary)
+
+
+def _no_summary_reason(code: int) -> str:
+    if code < 0:
+        return f"signflow run was killed by {signal.Signals(-code).name} (exit code {code}) before writing its summary"
+    return f"signflow run ended with exit code {code} without writing its summary"
+
+
+def _signal_group(pgid: int, signum: int) -> bool:
+    """Send `signum` to the process group `pgid`; False when no process is left in it."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # the group's number was reused by someone else's processes
+        return False
+    return True
 
 
 class Scheduler:
@@ -134,7 +181,8 @@ class Scheduler:
         self.config = config
         self.settings = settings
         self.stop = threading.Event()
-        self._run_cycle = run_cycle or (lambda path, stop: run_child(settings.run_args, path, stop))
+        self._run_cycle = run_cycle or (
+            lambda path, stop: run_child(settings.run_args, path, stop, prefix=settings.cycle_prefix))
         self._on_status = on_status
         self._paths = config.ingest_paths
         self._key_cache: dict = {}
@@ -155,6 +203,8 @@ class Scheduler:
             "records_waiting": None,
             "files_waiting": None,
             "next_due_at": None,
+            "polls": 0,
+            "last_poll_at": None,
             "updated_at": None,
         }
 
@@ -182,6 +232,9 @@ class Scheduler:
         while not self.stop.is_set():
             waiting = self._count_waiting()
             now = time.time()
+            self.status["polls"] += 1
+            self.status["last_poll_at"] = now
+            log.debug("poll %d: %d records in %d files waiting", self.status["polls"], waiting.records, waiting.files)
             trigger = "once" if s.once else self._trigger(waiting.records, now)
             if trigger:
                 outcome = self._cycle(trigger)
@@ -296,8 +349,9 @@ def human_duration(seconds: float) -> str:
 # -- Prometheus ----------------------------------------------------------------
 
 
-def serve_metrics(port: int, host: str) -> Callable[[dict[str, Any]], None]:
-    """Expose the status as Prometheus gauges on host:port; returns the status callback."""
+def serve_metrics(port: int, host: str) -> tuple[Callable[[dict[str, Any]], None], str]:
+    """Expose the status as Prometheus gauges on host:port (0: a free port); returns the status callback and the
+    URL the metrics are served at."""
     from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
     registry = CollectorRegistry()
@@ -313,7 +367,10 @@ def serve_metrics(port: int, host: str) -> Callable[[dict[str, Any]], None]:
     pushed = Gauge("signflow_schedule_last_pushed_version", "Version the last pushing cycle wrote", registry=registry)
     cycles = Gauge("signflow_schedule_cycles", "Cycles since the status file was created, by result", ["result"],
                    registry=registry)
-    start_http_server(port, addr=host, registry=registry)
+    last_poll = Gauge("signflow_schedule_last_poll_timestamp_seconds", "When the scheduler last counted the inbox",
+                      registry=registry)
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    url = f"http://{host}:{server.server_port}/metrics"
 
     def update(status: dict[str, Any]) -> None:
         waiting.set(status.get("records_waiting") or 0)
@@ -328,8 +385,9 @@ def serve_metrics(port: int, host: str) -> Callable[[dict[str, Any]], None]:
             pushed.set(int(status["last_push"]["version"]))
         for result, count in (status.get("cycles") or {}).items():
             cycles.labels(result).set(count)
+        last_poll.set(status.get("last_poll_at") or 0)
 
-    return update
+    return update, url
 
 
 # -- command line ----------------------------------------------------------------
@@ -346,14 +404,18 @@ def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
                         help="after a failed or busy cycle, wait this long before the next (default: 5m)")
     parser.add_argument("--once", action="store_true", help="run one cycle now and exit with its result")
     parser.add_argument("--max-cycles", type=int, help="exit after this many cycles")
-    parser.add_argument("--metrics_port", type=int, default=0,
-                        help="serve Prometheus metrics of the schedule on this port (default: off)")
+    parser.add_argument("--metrics_port", type=int, default=None,
+                        help="serve Prometheus metrics of the schedule on this port, 0 for any free one (logged and "
+                             "recorded in the status as scheduler.metrics_url; default: off)")
     parser.add_argument("--metrics_host", default="127.0.0.1", help="interface for --metrics_port")
     parser.add_argument("--config", type=Path, help="JSON settings file, passed on to every run")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override one setting, passed on to every run (repeatable)")
     parser.add_argument("--beam-mode", help="passed on to every run (see signflow run --help)")
     parser.add_argument("--workers", type=int, help="passed on to every run (see signflow run --help)")
+    parser.add_argument("--cycle-prefix", type=shlex.split, default=[], metavar="COMMAND",
+                        help="run each cycle's `signflow run` under this command, split as a shell would, e.g. "
+                             "'nice -n 10' or 'timeout 4h'; it must pass the exit code on")
 
 
 def schedule_main(args: argparse.Namespace) -> int:
@@ -361,7 +423,11 @@ def schedule_main(args: argparse.Namespace) -> int:
     if args.min_new_records < 1:
         print("signflow schedule: error: --min-new-records must be >= 1", file=sys.stderr)
         return 2
-    config = load_config(args.config, args.overrides)  # fails here, not in the first cycle
+    try:
+        config = load_config(args.config, args.overrides)  # fails here, not in the first cycle
+    except (OSError, ValueError) as err:
+        print(f"signflow schedule: error: invalid settings: {err}", file=sys.stderr)
+        return 2
     run_args: list[str] = []
     if args.config:
         run_args += ["--config", str(args.config.resolve())]
@@ -373,9 +439,14 @@ def schedule_main(args: argparse.Namespace) -> int:
         run_args += ["--workers", str(args.workers)]
     settings = ScheduleSettings(
         interval_seconds=args.interval, min_new_records=args.min_new_records, poll_seconds=args.poll,
-        retry_seconds=args.retry, once=args.once, max_cycles=args.max_cycles, run_args=tuple(run_args))
-    on_status = serve_metrics(args.metrics_port, args.metrics_host) if args.metrics_port else None
+        retry_seconds=args.retry, once=args.once, max_cycles=args.max_cycles, run_args=tuple(run_args),
+        cycle_prefix=tuple(args.cycle_prefix))
+    on_status, metrics_url = None, None
+    if args.metrics_port is not None:
+        on_status, metrics_url = serve_metrics(args.metrics_port, args.metrics_host)
+        log.info("Prometheus metrics on %s", metrics_url)
     scheduler = Scheduler(config, settings, on_status=on_status)
+    scheduler.status["scheduler"]["metrics_url"] = metrics_url
 
     def stop(signum, _frame):
         log.info("%s received: stopping after the current step", signal.Signals(signum).name)

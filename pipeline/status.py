@@ -53,6 +53,9 @@ def status_lines(report: dict[str, Any]) -> list[str]:
         info = status.get("scheduler", {})
         out.append(f"training server: running (pid {scheduler.get('pid', '?')}), every "
                    f"{human_duration(info.get('interval_seconds', 0))} or at {info.get('min_new_records', '?')} new records")
+        if status.get("last_poll_at"):
+            out.append(f"inbox last checked: {_when(status['last_poll_at'])} ({status.get('polls', '?')} checks since "
+                       "the training server started)")
     else:
         out.append("training server: not running")
     if report["run_in_progress"] is not None:
