@@ -25,7 +25,9 @@ import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 
+from pipeline import kubeflow_v2_runner
 from pipeline.configs import DeliveryConfig, PipelineConfig
+from pipeline.kubeflow_config import KubeflowV2Config
 from serving import cli
 from serving.settings import Settings, build_settings
 
@@ -210,16 +212,13 @@ def test_k8s_deployment_agrees_with_the_code():
 
 
 def test_the_image_and_the_claim_fit_the_kubeflow_runner():
-    runner = pytest.importorskip("pipeline.kubeflow_v2_runner")
-    from pipeline.kubeflow_config import KubeflowV2Config
-
     defaults = {f.name: f.default for f in dataclasses.fields(KubeflowV2Config)}
     # Every step imports signflow's modules from source_dir inside the image.
     assert defaults["source_dir"] == workdir()
     # The image installs the lock, and the lock holds what TFX's Kubeflow entrypoint imports.
     runs = [rest for keyword, rest in dockerfile_instructions() if keyword == "RUN"]
     assert any("-r /tmp/requirements.lock" in run for run in runs)
-    assert runner.KFP_PIPELINE_SPEC_REQUIREMENT in (ROOT / "requirements.lock").read_text().splitlines()
+    assert kubeflow_v2_runner.KFP_PIPELINE_SPEC_REQUIREMENT in (ROOT / "requirements.lock").read_text().splitlines()
     # The Pusher writes <data_root>/<serving_dir>/<model_name>: the folder TF Serving mounts.
     [mount] = k8s_objects()["Deployment"]["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
     assert mount["subPath"] == f"{defaults['serving_dir']}/{MODEL_NAME}"
@@ -294,11 +293,8 @@ def signflow_only_flags() -> set[str]:
 def test_make_serve_execs_tensorflow_model_server_with_tf_servings_flags(tmp_path):
     make = shutil.which("make")
     if make is None:
-        pytest.skip("no make on PATH")
+        pytest.skip("GNU make is not on PATH: install make to run `make serve`")
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
-    # `make serve` needs `venv`; it must be up to date, or this test would build a 3 GB venv.
-    if subprocess.run([make, "-q", "-C", str(ROOT), "venv"], env=env, capture_output=True).returncode != 0:
-        pytest.skip("the venv is not up to date (`make venv` first); not rebuilding it from a test")
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -308,7 +304,8 @@ def test_make_serve_execs_tensorflow_model_server_with_tf_servings_flags(tmp_pat
     fake.chmod(0o755)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
 
-    process = subprocess.Popen([make, "-C", str(ROOT), "serve", f"MODEL={MODEL_NAME}", "SERVE_FLAGS="],
+    # `-o venv`: `make serve` uses the venv running this test as it is, instead of rebuilding a 3 GB one.
+    process = subprocess.Popen([make, "-C", str(ROOT), "-o", "venv", "serve", f"MODEL={MODEL_NAME}", "SERVE_FLAGS="],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
     # If signflow's own server starts instead, stop it before it imports TensorFlow

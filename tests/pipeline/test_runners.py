@@ -263,7 +263,8 @@ def test_airflow_dag_file_builds_the_same_pipeline():
 
 
 def test_airflow_dag_has_one_task_per_node(tmp_path, monkeypatch):
-    pytest.importorskip("airflow", reason="Airflow is an optional install")
+    pytest.importorskip("airflow", reason="Airflow is not installed (optional): `pip install apache-airflow` in the "
+                                          "venv to build the DAG")
     monkeypatch.setenv("SIGNFLOW_HOME", str(tmp_path))
     monkeypatch.setenv("SIGNFLOW_SCHEDULE", "0 3 * * *")
     # Settings are read when the file is imported: import it afresh, in this test's environment.

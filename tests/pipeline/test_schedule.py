@@ -1,13 +1,19 @@
 """The training server's loop, its locks and its status, without training.
 
-The scheduler is real; each cycle here is ingestion's real collection step (the
-part of a run that takes the inbox), so that what the scheduler counts as
-waiting really drops after a cycle. tests/e2e runs it with the whole pipeline.
+The scheduler is real; in the loop tests each cycle is ingestion's real
+collection step (the part of a run that takes the inbox), so that what the
+scheduler counts as waiting really drops after a cycle. The process tests run
+`signflow schedule` itself, whose cycles are real `signflow run` children kept
+cheap: the run lock is held (the cycle is busy at once), or the child is stopped
+or killed while it still loads TFX, or `--cycle-prefix` puts a stand-in in front
+of it. tests/e2e runs it with the whole pipeline.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,12 +22,14 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from components.ingest.landing import IngestPaths, collect_new_files, waiting
 from pipeline.configs import PipelineConfig
-from pipeline.run_lock import FileLock, LockHeld, holder
-from pipeline.schedule import (BUSY, FAILED, CycleResult, Scheduler, ScheduleSettings, parse_duration, read_status,
-                               status_path)
+from pipeline.run_lock import RUN_LOCK, FileLock, LockHeld, holder
+from pipeline.schedule import (BUSY, FAILED, STOP_GRACE_SECONDS, CycleResult, Scheduler, ScheduleSettings,
+                               parse_duration, read_status, scheduler_lock_path, status_path)
 from tests.fixtures.tiny_model import make_image_bytes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,6 +38,13 @@ REPO = Path(__file__).resolve().parents[2]
 def _config(root: Path) -> PipelineConfig:
     return PipelineConfig(pipeline_root=root / "pipeline_root", inbox_dir=root / "inbox", sample_dir=None,
                           serving_dir=root / "serving_model")
+
+
+def _config_file(root: Path, config: PipelineConfig) -> Path:
+    path = root / "config.json"
+    path.write_text(json.dumps({"pipeline_root": str(config.pipeline_root), "inbox_dir": str(config.inbox_dir),
+                                "sample_dir": None, "serving_dir": str(config.serving_dir)}))
+    return path
 
 
 def _paths(config: PipelineConfig) -> IngestPaths:
@@ -73,13 +88,28 @@ def _run_in_thread(scheduler: Scheduler) -> threading.Thread:
     return thread
 
 
-def _wait(predicate, timeout: float = 20, what: str = "condition") -> None:
+def _wait(predicate, timeout: float = 20, what: str = "condition"):
+    """The predicate's first truthy value; `timeout` is a hang guard, not a speed requirement."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if predicate():
-            return
+        value = predicate()
+        if value:
+            return value
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _status_when(config: PipelineConfig, predicate, what: str) -> dict:
+    """The first status file the scheduler writes that satisfies `predicate`."""
+    def check():
+        status = read_status(status_path(config))
+        return status if status and predicate(status) else None
+    return _wait(check, what=what)
+
+
+def _wait_for_polls(config: PipelineConfig, after: int, count: int) -> dict:
+    """The status once the scheduler has counted the inbox `count` more times than in poll `after`."""
+    return _status_when(config, lambda status: status["polls"] >= after + count, f"{count} polls after poll {after}")
 
 
 @pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("30m", 1800), ("6h", 21600), ("1d", 86400),
@@ -116,9 +146,10 @@ def test_cycle_starts_when_enough_records_arrive(tmp_path):
     thread = _run_in_thread(scheduler)
     _wait(lambda: len(cycle.calls) == 1, what="the first cycle")
     _drop(config, "few.jsonl", 3, seed=1)
-    time.sleep(0.5)  # ten polls: 3 < 5 records, and the interval is an hour away
-    assert len(cycle.calls) == 1
-    assert read_status(status_path(config))["records_waiting"] == 3
+    # Polls that saw the 3 records (3 < 5, and the interval is an hour away) and started nothing.
+    seen = _status_when(config, lambda status: status["records_waiting"] == 3, "a poll counting the 3 new records")
+    status = _wait_for_polls(config, after=seen["polls"], count=5)
+    assert len(cycle.calls) == 1 and status["state"] == "idle" and status["records_waiting"] == 3
     _drop(config, "more.jsonl", 2, seed=2)
     thread.join(timeout=20)
     assert not thread.is_alive() and len(cycle.calls) == 2
@@ -154,8 +185,13 @@ def test_interval_with_nothing_new_is_skipped(tmp_path, caplog):
     with caplog.at_level("INFO", logger="signflow.schedule"):
         thread = _run_in_thread(scheduler)
         _wait(lambda: len(cycle.calls) == 1, what="the first cycle")  # 2 < 100 records, but never ran: runs
-        time.sleep(1.0)  # three intervals with nothing new
-        assert len(cycle.calls) == 1
+        # The interval comes round with nothing new: the skip is recorded, then polls go on and start nothing.
+        skipped = _status_when(config, lambda status: status.get("skipped_due_at") or len(cycle.calls) > 1,
+                               "the skipped interval")
+        assert len(cycle.calls) == 1, "a cycle ran at the interval with nothing new"
+        status = _wait_for_polls(config, after=skipped["polls"], count=5)
+        assert len(cycle.calls) == 1 and status["records_waiting"] == 0
+        assert status["skipped_due_at"] == status["next_due_at"] and status["last_poll_at"] > status["next_due_at"]
         _drop(config, "b.jsonl", 1, seed=3)  # below --min-new-records: waits for the interval
         _wait(lambda: len(cycle.calls) == 2, what="the interval cycle")
         scheduler.stop.set()
@@ -178,9 +214,7 @@ def test_a_second_scheduler_refuses_to_start(tmp_path):
 def test_busy_run_lock_makes_the_cycle_busy_not_failed(tmp_path):
     """`signflow run` as the cycle, while a manual run holds the lock: the child exits 75, nothing is run twice."""
     config = _config(tmp_path)
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps({"pipeline_root": str(config.pipeline_root), "inbox_dir": str(config.inbox_dir),
-                                       "sample_dir": None, "serving_dir": str(config.serving_dir)}))
+    config_file = _config_file(tmp_path, config)
     _drop(config, "a.jsonl", 1)
     with FileLock(config.run_root / "run.lock", purpose="make run-local"):
         done = subprocess.run(
@@ -222,9 +256,7 @@ def test_status_command_reports_waiting_records_and_the_last_cycle(tmp_path):
     cycle = CollectingCycle(config)
     Scheduler(config, ScheduleSettings(once=True), run_cycle=cycle).run()
     _drop(config, "later.jsonl", 3, seed=5)
-    config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps({"pipeline_root": str(config.pipeline_root), "inbox_dir": str(config.inbox_dir),
-                                       "sample_dir": None, "serving_dir": str(config.serving_dir)}))
+    config_file = _config_file(tmp_path, config)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     text = subprocess.run([sys.executable, "-m", "pipeline.cli", "status", "--config", str(config_file)],
                           cwd=REPO, capture_output=True, text=True, timeout=60, env=env, check=True).stdout
@@ -236,3 +268,212 @@ def test_status_command_reports_waiting_records_and_the_last_cycle(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=60, env=env, check=True).stdout)
     assert report["records_waiting"] == 3 and report["scheduler_alive"] is False
     assert report["status"]["last_cycle"]["trigger"] == "once"
+
+
+# -- `signflow schedule` as a process ------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a running process (a zombie waiting to be reaped has ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live processes in process group `pgid` (field 5 of /proc/<pid>/stat)."""
+    members = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # ended while we looked
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat_file.parent.name))
+    return members
+
+
+@pytest.fixture
+def processes():
+    """Starts `signflow schedule`; ends whatever a failing test leaves running (schedulers, cycles, their helpers)."""
+    started: list[subprocess.Popen] = []
+    pids: list[int] = []
+
+    class Processes:
+        def schedule(self, config_file: Path, *args: str, log: Path) -> subprocess.Popen:
+            with open(log, "w") as out:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "pipeline.cli", "schedule", "--config", str(config_file), *args],
+                    cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+            started.append(process)
+            return process
+
+        def track(self, pid: int) -> int:
+            pids.append(pid)
+            return pid
+
+    yield Processes()
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    for pid in pids:
+        for member in _group_members(pid) + ([pid] if _alive(pid) else []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGKILL)
+
+
+def _cycle_child(config: PipelineConfig) -> int:
+    """The pid of the cycle's `signflow run`, once it holds the run lock (it then loads TFX for a while)."""
+    return _wait(lambda: (holder(config.run_root / RUN_LOCK) or {}).get("pid"), timeout=60,
+                 what="the cycle's signflow run to take the run lock")
+
+
+def test_sigterm_stops_the_running_cycle_first_and_leaves_no_process(tmp_path, processes):
+    config = _config(tmp_path)
+    _drop(config, "a.jsonl", 2)
+    log = tmp_path / "schedule.log"
+    scheduler = processes.schedule(_config_file(tmp_path, config), "--interval", "1h", "--min-new-records", "1",
+                                   "--poll", "0.1s", log=log)
+    child = processes.track(_cycle_child(config))
+    assert child != scheduler.pid and read_status(status_path(config))["state"] == "running"
+
+    scheduler.send_signal(signal.SIGTERM)
+    try:
+        code = scheduler.wait(timeout=STOP_GRACE_SECONDS + 60)  # hang guard: a stop must not wait for the run
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the scheduler did not stop; its cycle is {'alive' if _alive(child) else 'gone'}:\n"
+                             + log.read_text()[-3000:]) from None
+    text = log.read_text()
+    assert code == 0, text  # documented: a stopped scheduler exits 0
+    assert "SIGTERM received" in text
+    assert f"asking the running cycle (pid {child}) to stop" in text
+    assert not _alive(child) and _group_members(child) == [], "the cycle outlived the scheduler"
+    assert holder(config.run_root / RUN_LOCK) is None and holder(scheduler_lock_path(config)) is None
+    status = read_status(status_path(config))
+    assert status["state"] == "stopped" and status["current_cycle"] is None
+    last = status["last_cycle"]
+    assert last["result"] == FAILED and last["exit_code"] == -signal.SIGTERM
+    assert last["error"].startswith("the scheduler was asked to stop: ") and "killed by SIGTERM" in last["error"]
+    assert status["cycles"] == {FAILED: 1}
+
+
+def test_a_cycle_killed_by_a_signal_is_a_failed_cycle_with_its_reason(tmp_path, processes):
+    config = _config(tmp_path)
+    _drop(config, "a.jsonl", 2)
+    log = tmp_path / "schedule.log"
+    scheduler = processes.schedule(_config_file(tmp_path, config), "--once", log=log)
+    child = processes.track(_cycle_child(config))
+    os.kill(child, signal.SIGKILL)  # what the kernel's OOM killer does to a run that takes too much memory
+    assert scheduler.wait(timeout=60) == 1, log.read_text()  # --once: the cycle failed
+    last = read_status(status_path(config))["last_cycle"]
+    assert last["result"] == FAILED and last["exit_code"] == -signal.SIGKILL
+    assert last["error"] == f"signflow run was killed by SIGKILL (exit code {-signal.SIGKILL}) before writing its summary"
+    assert read_status(status_path(config))["cycles"] == {FAILED: 1}
+    assert f"cycle failed after" in log.read_text() and "killed by SIGKILL" in log.read_text()
+    assert holder(config.run_root / RUN_LOCK) is None  # the kernel released the killed run's lock
+
+
+def test_a_cycle_that_exits_0_without_a_summary_is_a_failed_cycle(tmp_path, processes):
+    config = _config(tmp_path)
+    _drop(config, "a.jsonl", 2)
+    log = tmp_path / "schedule.log"
+    # A prefix that swallows its command: the "run" exits 0 and has done nothing.
+    swallow = shlex.join([sys.executable, "-c", "import sys; sys.exit(0)"])
+    scheduler = processes.schedule(_config_file(tmp_path, config), "--once", "--cycle-prefix", swallow, log=log)
+    assert scheduler.wait(timeout=60) == 1, log.read_text()
+    status = read_status(status_path(config))
+    last = status["last_cycle"]
+    assert last["result"] == FAILED and last["exit_code"] == 0
+    assert last["error"] == "signflow run ended with exit code 0 without writing its summary"
+    assert status["cycles"] == {FAILED: 1} and status["last_push"] is None
+    assert "cycle failed after" in log.read_text()
+
+
+def test_processes_a_cycle_leaves_behind_are_ended(tmp_path, processes):
+    config = _config(tmp_path)
+    _drop(config, "a.jsonl", 2)
+    log = tmp_path / "schedule.log"
+    pid_file = tmp_path / "helper.pid"
+    # The cycle starts a helper (as Beam starts workers) and dies without stopping it.
+    leaves_a_helper = shlex.join([sys.executable, "-c", (
+        "import pathlib, subprocess, sys; "
+        "helper = subprocess.Popen([sys.executable, '-c', 'import signal; signal.pause()']); "
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(helper.pid)); sys.exit(3)")])
+    scheduler = processes.schedule(_config_file(tmp_path, config), "--once", "--cycle-prefix", leaves_a_helper, log=log)
+    assert scheduler.wait(timeout=60) == 1, log.read_text()
+    helper = processes.track(int(pid_file.read_text()))
+    assert not _alive(helper), "the cycle's helper outlived its cycle"
+    assert "left behind in its process group" in log.read_text()
+    assert read_status(status_path(config))["last_cycle"]["error"] == \
+        "signflow run ended with exit code 3 without writing its summary"
+
+
+def test_a_busy_cycle_is_retried_after_retry(tmp_path, processes):
+    config = _config(tmp_path)
+    _drop(config, "a.jsonl", 1)
+    log = tmp_path / "schedule.log"
+    retry = 2.0
+    with FileLock(config.run_root / RUN_LOCK, purpose="make run-local"):
+        scheduler = processes.schedule(_config_file(tmp_path, config), "--interval", "1h", "--min-new-records", "1",
+                                       "--poll", "0.1s", "--retry", f"{retry:g}s", "--max-cycles", "2", log=log)
+        # The poll after the first cycle: 1 record waits (>= --min-new-records), yet --retry holds it back.
+        after_first = _status_when(config, lambda status: status["cycles"].get(BUSY) == 1 and status["polls"] >= 2,
+                                   "the poll after the first busy cycle")
+        assert scheduler.wait(timeout=120) == 0, log.read_text()  # --max-cycles 2
+    first, second = after_first["last_cycle"], read_status(status_path(config))["last_cycle"]
+    assert second["started_at"] >= first["finished_at"] + retry
+    assert first["result"] == second["result"] == BUSY and "make run-local" in second["error"]
+    assert after_first["next_due_at"] == pytest.approx(first["finished_at"] + retry)
+    assert read_status(status_path(config))["cycles"] == {BUSY: 2}
+    assert log.read_text().count(f"cycle skipped: ") == 2 and f"next try in {retry:g}s" in log.read_text()
+
+
+def _scrape(url: str) -> dict[str, float]:
+    """Prometheus text from `url` as {name or name{label=value}: value}."""
+    answer = requests.get(url, timeout=10)
+    assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("text/plain")
+    values = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
+
+
+def test_metrics_port_serves_the_schedulers_gauges_over_http(tmp_path, processes):
+    config = _config(tmp_path)
+    config_file = _config_file(tmp_path, config)
+    _drop(config, "a.jsonl", 5)
+    log = tmp_path / "schedule.log"
+    with FileLock(config.run_root / RUN_LOCK, purpose="make run-local"):  # the cycle is busy at once
+        scheduler = processes.schedule(config_file, "--interval", "1h", "--min-new-records", "1", "--poll", "0.1s",
+                                       "--retry", "1h", "--metrics_port", "0", log=log)
+        status = _status_when(config, lambda status: status["cycles"].get(BUSY) == 1 and status["state"] == "idle"
+                              and status["next_due_at"], "the busy cycle")
+    url = status["scheduler"]["metrics_url"]
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics") and ":0/" not in url
+    assert f"Prometheus metrics on {url}" in log.read_text()
+    metrics = _scrape(url)
+    assert metrics["signflow_schedule_records_waiting"] == status["records_waiting"] == 5
+    assert metrics['signflow_schedule_cycles{result=busy}'] == 1
+    assert metrics["signflow_schedule_running"] == 0
+    assert metrics["signflow_schedule_last_cycle_success"] == 0
+    assert metrics["signflow_schedule_last_cycle_start_timestamp_seconds"] == status["last_cycle"]["started_at"]
+    assert metrics["signflow_schedule_next_due_timestamp_seconds"] == status["next_due_at"]
+    assert metrics["signflow_schedule_last_poll_timestamp_seconds"] >= status["last_cycle"]["finished_at"]
+
+    # Live values, not a snapshot: new records show up in the gauge.
+    _drop(config, "b.jsonl", 3, seed=1)
+    _wait(lambda: _scrape(url)["signflow_schedule_records_waiting"] == 8, what="the gauge to count 8 records")
+    report = subprocess.run([sys.executable, "-m", "pipeline.cli", "status", "--config", str(config_file)],
+                            cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+    assert f"training server: running (pid {scheduler.pid})" in report and "inbox last checked: " in report
+
+    scheduler.send_signal(signal.SIGTERM)
+    assert scheduler.wait(timeout=60) == 0, log.read_text()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url, timeout=10)
