@@ -28,8 +28,10 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -39,9 +41,12 @@ from components.trainer.config import TrainerConfig
 from pipeline.schedule import read_status
 from serving.layout import LABELS_FILE, SAVED_MODEL_FILE, WARMUP_FILE, list_versions
 from serving.server import ServerThread
-from tests.serving.conftest import make_settings, wait_for
+from tests.serving.conftest import make_settings, wait_for, wait_for_polls
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+# The story runs once, in the first test's setup, so that test's timeout covers three training
+# cycles (each bounded by CYCLE_TIMEOUT) plus the swaps between them; a step that times out
+# ends the story with its own message long before this does.
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(3 * 600 + 600)]
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "xception"
@@ -50,7 +55,7 @@ PER_SIGNER = 14
 # Feedback records that make the training server start a cycle.
 MIN_NEW_RECORDS = 12
 TOKEN = "e2e-feedback-token"
-CYCLE_TIMEOUT = 900  # seconds for one training cycle to show up on the serving side (2 loaded cores)
+CYCLE_TIMEOUT = 600  # seconds for one training cycle to show up on the serving side (2 loaded cores)
 TINY_TRAINER = TrainerConfig(
     image_height=71, image_width=142, batch_size=8,
     scratch_epochs=2, warmup_epochs=1, steps_per_epoch=2, bn_recalibration_batches=1,
@@ -95,15 +100,15 @@ class Load:
         self._threads = [threading.Thread(target=self._rest, daemon=True) for _ in range(clients_per_transport)]
         self._threads += [threading.Thread(target=self._grpc, daemon=True) for _ in range(clients_per_transport)]
 
-    def __enter__(self) -> "Load":
+    def start(self) -> None:
         for thread in self._threads:
             thread.start()
-        return self
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> None:
         self._stop.set()
         for thread in self._threads:
-            thread.join(timeout=60)
+            if thread.is_alive():
+                thread.join(timeout=60)
 
     def _record(self, response: Response) -> None:
         with self._lock:
@@ -173,6 +178,25 @@ class Story:
     bad_cycle_log: str = ""
     serving_digest_before_bad_cycle: dict = field(default_factory=dict)
     serving_digest_after_bad_cycle: dict = field(default_factory=dict)
+    completed: list[str] = field(default_factory=list)
+    failed: tuple[str, str] | None = None  # (step, error)
+
+    def run(self, steps: list[tuple[str, Callable[[], None]]]) -> None:
+        """Run the steps in order; the first that fails is recorded with its error and ends the story."""
+        for name, step in steps:
+            try:
+                step()
+            except Exception:
+                self.failed = (name, traceback.format_exc(limit=4))
+                return
+            self.completed.append(name)
+
+    def needs(self, *steps: str) -> None:
+        """Skip a check whose steps did not all complete: test_story_step reports the step that failed."""
+        missing = [name for name in steps if name not in self.completed]
+        if missing:
+            failed = self.failed[0] if self.failed else "?"
+            pytest.skip(f"needs step '{missing[0]}', not completed: step '{failed}' failed (see test_story_step)")
 
 
 def _tree_digest(path: Path) -> dict[str, str]:
@@ -207,90 +231,123 @@ def _available(server: ServerThread) -> list[int]:
     return sorted(int(v["version"]) for v in status.get("model_version_status", []) if v["state"] == "AVAILABLE")
 
 
-@pytest.fixture(scope="module")
-def story(tmp_path_factory) -> Story:
-    root = tmp_path_factory.mktemp("e2e")
-    GEN.generate(seed=11, signers=SIGNERS, per_signer=PER_SIGNER, out_dir=root / "sample")
-    inbox = root / "inbox"
-    model_base_path = root / "serving_model" / MODEL
-    model_base_path.mkdir(parents=True)
-    config_file = root / "signflow.json"
-    config_file.write_text(json.dumps({
-        "pipeline_root": str(root / "pipeline_root"), "inbox_dir": str(inbox), "sample_dir": str(root / "sample"),
-        "serving_dir": str(root / "serving_model"), "schema_path": str(REPO / "components/schema/schema.pbtxt"),
-        "trainer": {k: v for k, v in TINY_TRAINER.to_dict().items()}, "gate": OPEN_GATE,
-        "delivery": {"check_requests": 8},
-    }))
-    status_file = root / "pipeline_root" / "signflow" / "schedule" / "status.json"
-    story = Story(root, config_file, root / "pipeline_root" / "signflow" / "metadata.sqlite", model_base_path)
+STEPS = ("first cycle pushes V1", "feedback retrains V2", "rollback to V1", "bad cycle is held back")
 
-    settings = make_settings(model_name=MODEL, model_base_path=str(model_base_path), file_system_poll_wait_seconds=1,
-                             feedback_dir=str(inbox / "feedback"), feedback_token=TOKEN,
-                             training_status_file=str(status_file))
+
+def _run_story(story: Story, root: Path, status_file: Path) -> None:
+    """Tell the story step by step; the first step that fails is recorded with its error and ends it."""
+    settings = make_settings(model_name=MODEL, model_base_path=str(story.model_base_path),
+                             file_system_poll_wait_seconds=1, feedback_dir=str(root / "inbox" / "feedback"),
+                             feedback_token=TOKEN, training_status_file=str(status_file))
+
+    def schedule_log_tail() -> str:
+        return (root / "schedule.log").read_text()[-5000:]
+
     with ServerThread(settings) as server:
-        scheduler = _signflow("schedule", "--config", str(config_file), "--interval", "1h",
+        scheduler = _signflow("schedule", "--config", str(story.config_file), "--interval", "1h",
                               "--min-new-records", str(MIN_NEW_RECORDS), "--poll", "1s", "--retry", "5s",
                               "--max-cycles", "2", log_path=root / "schedule.log")
-        try:
-            # 1. The first cycle pushes V1; the serving server picks it up.
+        load = Load(server)
+
+        def first_cycle() -> None:
             assert wait_for(lambda: _available(server) != [], timeout=CYCLE_TIMEOUT, interval=1), \
-                (root / "schedule.log").read_text()[-5000:]
+                schedule_log_tail()
             story.v1 = _available(server)[0]
-            story.expected[story.v1] = _probe_probabilities(model_base_path / str(story.v1))
-            with Load(server) as load:
-                assert wait_for(lambda: len(load.responses) >= 20, timeout=60)
+            story.expected[story.v1] = _probe_probabilities(story.model_base_path / str(story.v1))
+            load.start()
+            assert wait_for(lambda: len(load.responses) >= 20, timeout=60), "the clients got no answers"
 
-                # 2. Feedback with right labels (and one broken instance, refused with its reason).
-                new = [(GEN.render_signature(seed=11, signer=i % SIGNERS, sample=200 + i), GEN.label_for(i % SIGNERS))
-                       for i in range(MIN_NEW_RECORDS)]
-                broken = [{"image_bytes": {"b64": "not base64!"}, "label": GEN.label_for(0)}]
-                story.feedback_answers.append(_feedback(server, new[:6], extra=broken))
-                story.feedback_answers.append(_feedback(server, new[6:]))
-                assert wait_for(lambda: len(list_versions(model_base_path)) == 2, timeout=CYCLE_TIMEOUT, interval=1), \
-                    (root / "schedule.log").read_text()[-5000:]
-                story.v2_pushed_at = time.time()
-                story.v2 = list_versions(model_base_path)[-1]
-                story.expected[story.v2] = _probe_probabilities(model_base_path / str(story.v2))
-                assert wait_for(lambda: story.v2 in load.versions_since(story.v2_pushed_at), timeout=60)
-                story.v2_seen_at = time.time()
-                assert wait_for(lambda: load.versions_since(story.v2_seen_at + 2) == {story.v2}, timeout=60)
-                assert scheduler.wait(timeout=120) == 0  # --max-cycles 2
-                story.schedule_status = read_status(status_file)
-                story.status_route = requests.get(f"{server.rest_url}/signflow/status", timeout=10).json()
+        def feedback_retrains() -> None:
+            # Right labels, and one broken instance that is refused with its reason.
+            new = [(GEN.render_signature(seed=11, signer=i % SIGNERS, sample=200 + i), GEN.label_for(i % SIGNERS))
+                   for i in range(MIN_NEW_RECORDS)]
+            broken = [{"image_bytes": {"b64": "not base64!"}, "label": GEN.label_for(0)}]
+            story.feedback_answers.append(_feedback(server, new[:6], extra=broken))
+            story.feedback_answers.append(_feedback(server, new[6:]))
+            assert wait_for(lambda: len(list_versions(story.model_base_path)) == 2, timeout=CYCLE_TIMEOUT,
+                            interval=1), schedule_log_tail()
+            story.v2_pushed_at = time.time()
+            story.v2 = list_versions(story.model_base_path)[-1]
+            story.expected[story.v2] = _probe_probabilities(story.model_base_path / str(story.v2))
+            assert wait_for(lambda: story.v2 in load.versions_since(story.v2_pushed_at), timeout=60), \
+                "no client was answered by V2"
+            story.v2_seen_at = time.time()
+            assert wait_for(lambda: load.versions_since(story.v2_seen_at + 2) == {story.v2}, timeout=60), \
+                "clients still answered by V1 after the switch"
+            assert scheduler.wait(timeout=120) == 0, schedule_log_tail()  # --max-cycles 2
+            story.schedule_status = read_status(status_file)
+            story.status_route = requests.get(f"{server.rest_url}/signflow/status", timeout=10).json()
 
-                # 3. Roll V2 back by its folder; the serving server returns to V1.
-                from pipeline.rollback import roll_back
+        def rollback() -> None:
+            from pipeline.rollback import roll_back
 
-                story.rollback_at = time.time()
-                roll_back(model_base_path, reason="e2e: rolled back by the test")
-                assert wait_for(lambda: _available(server) == [story.v1], timeout=60)
-                story.rollback_done_at = time.time()
-                assert wait_for(lambda: load.versions_since(story.rollback_done_at) == {story.v1}, timeout=60)
+            story.rollback_at = time.time()
+            roll_back(story.model_base_path, reason="e2e: rolled back by the test")
+            assert wait_for(lambda: _available(server) == [story.v1], timeout=60), _available(server)
+            story.rollback_done_at = time.time()
+            assert wait_for(lambda: load.versions_since(story.rollback_done_at) == {story.v1}, timeout=60), \
+                "clients still answered by V2 after the rollback"
 
-                # 4. Wrong labels through feedback; a cycle at the production-like bar does not push.
-                wrong = [(GEN.render_signature(seed=11, signer=s, sample=300 + n), GEN.label_for((s + 1) % SIGNERS))
-                         for s in range(SIGNERS) for n in range(2 * PER_SIGNER)]
-                for start in range(0, len(wrong), 28):
-                    story.feedback_answers.append(_feedback(server, wrong[start:start + 28]))
-                story.serving_digest_before_bad_cycle = _tree_digest(model_base_path)
-                overrides = [a for key, value in STRICT_GATE.items() for a in ("--set", f"gate.{key}={value}")]
-                bad = _signflow("schedule", "--once", "--config", str(config_file), *overrides,
-                                log_path=root / "bad_cycle.log")
-                assert bad.wait(timeout=CYCLE_TIMEOUT) == 0, (root / "bad_cycle.log").read_text()[-5000:]
-                story.bad_cycle = read_status(status_file)["last_cycle"]
-                story.serving_digest_after_bad_cycle = _tree_digest(model_base_path)
-                time.sleep(2)  # a poll interval: had anything been pushed, the server would load it now
-                story.responses = list(load.responses)
+        def bad_cycle() -> None:
+            wrong = [(GEN.render_signature(seed=11, signer=s, sample=300 + n), GEN.label_for((s + 1) % SIGNERS))
+                     for s in range(SIGNERS) for n in range(2 * PER_SIGNER)]
+            for start in range(0, len(wrong), 28):
+                story.feedback_answers.append(_feedback(server, wrong[start:start + 28]))
+            story.serving_digest_before_bad_cycle = _tree_digest(story.model_base_path)
+            overrides = [a for key, value in STRICT_GATE.items() for a in ("--set", f"gate.{key}={value}")]
+            bad = _signflow("schedule", "--once", "--config", str(story.config_file), *overrides,
+                            log_path=root / "bad_cycle.log")
+            assert bad.wait(timeout=CYCLE_TIMEOUT) == 0, (root / "bad_cycle.log").read_text()[-5000:]
+            story.bad_cycle = read_status(status_file)["last_cycle"]
+            story.serving_digest_after_bad_cycle = _tree_digest(story.model_base_path)
+            # Had anything been pushed, the server would load it at its next look at the folder.
+            assert wait_for_polls(server, 2), "the server stopped polling the model folder"
+
+        try:
+            story.run(list(zip(STEPS, (first_cycle, feedback_retrains, rollback, bad_cycle))))
         finally:
+            load.stop()
+            story.responses = list(load.responses)
             if scheduler.poll() is None:
                 scheduler.terminate()
                 scheduler.wait(timeout=60)
             story.schedule_log = (root / "schedule.log").read_text()
             story.bad_cycle_log = (root / "bad_cycle.log").read_text() if (root / "bad_cycle.log").exists() else ""
+
+
+@pytest.fixture(scope="module")
+def story(tmp_path_factory) -> Story:
+    root = tmp_path_factory.mktemp("e2e")
+    GEN.generate(seed=11, signers=SIGNERS, per_signer=PER_SIGNER, out_dir=root / "sample")
+    model_base_path = root / "serving_model" / MODEL
+    model_base_path.mkdir(parents=True)
+    config_file = root / "signflow.json"
+    config_file.write_text(json.dumps({
+        "pipeline_root": str(root / "pipeline_root"), "inbox_dir": str(root / "inbox"),
+        "sample_dir": str(root / "sample"), "serving_dir": str(root / "serving_model"),
+        "schema_path": str(REPO / "components/schema/schema.pbtxt"),
+        "trainer": TINY_TRAINER.to_dict(), "gate": OPEN_GATE, "delivery": {"check_requests": 8},
+    }))
+    status_file = root / "pipeline_root" / "signflow" / "schedule" / "status.json"
+    story = Story(root, config_file, root / "pipeline_root" / "signflow" / "metadata.sqlite", model_base_path)
+    _run_story(story, root, status_file)
     return story
 
 
+@pytest.mark.parametrize("step", STEPS)
+def test_story_step(story, step):
+    """One test per step, so a failure names the step that failed; the steps after it were not run."""
+    if step in story.completed:
+        return
+    assert story.failed is not None, f"step '{step}' neither completed nor failed"
+    failed, error = story.failed
+    if failed == step:
+        pytest.fail(f"step '{step}' failed:\n{error}", pytrace=False)
+    pytest.skip(f"not run: step '{failed}' failed first")
+
+
 def test_zero_failed_requests_over_rest_and_grpc(story):
+    story.needs(*STEPS)
     failures = [r for r in story.responses if r.error]
     assert not failures, f"{len(failures)} of {len(story.responses)} failed, e.g. {failures[:3]}"
     by_transport = {t: sum(r.transport == t for r in story.responses) for t in ("REST", "gRPC")}
@@ -298,6 +355,7 @@ def test_zero_failed_requests_over_rest_and_grpc(story):
 
 
 def test_every_answer_comes_from_the_version_it_names(story):
+    story.needs(*STEPS)
     for response in story.responses:
         assert response.version in story.expected, response
         np.testing.assert_allclose(response.probabilities, story.expected[response.version], atol=1e-5,
@@ -307,6 +365,7 @@ def test_every_answer_comes_from_the_version_it_names(story):
 
 
 def test_served_version_goes_v1_then_v2_then_back_to_v1(story):
+    story.needs(*STEPS[:3])
     assert story.v1 < story.v2
     for transport in ("REST", "gRPC"):
         answers = sorted((r for r in story.responses if r.transport == transport), key=lambda r: r.started)
@@ -319,6 +378,7 @@ def test_served_version_goes_v1_then_v2_then_back_to_v1(story):
 
 
 def test_training_server_was_triggered_by_feedback_and_reported_it(story):
+    story.needs(*STEPS[:2])
     answers = story.feedback_answers
     assert answers[0]["accepted"] == 6 and [r["index"] for r in answers[0]["rejected"]] == [6]
     assert answers[0]["rejected"][0]["reason"] == "invalid_base64"
@@ -334,6 +394,7 @@ def test_training_server_was_triggered_by_feedback_and_reported_it(story):
 
 
 def test_v1_was_pushed_in_tf_serving_layout(story):
+    story.needs(*STEPS[:3])
     rolled_back = story.model_base_path / ".rolled_back"
     assert list_versions(story.model_base_path) == [story.v1]
     assert [p.name for p in rolled_back.iterdir() if p.name.startswith(str(story.v2))]
@@ -345,6 +406,7 @@ def test_v1_was_pushed_in_tf_serving_layout(story):
 
 
 def test_wrong_labels_are_not_pushed_and_v1_serves_on(story):
+    story.needs(*STEPS)
     bad = story.bad_cycle
     assert bad["result"] == "not_blessed", story.bad_cycle_log[-3000:]
     assert bad["pushed_version"] is None
@@ -356,6 +418,7 @@ def test_wrong_labels_are_not_pushed_and_v1_serves_on(story):
 
 def test_cycles_warm_start_from_and_compare_against_what_serves(story):
     """V2 was trained from V1's model; after the rollback, the bad cycle's baseline is V1 again, not V2."""
+    story.needs(*STEPS)
     from pipeline.summary import open_store, summarize
 
     store = open_store(story.metadata_path)
@@ -375,6 +438,7 @@ def test_cycles_warm_start_from_and_compare_against_what_serves(story):
 
 def test_a_version_no_run_pushed_has_no_baseline(story):
     """The baseline is what serves: a newer folder this pipeline did not push leaves the candidate without one."""
+    story.needs(*STEPS[:3])
     import shutil
 
     from tfx import types
