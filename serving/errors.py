@@ -44,6 +44,11 @@ class Code(enum.Enum):
         return self.value[1]
 
 
+# What a client hears about a bug (an exception that is no ServingError): the exception and
+# its traceback go to the server log only.
+INTERNAL_MESSAGE = "Internal server error; the server log has the details"
+
+
 class ServingError(Exception):
     """An error with a status. `message` is what clients see, verbatim."""
 

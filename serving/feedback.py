@@ -6,6 +6,10 @@ body format plus a label per instance:
     {"instances": [{"image_bytes": {"b64": "..."}, "label": "signer_03"}, ...]}
     {"inputs": {"image_bytes": [{"b64": "..."}, ...], "label": ["signer_03", ...]}}
 
+or in the seed's record shape, the image under "image" as {"b64": ...} or as bare
+base64 text: {"instances": [{"image": "<base64>", "label": "signer_03"}]}. Base64
+is strict (TF Serving's rule) in every form.
+
 Each instance is checked as ingestion would check it (serving.images decodes
 and inspects the image; the label rule is ingestion's `_label`, made stricter:
 required, no surrounding whitespace, at most MAX_LABEL_CHARS). The valid ones
@@ -23,7 +27,8 @@ Answers (bodies are JSON):
 - 200 `{"accepted": n, "rejected": [{"index", "reason", "error"}], "file": name}`:
   at least one instance was written; `rejected` lists the others (possibly none).
 - 400 `{"error": ..., "rejected": [...]}`: no instance was valid, nothing written.
-- 400 `{"error": ...}`: the body is not JSON, or not one of the two shapes.
+- 400 `{"error": ...}`: the body is not UTF-8 JSON, or not one of the two shapes;
+  or the model name in the URL is not UTF-8 once percent-decoded.
 - 401 (+ `WWW-Authenticate: Bearer`): a token is configured and the request's
   `Authorization: Bearer <token>` is missing or wrong.
 - 404: the model is not served (TF Serving's "Servable not found" wording), or
@@ -60,7 +65,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from serving import errors, images, rest
+from serving import errors, handlers, images, rest
 from serving.metrics import Metrics
 from serving.registry import Registry
 from serving.settings import Settings
@@ -73,6 +78,9 @@ FILE_SUFFIX = ".jsonl"
 MAX_LABEL_CHARS = 256
 # Keys that may hold the image in an instance (predict's input name first, then ingestion's).
 IMAGE_KEYS = ("image_bytes", "image")
+# The key under which the image may also be bare base64 text, as in the seed's records.
+# Under predict's input name a bare string stays refused: :predict reads it as raw bytes.
+BARE_TEXT_IMAGE_KEY = "image"
 LABEL_KEY = "label"
 # A temp file this old was left by a crash (a write takes milliseconds); removed at start.
 STALE_TEMP_SECONDS = 3600
@@ -165,12 +173,9 @@ def parse_feedback(body: bytes, *, max_instances: int, max_pixels: int) -> tuple
 def _parse_json(body: bytes) -> Any:
     if not body.strip():
         raise errors.InvalidArgument("JSON Parse error: The document is empty")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-        raise errors.InvalidArgument(f"JSON Parse error: {err}") from None
-    except RecursionError:
-        raise errors.InvalidArgument("JSON Parse error: The document is nested too deeply") from None
+    # Lone surrogate escapes are let through to be refused one instance at a time (a label
+    # holding one is invalid_label), as ingestion quarantines one record, not the file.
+    return handlers.parse_json(body, trailing=False, lone_surrogates=True)
 
 
 def _rows(document: Any, max_instances: int) -> list:
@@ -214,16 +219,28 @@ def _check_instance(index: int, row: Any, max_pixels: int) -> Item:
     if key is None:
         raise InvalidInstance(MISSING_IMAGE, f"no image under {' or '.join(repr(k) for k in IMAGE_KEYS)}")
     field = row[key]
-    if not (isinstance(field, dict) and isinstance(field.get("b64"), str)):
-        raise InvalidInstance(INVALID_IMAGE_FIELD, f'"{key}" must be {{"b64": "<base64 text>"}}, got {_json_type(field)}')
+    if isinstance(field, dict) and isinstance(field.get("b64"), str):
+        text = field["b64"]
+    elif key == BARE_TEXT_IMAGE_KEY and isinstance(field, str):
+        text = field
+    else:
+        raise InvalidInstance(INVALID_IMAGE_FIELD, _image_field_error(key, field))
     try:
         # Strict: the body is predict's format, so TF Serving's base64 rule applies.
-        data = images.decode_b64(field["b64"], lenient=False)
+        data = images.decode_b64(text, lenient=False)
         info = images.inspect_image(data, max_pixels=max_pixels)
     except images.InvalidImage as err:
         # Pillow's messages name its in-memory file object; that is noise to a client.
         raise InvalidInstance(err.reason, re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", err.detail)) from None
     return Item(index, data, info.sha256, label)
+
+
+def _image_field_error(key: str, field: Any) -> str:
+    if key == BARE_TEXT_IMAGE_KEY:
+        return f'"{key}" must be {{"b64": "<base64 text>"}} or base64 text, got {_json_type(field)}'
+    if isinstance(field, str):
+        return f'"{key}" must be {{"b64": "<base64 text>"}}: a bare string is raw bytes to :predict, not base64'
+    return f'"{key}" must be {{"b64": "<base64 text>"}}, got {_json_type(field)}'
 
 
 def feedback_record(item: Item, model: str, version: int, received_at: str) -> dict:
@@ -308,16 +325,16 @@ class FeedbackEndpoint:
             if isinstance(err, Unauthenticated):
                 headers = {"WWW-Authenticate": 'Bearer realm="signflow feedback"'}
             return rest.error_response(err, headers)
-        except Exception as err:  # a bug, not a client error: say so, keep serving
+        except Exception:  # a bug, not a client error: say so, keep serving
             log.exception("Unhandled error in feedback for %s", request.url.path)
             self._metrics.feedback(errors.Code.INTERNAL.name)
-            return rest.error_response(errors.Internal(f"Internal server error: {type(err).__name__}: {err}"))
+            return rest.error_response(errors.Internal(errors.INTERNAL_MESSAGE))
 
     async def _handle(self, request: Request) -> Response:
         if not self._directory:
             raise errors.NotFound("Feedback is not enabled on this server (start it with --feedback_dir)")
         self._authenticate(request.headers.get("authorization"))
-        name = request.path_params["name"]
+        name = _model_name(request)
         # Only a served model takes feedback; the version that serves now is recorded with it.
         with self._registry.acquire(name) as lease:
             version = lease.version
@@ -377,9 +394,28 @@ def routes(settings: Settings, registry: Registry, metrics: Metrics, executor: E
     return [Route(FEEDBACK_PATH, endpoint.handle, methods=["POST"])]
 
 
+_RAW_FEEDBACK_PATH = re.compile(r"/v1/models/([^/]+)/feedback")
+
+
+def _model_name(request: Request) -> str:
+    """The model name as the client escaped it, decoded as the /v1 dispatcher decodes names.
+
+    The route matched the decoded path, where %2F is already a '/': a target that is not
+    /v1/models/<one segment>/feedback as sent is TF Serving's (a name and no verb).
+    """
+    target = rest.raw_target(request)
+    match = _RAW_FEEDBACK_PATH.fullmatch(target.partition("?")[0])
+    if match is None:
+        raise errors.InvalidArgument(f"Malformed request: {request.method} {target}")
+    return rest.decode_segment(match.group(1), "Model name")
+
+
 def _json(document: dict, status: int) -> Response:
-    return Response(json.dumps(document, ensure_ascii=False).encode("utf-8"), status_code=status,
-                    media_type="application/json")
+    try:
+        data = json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate quoted from the request: \u escapes always encode
+        data = json.dumps(document).encode("ascii")
+    return Response(data, status_code=status, media_type="application/json")
 
 
 def _fsync_dir(path: str) -> None:

@@ -15,6 +15,7 @@ from typing import Awaitable, Callable
 import grpc
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -98,9 +99,9 @@ class _Base:
             if api:
                 self._metrics.request(model_name, None, api, "GRPC", err.code.name, time.monotonic() - started)
             await context.abort(err.grpc_code, errors.grpc_message(err.message))
-        except Exception as err:
+        except Exception:
             log.exception("Unhandled error in gRPC %s", api)
-            await context.abort(grpc.StatusCode.INTERNAL, f"Internal server error: {type(err).__name__}: {err}")
+            await context.abort(grpc.StatusCode.INTERNAL, errors.INTERNAL_MESSAGE)
         if api:
             spec = getattr(response, "model_spec", None)
             version = spec.version.value if spec is not None and spec.HasField("version") else None
@@ -202,6 +203,48 @@ class ModelService(_Base, model_service_pb2_grpc.ModelServiceServicer):
 
 def add_services(server: grpc.aio.Server, handlers: Handlers, metrics: Metrics,
                  reload_config: Callable[[tuple], Awaitable[None]]) -> None:
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(handlers, metrics), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-        ModelService(handlers, metrics, reload_config), server)
+    generated = _GenericHandlers()
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(handlers, metrics), generated)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(handlers, metrics, reload_config), generated)
+    server.add_generic_rpc_handlers(tuple(_ParseErrorsAreInvalidArgument(h) for h in generated.handlers))
+
+
+class _GenericHandlers:
+    """Stands in for the server while the generated add_*_to_server functions register their handlers."""
+
+    def __init__(self):
+        self.handlers: list[grpc.GenericRpcHandler] = []
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self.handlers.extend(handlers)
+
+
+class _ParseErrorsAreInvalidArgument(grpc.GenericRpcHandler):
+    """A generated service whose requests are parsed inside the call, not by grpc.
+
+    A request protobuf refuses (a string field that is not UTF-8, bytes that are no
+    message) then ends as INVALID_ARGUMENT naming the message type, where grpc would
+    answer UNKNOWN with the text of the Python exception.
+    """
+
+    def __init__(self, inner: grpc.GenericRpcHandler):
+        self._inner = inner
+
+    def service(self, handler_call_details):
+        handler = self._inner.service(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        parse, behaviour = handler.request_deserializer, handler.unary_unary
+        message_type = parse.__self__.DESCRIPTOR.full_name  # parse is <Request class>.FromString
+
+        async def unary_unary(data: bytes, context):
+            try:
+                request = parse(data)
+            except DecodeError:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"Request is not a valid {message_type} (a string field that is not UTF-8, "
+                                    "or bytes that are no such message)")
+            return await behaviour(request, context)
+
+        return handler._replace(request_deserializer=None, unary_unary=unary_unary)

@@ -603,16 +603,33 @@ _JSON_ERRORS = {
 _DECODER = json.JSONDecoder()
 
 
-def _parse_document(body: bytes) -> dict:
-    """ParseJson: the first JSON value of the body (trailing bytes ignored), which must be an object."""
+# Bytes that are not UTF-8, as the surrogateescape decoding below leaves them.
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+# One escape in a JSON string: \uXXXX (group 1), or a backslash and the character it escapes.
+_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
+
+
+def parse_json(body: bytes, *, trailing: bool = True, lone_surrogates: bool = False) -> Any:
+    """ParseJson: the first JSON value of the body, with RapidJSON's error messages.
+
+    With `trailing`, bytes after that value are ignored; without, only whitespace may follow.
+
+    Strings must be Unicode text: bytes that are not UTF-8 are refused ("Invalid encoding
+    in string.", where TF Serving would pass them on as they are), and so are \\u escapes of
+    lone surrogates unless `lone_surrogates` ("The surrogate pair in string is invalid.").
+    Neither can be encoded as UTF-8, so neither could be a signature, input or feature
+    name (protobuf strings), a string tensor, or part of a JSON answer.
+    """
     if not body:
         raise errors.InvalidArgument("JSON Parse error: The document is empty")
+    # surrogateescape: a byte that is not UTF-8 becomes one character, so the parser can
+    # still report the syntax error that comes first, and _unicode_error finds the byte.
     text = body.decode("utf-8", "surrogateescape")
     start = len(text) - len(text.lstrip(" \t\n\r"))
     if start == len(text):
         raise errors.InvalidArgument(f"JSON Parse error: The document is empty. at offset: {len(text)}")
     try:
-        document, _ = _DECODER.raw_decode(text, start)
+        value, end = _DECODER.raw_decode(text, start)
     except json.JSONDecodeError as err:
         message = _JSON_ERRORS.get(err.msg, err.msg)
         if err.msg == "Expecting ',' delimiter":
@@ -621,6 +638,59 @@ def _parse_document(body: bytes) -> dict:
         raise errors.InvalidArgument(f"JSON Parse error: {message} at offset: {err.pos}") from None
     except RecursionError:
         raise errors.InvalidArgument("JSON Parse error: The document is nested too deeply") from None
+    problem = _unicode_error(text, start, end, lone_surrogates)
+    if problem is not None:
+        raise errors.InvalidArgument(f"JSON Parse error: {problem}")
+    if not trailing and text[end:].strip(" \t\n\r"):
+        offset = end + len(text[end:]) - len(text[end:].lstrip(" \t\n\r"))
+        raise errors.InvalidArgument(
+            f"JSON Parse error: The document root must not be followed by other values. at offset: "
+            f"{_byte_offset(text, offset)}")
+    return value
+
+
+def _unicode_error(text: str, start: int, end: int, lone_surrogates: bool) -> str | None:
+    """RapidJSON's message and byte offset for the first string in text[start:end] that is not Unicode text.
+
+    The parser accepted text[start:end], so every backslash and every byte that is not
+    UTF-8 in it lies inside a string.
+    """
+    bad_byte = _NOT_UTF8.search(text, start, end)
+    stop = bad_byte.start() if bad_byte else end
+    if not lone_surrogates and text.find("\\u", start, stop) >= 0:
+        lone = None  # where the first lone surrogate escape starts
+        high = None  # (start, end) of a high surrogate escape whose low half may follow
+        for escape in _ESCAPE.finditer(text, start, stop):
+            code = int(escape.group(1), 16) if escape.group(1) else -1
+            if high is not None:
+                if 0xDC00 <= code <= 0xDFFF and escape.start() == high[1]:
+                    high = None  # a pair: one character
+                    continue
+                lone = high[0]
+                break
+            if 0xD800 <= code <= 0xDBFF:
+                high = (escape.start(), escape.end())
+            elif 0xDC00 <= code <= 0xDFFF:
+                lone = escape.start()
+                break
+        else:
+            if high is not None:
+                lone = high[0]
+        if lone is not None:
+            return f"The surrogate pair in string is invalid. at offset: {_byte_offset(text, lone)}"
+    if bad_byte:
+        return f"Invalid encoding in string. at offset: {_byte_offset(text, bad_byte.start())}"
+    return None
+
+
+def _byte_offset(text: str, index: int) -> int:
+    """The offset in the body's bytes of text[index] (each surrogateescape character was one byte)."""
+    return len(text[:index].encode("utf-8", "surrogateescape"))
+
+
+def _parse_document(body: bytes) -> dict:
+    """ParseJson: the first JSON value of the body (trailing bytes ignored), which must be an object."""
+    document = parse_json(body)
     if not isinstance(document, dict):
         raise errors.InvalidArgument(f"JSON Value: {_dump(document)} Is not object")
     return document

@@ -13,6 +13,11 @@ signflow additions, none of which change a body TF Serving would send:
 - `GET /signflow/status` (`status_route`): the models' versions and the
   training scheduler's status file.
 
+One deliberate difference: a model name or version label that is not UTF-8 once
+%-decoded, and a body whose strings are not Unicode text (bytes that are not
+UTF-8, \\u escapes of lone surrogates), are 400 `{"error": ...}`. TF Serving
+passes such bytes on, into answers that are then not UTF-8 JSON.
+
 signflow's own routes are passed in as `extra_routes` and matched before the
 /v1 dispatcher. The feedback endpoint (serving/feedback.py) is mounted that way
 at `POST /v1/models/<name>/feedback`: a URL TF Serving has no meaning for (it
@@ -102,14 +107,14 @@ class _RestApi:
         # http_server.cc ProcessPrometheusRequest: the path must match exactly, query included.
         query = request.scope.get("query_string", b"")
         if query:
-            path = _raw_target(request)
+            path = raw_target(request)
             return Response(
                 f"Unexpected path: {path}. Should be {self._settings.prometheus_path}",
                 status_code=400, media_type="text/plain")
         return Response(self._metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def dispatch(self, request: Request) -> Response:
-        target = _raw_target(request)
+        target = raw_target(request)
         if not _V1.fullmatch(target):
             return Response(NOT_FOUND_PAGE, status_code=404, media_type="text/html")
         method = request.method
@@ -149,9 +154,9 @@ class _RestApi:
         except errors.ServingError as err:
             self._metrics.request(model_name, version, api, "REST", err.code.name, time.monotonic() - started)
             return error_response(err)
-        except Exception as err:  # a bug, not a client error: say so, keep serving
+        except Exception:  # a bug, not a client error: say so, keep serving
             log.exception("Unhandled error for %s %s", method, target)
-            failure = errors.Internal(f"Internal server error: {type(err).__name__}: {err}")
+            failure = errors.Internal(errors.INTERNAL_MESSAGE)
             self._metrics.request(model_name, version, api, "REST", failure.code.name, time.monotonic() - started)
             return error_response(failure)
         version = answer.version
@@ -160,7 +165,7 @@ class _RestApi:
         return Response(answer.body, media_type=_JSON, headers=headers)
 
 
-def _raw_target(request: Request) -> str:
+def raw_target(request: Request) -> str:
     """Path and query as sent (percent-escapes intact): what TF Serving matches its regexes on."""
     raw = request.scope.get("raw_path") or request.scope["path"].encode()
     query = request.scope.get("query_string", b"")
@@ -168,11 +173,18 @@ def _raw_target(request: Request) -> str:
     return target.decode("latin-1")
 
 
-def _decode(text: str | None) -> str | None:
-    """curl_easy_unescape: %XX escapes only ('+' stays '+')."""
-    if text is None:
-        return None
-    return unquote_to_bytes(text.encode("latin-1")).decode("utf-8", "surrogateescape")
+def decode_segment(text: str, what: str) -> str:
+    """A URL segment as raw_target gives it, unescaped as curl_easy_unescape does (%XX only; '+'
+    stays '+'), then read as UTF-8.
+
+    TF Serving keeps the bytes as they are; here a name that is not UTF-8 is refused, since
+    it could be neither looked up (names are protobuf strings) nor quoted in a JSON answer.
+    `what` names the segment in the message.
+    """
+    try:
+        return unquote_to_bytes(text.encode("latin-1")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.InvalidArgument(f"{what} in the URL is not valid UTF-8 once %-decoded: {text}") from None
 
 
 def _model_ref(match: re.Match) -> ModelRef:
@@ -182,7 +194,9 @@ def _model_ref(match: re.Match) -> ModelRef:
         if number > _INT64_MAX:
             raise errors.InvalidArgument(f"Failed to convert version: {version} to numeric.")
         version = number
-    return ModelRef(name=_decode(match.group(1)) or "", version=version, label=_decode(match.group(3)))
+    name = decode_segment(match.group(1), "Model name") if match.group(1) is not None else ""
+    label = decode_segment(match.group(3), "Version label") if match.group(3) is not None else None
+    return ModelRef(name=name, version=version, label=label)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -202,7 +216,15 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _json_bytes(document: dict) -> bytes:
-    return json.dumps(document, ensure_ascii=False).encode("utf-8", "surrogateescape")
+    text = json.dumps(document, ensure_ascii=False)
+    try:
+        # surrogateescape: bytes that are not UTF-8 in a message (a file name on disk) go out
+        # as they are, as TF Serving writes them.
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        # A surrogate that stands for no byte: \u escapes always encode, so an error answer
+        # can never fail to be written.
+        return json.dumps(document).encode("ascii")
 
 
 def status_route(registry: Registry, training_status_file: str) -> Route:

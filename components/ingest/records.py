@@ -35,6 +35,10 @@ JSON_SUFFIX = ".json"
 # Keys that may hold the image, in the order they are looked up.
 IMAGE_KEYS = ("image_bytes", "image")
 BARE_B64_KEY = "b64"
+# The image key that may also hold bare base64 text, as the seed's records do. Under
+# "image_bytes" (the serving input's name) a bare string is raw bytes to TF Serving's
+# :predict, so it stays refused there, as the feedback endpoint refuses it.
+BARE_TEXT_IMAGE_KEY = "image"
 
 # Reason codes written to the quarantine file, besides those of
 # serving.images.InvalidImage (invalid_base64, empty_image, not_an_image,
@@ -140,7 +144,8 @@ def parse_record(
     label_keys: Sequence[str] = ("label",),
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Outcome:
-    """Validate one JSON record: the image as {"b64": ...} under image_bytes/image, or a bare "b64" string."""
+    """Validate one JSON record: the image as {"b64": ...} under image_bytes/image, as base64 text under
+    image, or as a bare "b64" string."""
     if not isinstance(obj, dict):
         return Rejected(source, NOT_AN_OBJECT, f"expected a JSON object, got {_json_type(obj)}", obj, path)
     text = _image_text(obj)
@@ -219,13 +224,24 @@ def _image_text(obj: dict) -> str | _Problem:
             value = obj[key]
             if isinstance(value, dict) and isinstance(value.get(BARE_B64_KEY), str):
                 return value[BARE_B64_KEY]
-            return _Problem(INVALID_IMAGE_FIELD, f'"{key}" must be {{"b64": "<base64 text>"}}, got {_json_type(value)}')
+            if key == BARE_TEXT_IMAGE_KEY and isinstance(value, str):
+                return value
+            return _Problem(INVALID_IMAGE_FIELD, _image_field_error(key, value))
     if BARE_B64_KEY in obj:
         value = obj[BARE_B64_KEY]
         if isinstance(value, str):
             return value
         return _Problem(INVALID_IMAGE_FIELD, f'"b64" must be base64 text, got {_json_type(value)}')
     return _Problem(MISSING_IMAGE, f"no image under {', '.join(repr(k) for k in IMAGE_KEYS)} or {BARE_B64_KEY!r}")
+
+
+def _image_field_error(key: str, value: Any) -> str:
+    wanted = '{"b64": "<base64 text>"}'
+    if key == BARE_TEXT_IMAGE_KEY:
+        return f'"{key}" must be {wanted} or base64 text, got {_json_type(value)}'
+    if isinstance(value, str):
+        return f'"{key}" must be {wanted}: a bare string there is raw bytes to TF Serving, not base64'
+    return f'"{key}" must be {wanted}, got {_json_type(value)}'
 
 
 def _label(obj: dict, label_keys: Sequence[str]) -> str | None | _Problem:

@@ -45,6 +45,39 @@ def test_jsonl_image_fields_and_base64_variants(tmp_path):
     assert b64(images[2], "unpadded") != b64(images[2])
 
 
+def test_seed_records_with_a_bare_base64_image(tmp_path):
+    images = [padded_image(20 + seed) for seed in range(4)]
+    write_jsonl(
+        str(tmp_path / "seed.jsonl"),
+        [
+            {"image": b64(images[0]), "label": "signer_01"},  # the seed's own shape
+            {"image": b64(images[1], "urlsafe_unpadded"), "label": "signer_02"},
+            {"image": b64(images[2], "data_url"), "label": "signer_03"},
+            {"image": b64(images[3])},
+        ],
+    )
+    outcomes = _read(tmp_path, "seed.jsonl")
+    assert _accepted(outcomes) == [(sha256(images[0]), "signer_01"), (sha256(images[1]), "signer_02"),
+                                   (sha256(images[2]), "signer_03"), (sha256(images[3]), None)]
+    assert [o.image for o in outcomes] == images
+
+    write_json(str(tmp_path / "seed.json"),
+               {"examples": [{"image": b64(img), "caption": f"signer_{i}"} for i, img in enumerate(images[:2])]})
+    assert _accepted(_read(tmp_path, "seed.json", label_keys=("caption",))) == [
+        (sha256(images[0]), "signer_0"), (sha256(images[1]), "signer_1")]
+
+
+@pytest.mark.parametrize("text", ["not base64!!", "QUJD$", "A", "", b64(b"plain text, not an image"),
+                                  b64(image_bytes(2)[:-30])])
+def test_a_bare_image_string_gets_the_reason_its_b64_form_gets(tmp_path, text):
+    write_jsonl(str(tmp_path / "pair.jsonl"),
+                [{"image": text, "label": "signer_01"}, {"image": {"b64": text}, "label": "signer_01"}])
+    bare, wrapped = _read(tmp_path, "pair.jsonl")
+    assert isinstance(bare, Rejected) and isinstance(wrapped, Rejected)
+    assert (bare.reason, bare.message) == (wrapped.reason, wrapped.message)
+    assert bare.record == {"image": text, "label": "signer_01"}
+
+
 def test_serving_request_bodies(tmp_path):
     images = [image_bytes(i) for i in range(5)]
     write_json(
@@ -100,12 +133,16 @@ BAD_LINES = [
     ("invalid_json", "{not json"),
     ("not_an_object", json.dumps(["a", "list"])),
     ("missing_image", json.dumps({"label": "signer_01"})),
-    ("invalid_image_field", json.dumps({"image": "aGVsbG8=", "label": "signer_01"})),
+    ("invalid_image_field", json.dumps({"image": 3, "label": "signer_01"})),
+    # Under predict's input name a bare string is raw bytes to TF Serving, not base64: refused.
+    ("invalid_image_field", json.dumps({"image_bytes": b64(image_bytes(1)), "label": "signer_01"})),
+    ("not_an_image", json.dumps({"image": "aGVsbG8=", "label": "signer_01"})),  # bare base64 of b"hello"
     ("invalid_label", json.dumps({"image": {"b64": b64(image_bytes(1))}, "label": 3})),
     ("invalid_label", json.dumps({"image": {"b64": b64(image_bytes(1))}, "label": "signer\n01"})),
     ("invalid_label", json.dumps({"image": {"b64": b64(image_bytes(1))}, "label": "signer\u202801"})),
     ("invalid_label", json.dumps({"image": {"b64": b64(image_bytes(1))}, "label": "signer_\ud800"})),
     ("invalid_base64", json.dumps({"image": {"b64": "not base64!!"}, "label": "signer_01"})),
+    ("invalid_base64", json.dumps({"image": "not base64!!", "label": "signer_01"})),
     ("not_an_image", json.dumps({"image": {"b64": b64(b"plain text, not an image")}, "label": "signer_01"})),
     ("corrupt_image", json.dumps({"image": {"b64": b64(image_bytes(2)[:-30])}, "label": "signer_01"})),
     ("empty_image", json.dumps({"image": {"b64": ""}, "label": "signer_01"})),

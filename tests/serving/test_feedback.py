@@ -31,6 +31,7 @@ from serving.server import ServerThread
 from serving.settings import SettingsError
 from tests.fixtures.tiny_model import DEFAULT_LABELS, make_image_bytes
 from tests.serving.conftest import SIGNFLOW_MODEL, install_version, make_settings
+from tests.serving.test_hostile import assert_tf_serving_400, raw_request
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -200,6 +201,59 @@ def test_malformed_bodies_are_400(open_server, inbox, body, message):
     assert list(inbox.iterdir()) == []
 
 
+IMAGE_FIELD = json.dumps(b64(make_image_bytes(seed=6))).encode()
+# Bodies with bytes that are not UTF-8 (0xFF, an overlong '/', the UTF-8 form of a surrogate) in each place.
+NOT_UTF8_BODIES = {
+    "label": b'{"instances": [{"image_bytes": <IMAGE>, "label": "signer_<S>"}]}',
+    "image key": b'{"instances": [{"<S>": <IMAGE>, "label": "signer_01"}]}',
+    "b64 text": b'{"instances": [{"image_bytes": {"b64": "<S>"}, "label": "signer_01"}]}',
+    "column name": b'{"inputs": {"<S>": [<IMAGE>], "label": ["signer_01"]}}',
+    "ignored key": b'{"instances": [{"image_bytes": <IMAGE>, "label": "signer_01", "<S>": 1}]}',
+}
+
+
+@pytest.mark.parametrize("bad", [b"\xff", b"\xc0\xaf", b"\xed\xb3\xbf"], ids=["0xFF", "overlong", "surrogate"])
+@pytest.mark.parametrize("place", list(NOT_UTF8_BODIES))
+def test_bodies_that_are_not_utf8_are_400_and_write_nothing(open_server, inbox, place, bad):
+    body = NOT_UTF8_BODIES[place].replace(b"<IMAGE>", IMAGE_FIELD).replace(b"<S>", bad)
+    response = post_feedback(open_server, body, headers={"Content-Type": "application/json"})
+    message = assert_tf_serving_400(response.status_code, response.content)
+    assert message == f"JSON Parse error: Invalid encoding in string. at offset: {body.index(bad)}"
+    assert list(inbox.iterdir()) == []
+    assert post_feedback(open_server, {"instances": [instance()]}).status_code == 200
+
+
+def test_lone_surrogate_escapes_are_judged_per_instance(open_server, inbox):
+    # Valid JSON grammar, not text: each instance holding one is refused with ingestion's reason.
+    good = json.dumps(instance(seed=7)).encode()
+    body = (b'{"instances": [' + good + b', {"image_bytes": ' + IMAGE_FIELD + b', "label": "signer_\\udcff"}, '
+            b'{"\\ud800": ' + IMAGE_FIELD + b', "label": "signer_01"}, '
+            b'{"image_bytes": {"b64": "\\udcff"}, "label": "signer_01"}]}')
+    response = post_feedback(open_server, body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    answer = json.loads(response.content.decode("utf-8"))
+    assert answer["accepted"] == 1
+    assert [(r["index"], r["reason"]) for r in answer["rejected"]] == [
+        (1, "invalid_label"), (2, "missing_image"), (3, "invalid_base64")]
+
+
+@pytest.mark.parametrize("target", ["/v1/models/a%FF/feedback", "/v1/models/%ED%B3%BF/feedback"])
+def test_model_names_that_are_not_utf8_are_400(open_server, inbox, target):
+    status, answer = raw_request(open_server, "POST", target, json.dumps({"instances": [instance()]}).encode(),
+                                 {"Content-Type": "application/json"})
+    assert "is not valid UTF-8" in assert_tf_serving_400(status, answer)
+    assert list(inbox.iterdir()) == []
+    assert post_feedback(open_server, {"instances": [instance()]}).status_code == 200
+
+
+@pytest.mark.parametrize("target", ["/v1/models/%FF%2Ffeedback", f"/v1/models/{SIGNFLOW_MODEL}%2Ffeedback"])
+def test_an_escaped_slash_is_not_the_feedback_route(open_server, inbox, target):
+    # The route matches the decoded path; TF Serving's dispatcher sees one segment and no verb.
+    status, answer = raw_request(open_server, "POST", target, json.dumps({"instances": [instance()]}).encode())
+    assert assert_tf_serving_400(status, answer) == f"Malformed request: POST {target}"
+    assert list(inbox.iterdir()) == []
+
+
 def test_too_many_instances_and_too_large_bodies(open_server, inbox):
     response = post_feedback(open_server, {"instances": [{"label": "a"}] * 1001})
     assert response.status_code == 400 and "at most 1000" in response.json()["error"]
@@ -362,6 +416,60 @@ def test_labels_ingestion_refuses_are_refused_by_feedback(label):
     assert caught.value.reason == "invalid_label"
     outcome = parse_record({"image": b64(make_image_bytes()), "label": label}, "s", (0, 1), "p")
     assert isinstance(outcome, Rejected) and outcome.reason == "invalid_label"
+
+
+# -- the seed's record shape: the image as a bare base64 string ----------------------------------
+
+
+def test_the_seeds_bare_base64_image_is_accepted_and_written_in_the_b64_shape(open_server, inbox):
+    images = [make_image_bytes(seed=11), make_image_bytes("JPEG", seed=12)]
+    response = post_feedback(open_server, {"instances": [
+        {"image": base64.b64encode(images[0]).decode("ascii"), "label": "signer_01"},  # the seed's shape
+        {"image": b64(images[1]), "label": "signer_02"}]})
+    assert response.status_code == 200, response.text
+    assert response.json()["accepted"] == 2 and response.json()["rejected"] == []
+    (written,) = feedback_files(inbox)
+    lines = [json.loads(line) for line in written.read_text(encoding="utf-8").splitlines()]
+    assert [line["image"] for line in lines] == [b64(image) for image in images]
+    assert [(o.image, o.label) for o in read_with_ingestion(written)] == [
+        (images[0], "signer_01"), (images[1], "signer_02")]
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("not base64!", "invalid_base64"),
+    (base64.urlsafe_b64encode(b"\xfb\xff" * 30).decode(), "invalid_base64"),  # predict's strict alphabet
+    ("QUJD=", "invalid_base64"),  # padding that does not fit the length
+    ("", "empty_image"),
+    (base64.b64encode(b"hello, not an image").decode(), "not_an_image"),
+], ids=["not base64", "url-safe", "bad padding", "empty", "not an image"])
+def test_a_bare_image_string_is_refused_with_the_reason_its_b64_form_gets(open_server, inbox, text, reason):
+    response = post_feedback(open_server, {"instances": [
+        {"image": text, "label": "signer_01"}, {"image": {"b64": text}, "label": "signer_01"}]})
+    assert response.status_code == 400, response.text
+    bare, wrapped = response.json()["rejected"]
+    assert (bare["reason"], wrapped["reason"]) == (reason, reason)
+    assert bare["error"] == wrapped["error"]
+    assert list(inbox.iterdir()) == []
+    # Ingestion refuses the same bare text for the same reason (it is laxer about alphabets and padding).
+    if reason != "invalid_base64":
+        assert parse_record({"image": text, "label": "signer_01"}, "s", (0, 1), "p").reason == reason
+
+
+def test_predict_keeps_tf_servings_meaning_of_a_bare_string(open_server, inbox):
+    text = base64.b64encode(make_image_bytes(seed=13)).decode("ascii")
+    url = f"{open_server.rest_url}/v1/models/{SIGNFLOW_MODEL}:predict"
+    # TF Serving does not base64-decode a bare string for a bytes input: the text itself is the image.
+    bare = requests.post(url, json={"instances": [{"image_bytes": text}]}, timeout=60)
+    assert bare.status_code == 400
+    assert bare.json()["error"].startswith("Input image_bytes, element 0: not an acceptable image (not_an_image")
+    seed_shape = requests.post(url, json={"instances": [{"image": text}]}, timeout=60)
+    assert seed_shape.status_code == 400
+    assert "does not have named input: image" in seed_shape.json()["error"]
+    assert requests.post(url, json={"instances": [{"image_bytes": {"b64": text}}]}, timeout=60).status_code == 200
+    # Feedback follows predict under predict's input name.
+    response = post_feedback(open_server, {"instances": [{"image_bytes": text, "label": "signer_01"}]})
+    assert response.status_code == 400
+    assert [r["reason"] for r in response.json()["rejected"]] == ["invalid_image_field"]
 
 
 # -- GET /signflow/status -------------------------------------------------------------------

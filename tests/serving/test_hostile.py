@@ -153,3 +153,134 @@ def test_grpc_oversized_message_and_bad_tensor(signflow_server):
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "tensor parsing error: image_bytes" in caught.value.details()
     still_serving(signflow_server)
+
+
+# -- text that is not Unicode: invalid UTF-8 bytes and lone surrogate escapes ------------------
+
+CLASSIFY = f"/v1/models/{SIGNFLOW_MODEL}:classify"
+REGRESS = f"/v1/models/{SIGNFLOW_MODEL}:regress"
+IMAGE = b'{"b64": "' + IMAGE_B64.encode() + b'"}'
+# What an answer must never show: Python's exception names and texts, or a traceback.
+LEAKS = ("Traceback", "UnicodeEncodeError", "UnicodeDecodeError", "codec can't", "surrogates not allowed",
+         "Internal server error", "DecodeError")
+
+NOT_UNICODE = {
+    "0xFF byte": b"\xff\xfe",
+    "overlong UTF-8": b"\xc0\xaf",
+    "UTF-8 of a surrogate": b"\xed\xa0\x80",
+    "lone low surrogate escape": b"\\udcff",
+    "lone high surrogate escape": b"\\ud800",
+}
+# (target, body with <S> where the string goes). Each is a place a JSON string can sit.
+STRING_PLACES = {
+    "predict signature_name": (PREDICT, b'{"signature_name": "<S>", "instances": [<IMAGE>]}'),
+    "predict instance key": (PREDICT, b'{"instances": [{"<S>": <IMAGE>}]}'),
+    "predict columnar input name": (PREDICT, b'{"inputs": {"<S>": [<IMAGE>]}}'),
+    "predict string value": (PREDICT, b'{"instances": ["<S>"]}'),
+    "predict b64 text": (PREDICT, b'{"instances": [{"b64": "<S>"}]}'),
+    "predict unused key": (PREDICT, b'{"<S>": 1, "instances": [<IMAGE>]}'),
+    "predict echoed in an error": (PREDICT, b'{"instances": 5, "note": "<S>"}'),
+    "classify signature_name": (CLASSIFY, b'{"signature_name": "<S>", "examples": [{"image": <IMAGE>}]}'),
+    "classify feature name": (CLASSIFY, b'{"examples": [{"<S>": <IMAGE>}]}'),
+    "classify feature value": (CLASSIFY, b'{"examples": [{"image": "<S>"}]}'),
+    "regress signature_name": (REGRESS, b'{"signature_name": "<S>", "examples": [{"image": <IMAGE>}]}'),
+    "regress feature name echoed in an error": (REGRESS, b'{"examples": [{"<S>": [null]}]}'),
+}
+
+
+def assert_tf_serving_400(status: int, answer: bytes) -> str:
+    """TF Serving's error shape, as UTF-8 JSON a strict client can read, naming no Python internals."""
+    assert status == 400, answer
+    text = answer.decode("utf-8")  # strict: an answer with raw invalid bytes fails here
+    document = json.loads(text)
+    assert list(document) == ["error"] and isinstance(document["error"], str) and document["error"], document
+    for leak in LEAKS:
+        assert leak not in text, text
+    return document["error"]
+
+
+@pytest.mark.parametrize("text", list(NOT_UNICODE))
+@pytest.mark.parametrize("place", list(STRING_PLACES))
+def test_body_strings_that_are_not_unicode_are_400(signflow_server, place, text):
+    target, template = STRING_PLACES[place]
+    body = template.replace(b"<IMAGE>", IMAGE).replace(b"<S>", NOT_UNICODE[text])
+    response = requests.post(signflow_server.rest_url + target, data=body,
+                             headers={"Content-Type": "application/json"}, timeout=60)
+    assert response.headers["Content-Type"] == "application/json"
+    message = assert_tf_serving_400(response.status_code, response.content)
+    # RapidJSON's words (TF Serving's parser), with the byte offset of the first bad string.
+    expected = ("Invalid encoding in string." if b"\\u" not in NOT_UNICODE[text]
+                else "The surrogate pair in string is invalid.")
+    assert message == f"JSON Parse error: {expected} at offset: {body.index(NOT_UNICODE[text])}"
+    still_serving(signflow_server)
+
+
+def test_surrogate_pairs_and_escaped_backslashes_are_text(signflow_server):
+    # A pair is one character (U+1F58A), and "\\udcff" is a backslash then "udcff": neither is refused.
+    for note in (b"\\ud83d\\udd8a", b"\\\\udcff", b"\xf0\x9f\x96\x8a"):
+        body = b'{"note": "' + note + b'", "instances": [' + IMAGE + b"]}"
+        response = requests.post(signflow_server.rest_url + PREDICT, data=body,
+                                 headers={"Content-Type": "application/json"}, timeout=60)
+        assert response.status_code == 200, (note, response.text)
+
+
+NOT_UNICODE_IN_URLS = {
+    # (method, raw target). %FF is not UTF-8; %ED%B3%BF is the UTF-8 form of the surrogate U+DCFF.
+    "model name, predict": ("POST", "/v1/models/a%FF:predict"),
+    "model name, classify": ("POST", "/v1/models/a%ED%B3%BF:classify"),
+    "model name, status": ("GET", "/v1/models/a%FF"),
+    "model name, metadata": ("GET", "/v1/models/a%ED%B3%BF/metadata"),
+    "query glued to the model name": ("GET", f"/v1/models/{SIGNFLOW_MODEL}?x=%FF"),
+    "label, predict": ("POST", f"/v1/models/{SIGNFLOW_MODEL}/labels/%FF:predict"),
+    "label, regress": ("POST", f"/v1/models/{SIGNFLOW_MODEL}/labels/%ED%B3%BF:regress"),
+    "label, status": ("GET", f"/v1/models/{SIGNFLOW_MODEL}/labels/%FF"),
+    "label, metadata": ("GET", f"/v1/models/{SIGNFLOW_MODEL}/labels/%FF/metadata"),
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_UNICODE_IN_URLS))
+def test_url_segments_that_are_not_unicode_are_400(signflow_server, name):
+    method, target = NOT_UNICODE_IN_URLS[name]
+    body = b'{"instances": [' + IMAGE + b"]}" if method == "POST" else b""
+    status, answer = raw_request(signflow_server, method, target, body, {"Content-Type": "application/json"})
+    message = assert_tf_serving_400(status, answer)
+    assert "is not valid UTF-8" in message, message
+    still_serving(signflow_server)
+
+
+def _grpc_raw(request) -> bytes:
+    """`request` serialised with its model name's "signflow" replaced by the same length of invalid UTF-8."""
+    data = request.SerializeToString()
+    assert data.count(b"signflow") == 1
+    return data.replace(b"signflow", b"signfl\xffw")
+
+
+def test_grpc_strings_that_are_not_utf8_are_invalid_argument(signflow_server):
+    from tensorflow_serving.apis import classification_pb2, get_model_metadata_pb2, get_model_status_pb2
+
+    channel = grpc.insecure_channel(signflow_server.grpc_target)
+    predict = predict_pb2.PredictRequest()
+    predict.model_spec.name = SIGNFLOW_MODEL
+    predict.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([base64.b64decode(IMAGE_B64)]))
+    classify = classification_pb2.ClassificationRequest()
+    classify.model_spec.name = SIGNFLOW_MODEL
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    metadata.model_spec.name = SIGNFLOW_MODEL
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.name = SIGNFLOW_MODEL
+    calls = {
+        "/tensorflow.serving.PredictionService/Predict": predict,
+        "/tensorflow.serving.PredictionService/Classify": classify,
+        "/tensorflow.serving.PredictionService/GetModelMetadata": metadata,
+        "/tensorflow.serving.ModelService/GetModelStatus": status,
+    }
+    for method, request in calls.items():
+        with pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary(method)(_grpc_raw(request), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, caught.value.details())
+        assert f"not a valid {type(request).DESCRIPTOR.full_name}" in caught.value.details()
+        for leak in LEAKS + ("<class",):
+            assert leak not in caught.value.details(), caught.value.details()
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    assert stub.Predict(predict, timeout=30).outputs["label"].string_val[0].startswith(b"signer_")
+    still_serving(signflow_server)
