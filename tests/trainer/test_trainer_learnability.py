@@ -8,7 +8,10 @@ from tests.trainer.helpers import rendered_items, split_pattern, write_splits
 SIGNERS = 4
 
 
+# Trains Xception from scratch for 36 steps: minutes on 2 quiet cores, several times that
+# beside a training job, so more than the suite's 300 s.
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_from_scratch_training_beats_chance_by_far(tmp_path):
     splits = write_splits(tmp_path, rendered_items(range(SIGNERS), per_signer=12), eval_every=4)
     # The default schedule, shortened: fewer epochs of fewer steps on a smaller input.

@@ -13,7 +13,9 @@ from components.trainer.config import CUSTOM_CONFIG_KEY, TrainerConfig
 from serving.layout import LABELS_FILE, WARMUP_FILE
 from tests.trainer.helpers import generator, rendered_items, write_splits
 
-pytestmark = pytest.mark.slow
+# Each test may set up a real Trainer run (LocalDagRunner, Xception at 71x142): a minute or
+# two on 2 quiet cores, several times that beside a training job.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 # Tiny on purpose: these runs check wiring and artifacts, test_trainer_learnability checks learning.
 CONFIG = TrainerConfig(
