@@ -9,7 +9,7 @@ shapes data arrives in):
    prediction could do if reading, validating, Beam and writing cost nothing).
    Measured before and after the pipeline runs; the better figure is kept, so
    other work on the machine lowers the ratios rather than raising them.
-2. The pipeline (pipeline.batch_predict.run: DirectRunner in memory, the same
+2. The pipeline (pipeline.batch.run: DirectRunner in memory, the same
    batch size), timed from launch to both output files in place: on N images
    (cold: the first pipeline of the process), again on N, then on 2N images.
    End to end = images / wall time, everything included. RunInference's own
@@ -25,20 +25,20 @@ largest score difference between the pipeline's lines and the ceiling's outputs.
 """
 from __future__ import annotations
 
+import argparse
+import datetime as dt
+import json
 import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
 
+# A process entry point: Keras 2 (tf-keras) before anything imports TensorFlow.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import argparse  # noqa: E402
-import datetime as dt  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/bench_batch_predict.py` as well as `-m bench.bench_batch_predict`
@@ -48,8 +48,8 @@ if str(ROOT) not in sys.path:  # `python bench/bench_batch_predict.py` as well a
 # sys.path, whose regular `tests` package would then shadow this namespace one.
 from tests.fixtures.tiny_model import DEFAULT_LABELS, build_tiny_saved_model  # noqa: E402
 
-from components.ingest.records import Accepted, LandedFile, read_landed_file  # noqa: E402
-from pipeline import batch_predict  # noqa: E402
+from components.ingest.records import Accepted, read_landed_file  # noqa: E402
+from pipeline import batch as batch_predict  # noqa: E402
 from serving import layout  # noqa: E402
 
 MODEL_NAME = "xception"

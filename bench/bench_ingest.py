@@ -21,21 +21,21 @@ records/s, and each ratio to the ceiling.
 """
 from __future__ import annotations
 
+import argparse
+import base64
+import datetime as dt
+import importlib.util
+import json
 import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
 
+# A process entry point: Keras 2 (tf-keras) before anything imports TensorFlow.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import argparse  # noqa: E402
-import base64  # noqa: E402
-import datetime as dt  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import tensorflow as tf  # noqa: E402
 

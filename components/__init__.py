@@ -1,5 +1,7 @@
-import os as _os
+"""signflow's own TFX components, one module or package each, and the Trainer's module.
 
-# Keras 2 (tf-keras) everywhere: TFX 1.16 needs it, and TFT/TFMA pick the Keras
-# mode when they are first imported, so this must precede any TensorFlow import.
-_os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+Layer: components. May import TFX, TensorFlow and serving/ (images, layout);
+never pipeline/. Keras 2 (TF_USE_LEGACY_KERAS) is chosen by the process entry
+point that loads them (pipeline/cli.py, the Dockerfile's ENV, tests/conftest.py),
+not on import.
+"""

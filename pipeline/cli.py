@@ -2,7 +2,13 @@
 
 Subcommand modules are imported only when chosen, so `signflow serve` never loads
 TFX and `signflow --help` is fast. Each module provides `add_arguments(parser)`
-and `main(args) -> int`.
+and `main(args) -> int` (or `add_<command>_arguments` and `<command>_main` where
+one module serves two commands).
+
+The process entry point of `python -m pipeline.cli` and the `signflow` console
+script: it chooses Keras 2 for the whole process, and the child processes that
+inherit its environment (a scheduler's cycles, Beam's workers, the serving
+check's probe), before any subcommand imports TensorFlow.
 """
 from __future__ import annotations
 
@@ -11,22 +17,25 @@ import importlib
 import os
 import sys
 
-# Before anything imports TensorFlow (see pipeline/__init__.py).
+# Keras 2 (tf-keras): TFX 1.16 needs it, and TFT and TFMA pick their Keras when first imported.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("pipeline.local_runner", "run the whole pipeline once, locally"),
-    "schedule": ("pipeline.schedule", "the training server: run the pipeline on a schedule and when data arrives"),
-    "status": ("pipeline.status", "what the training server did last, what waits, what is served"),
-    "compile-kubeflow": ("pipeline.kubeflow_v2_runner", "compile the pipeline for Kubeflow Pipelines V2 / Vertex AI"),
-    "collect-kubeflow": ("pipeline.kubeflow_v2_runner",
+    "run": ("pipeline.runners.local_runner", "run the whole pipeline once, locally"),
+    "schedule": ("pipeline.training_server.schedule",
+                 "the training server: run the pipeline on a schedule and when data arrives"),
+    "status": ("pipeline.training_server.status", "what the training server did last, what waits, what is served"),
+    "compile-kubeflow": ("pipeline.runners.kubeflow_v2_runner",
+                         "compile the pipeline for Kubeflow Pipelines V2 / Vertex AI"),
+    "collect-kubeflow": ("pipeline.runners.kubeflow_v2_runner",
                          "collect new inbox files into a span before a Kubeflow / Vertex AI run"),
-    "ingest": ("components.ingest.cli", "ingest the inbox into a new span and print the counts"),
-    "versions": ("pipeline.rollback", "list served model versions and their lineage"),
-    "rollback": ("pipeline.rollback", "take the newest (or every version newer than --to) out of service"),
+    "ingest": ("pipeline.runners.ingest_runner", "ingest the inbox into a new span and print the counts"),
+    "versions": ("pipeline.training_server.rollback", "list served model versions and their lineage"),
+    "rollback": ("pipeline.training_server.rollback",
+                 "take the newest (or every version newer than --to) out of service"),
     "serve": ("serving.cli", "run the TF Serving-compatible model server"),
-    "batch-predict": ("pipeline.batch_predict",
+    "batch-predict": ("pipeline.batch.command",
                       "score folders, files or globs of images with a served model version (Beam)"),
     "predict": ("serving.client", "send an image to a running server and print the answer"),
 }

@@ -1,13 +1,11 @@
 import os
+from pathlib import Path
 
-# Before anything imports TensorFlow (see pipeline/__init__.py).
+import pytest
+
+# The test session is a process entry point: Keras 2 (tf-keras) before any test imports TensorFlow.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")

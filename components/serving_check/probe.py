@@ -9,7 +9,7 @@ problems found; none means infra-blessed.
 """
 from __future__ import annotations
 
-# Run with -m: the `components` package's __init__ sets TF_USE_LEGACY_KERAS before TensorFlow loads.
+# Run with -m by the serving check, which passes its own environment (TF_USE_LEGACY_KERAS included).
 import base64
 import hashlib
 import json

@@ -19,7 +19,7 @@ import tensorflow as tf
 from components.trainer.config import WEIGHTS_AUTO, WEIGHTS_IMAGENET, WEIGHTS_NONE
 from serving.layout import LABELS_FILE
 
-# TF_USE_LEGACY_KERAS=1 (set by the package __init__) makes tf.keras this tf-keras (Keras 2).
+# TF_USE_LEGACY_KERAS=1 (set by the process entry point) makes tf.keras this tf-keras (Keras 2).
 keras = tf.keras
 
 log = logging.getLogger(__name__)

@@ -10,23 +10,24 @@ It only wires the pieces, each testable without TFX: the typed config
 from __future__ import annotations
 
 import logging
-import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is imported
+import tensorflow as tf
+import tf_keras
+from tfx import v1 as tfx
 
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
-from tfx import v1 as tfx  # noqa: E402
-
-from components.trainer import data, report, train  # noqa: E402
-from components.trainer.config import CUSTOM_CONFIG_KEY, TrainerConfig  # noqa: E402
-from components.trainer.export import MAX_WARMUP_REQUESTS, export_serving_model  # noqa: E402
+from components.trainer import data, report, train
+from components.trainer.config import CUSTOM_CONFIG_KEY, TrainerConfig
+from components.trainer.export import MAX_WARMUP_REQUESTS, export_serving_model
 
 log = logging.getLogger(__name__)
 
 
 def keras_version() -> str:
-    """The version of the Keras behind tf.keras; fails unless it is tf-keras (Keras 2), which TFX 1.16 needs."""
+    """The version of the Keras behind tf.keras; fails unless it is tf-keras (Keras 2), which TFX 1.16 needs.
+
+    The process's entry point chooses it (TF_USE_LEGACY_KERAS=1: pipeline/cli.py,
+    the Dockerfile's ENV); this module only checks.
+    """
     module = tf.keras.__name__  # e.g. "tf_keras.api._v2.keras"; Keras 3 would be "keras..."
     if not module.startswith("tf_keras"):
         raise RuntimeError(f"tf.keras is {module} (Keras 3); set TF_USE_LEGACY_KERAS=1 before TensorFlow is imported")

@@ -26,7 +26,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline import batch_predict  # noqa: E402
+from pipeline.batch import command  # noqa: E402
 
 LABELS = ("signer_00", "signer_01", "signer_02")
 BATCH_SIZE = 4
@@ -135,14 +135,14 @@ class Run:
 
 def run_command(*argv: str) -> Run:
     parser = argparse.ArgumentParser()
-    batch_predict.add_arguments(parser)
+    command.add_arguments(parser)
     args = parser.parse_args(list(argv))
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = batch_predict.main(args)
+        status = command.main(args)
     if status != 0:
         return Run(status, out.getvalue(), err.getvalue(), [], [])
-    errors_path = Path(args.errors or batch_predict.default_errors_path(args.output))
+    errors_path = Path(args.errors or command.default_errors_path(args.output))
     return Run(status, out.getvalue(), err.getvalue(), _read_jsonl(Path(args.output)), _read_jsonl(errors_path))
 
 

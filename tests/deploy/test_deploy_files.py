@@ -2,7 +2,7 @@
 
 Docker cannot run here, so the Dockerfile, docker-compose.yml and the Kubernetes
 manifests are checked as files against the values the code uses
-(serving.settings.Settings, pipeline.configs, requirements.lock). `make serve` is
+(serving.settings.Settings, pipeline.definition.configs, requirements.lock). `make serve` is
 run for real, with a fake tensorflow_model_server first on PATH that records its
 command line.
 """
@@ -25,9 +25,9 @@ import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 
-from pipeline import kubeflow_v2_runner
-from pipeline.configs import DeliveryConfig, PipelineConfig
-from pipeline.kubeflow_config import KubeflowV2Config
+from pipeline.definition.configs import DeliveryConfig, PipelineConfig
+from pipeline.runners import kubeflow_v2_runner
+from pipeline.runners.kubeflow_config import KubeflowV2Config
 from serving import cli
 from serving.settings import Settings, build_settings
 

@@ -38,7 +38,7 @@ import pytest
 import requests
 
 from components.trainer.config import TrainerConfig
-from pipeline.schedule import read_status
+from pipeline.training_server.schedule import read_status
 from serving.layout import LABELS_FILE, SAVED_MODEL_FILE, WARMUP_FILE, list_versions
 from serving.server import ServerThread
 from tests.serving.conftest import make_settings, wait_for, wait_for_polls
@@ -279,7 +279,7 @@ def _run_story(story: Story, root: Path, status_file: Path) -> None:
             story.status_route = requests.get(f"{server.rest_url}/signflow/status", timeout=10).json()
 
         def rollback() -> None:
-            from pipeline.rollback import roll_back
+            from pipeline.training_server.rollback import roll_back
 
             story.rollback_at = time.time()
             roll_back(story.model_base_path, reason="e2e: rolled back by the test")
@@ -419,7 +419,7 @@ def test_wrong_labels_are_not_pushed_and_v1_serves_on(story):
 def test_cycles_warm_start_from_and_compare_against_what_serves(story):
     """V2 was trained from V1's model; after the rollback, the bad cycle's baseline is V1 again, not V2."""
     story.needs(*STEPS)
-    from pipeline.summary import open_store, summarize
+    from pipeline.training_server.run_summary import open_store, summarize
 
     store = open_store(story.metadata_path)
     runs = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: c.create_time_since_epoch)
@@ -445,7 +445,7 @@ def test_a_version_no_run_pushed_has_no_baseline(story):
     from tfx.types import artifact_utils, standard_artifacts
 
     from components.baseline_resolver import ServingBaselineStrategy
-    from pipeline.summary import open_store
+    from pipeline.training_server.run_summary import open_store
 
     store = open_store(story.metadata_path)
 

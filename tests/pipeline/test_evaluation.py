@@ -3,8 +3,8 @@ import pytest
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.evaluators import metrics_validator
 
-from pipeline.configs import GateConfig
-from pipeline.evaluation import ACCURACY, LABEL_FEATURE, eval_config
+from pipeline.definition.configs import GateConfig
+from pipeline.definition.evaluation import ACCURACY, LABEL_FEATURE, eval_config
 
 GATE = GateConfig(min_accuracy=0.9, max_accuracy_drop=0.02, min_signer_accuracy=0.6)
 OVERALL = ()

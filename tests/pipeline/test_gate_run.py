@@ -21,9 +21,9 @@ from ml_metadata.proto import metadata_store_pb2
 
 from components.anomalies_gate import read_anomalies
 from components.trainer.config import TrainerConfig
-from pipeline.configs import load_config
-from pipeline.schedule import FAILED, read_status, status_path
-from pipeline.summary import open_store, summarize
+from pipeline.definition.configs import load_config
+from pipeline.training_server.schedule import FAILED, read_status, status_path
+from pipeline.training_server.run_summary import open_store, summarize
 from serving.layout import list_versions
 from tests.fixtures.tiny_model import make_image_bytes
 

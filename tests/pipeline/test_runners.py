@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.kubeflow_config import DataflowConfig, load_kubeflow_config
+from pipeline.runners.kubeflow_config import DataflowConfig, load_kubeflow_config
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "europe-west4-docker.pkg.dev/proj/signflow/training:7"
@@ -66,11 +66,13 @@ def test_kubeflow_config_resolves_paths_and_beam_args(tmp_path):
     settings.write_text(json.dumps({"image": IMAGE, "pipeline_root": PIPELINE_ROOT, "data_root": DATA_ROOT,
                                     "inbox_dir": "/gcs/other/drop", "dataflow": DATAFLOW}))
     config = load_kubeflow_config(settings, ["beam_pipeline_args=[\"--max_num_workers=4\"]", "label_key=caption"])
-    assert config.inbox == "/gcs/other/drop"
-    assert config.ingest_state == f"{DATA_ROOT}/ingest_state"
-    assert config.serving == f"{DATA_ROOT}/serving_model"
-    assert config.schema == "/app/components/schema/schema.pbtxt"
-    assert config.sample is None
+    paths = config.paths()
+    assert paths.ingest.inbox_dir == "/gcs/other/drop"
+    assert paths.ingest.state_dir == f"{DATA_ROOT}/ingest_state"
+    assert paths.serving_dir == f"{DATA_ROOT}/serving_model"
+    assert paths.schema_path == "/app/components/schema/schema.pbtxt"
+    assert paths.ingest.sample_dir is None
+    assert (paths.pipeline_root, paths.metadata_path) == (PIPELINE_ROOT, None)  # the platform keeps its own MLMD
     assert config.label_keys == ("caption", "label")
     assert config.all_beam_args == (*DATAFLOW_ARGS, "--max_num_workers=4")
     own_image = DataflowConfig(**DATAFLOW, sdk_container_image="workers:1").beam_args(IMAGE)
@@ -78,7 +80,7 @@ def test_kubeflow_config_resolves_paths_and_beam_args(tmp_path):
 
 
 def test_collect_kubeflow_lands_a_span_before_the_run(tmp_path, capsys):
-    from pipeline import kubeflow_v2_runner
+    from pipeline.runners import kubeflow_v2_runner
 
     data_root = tmp_path / "mounted"
     (data_root / "inbox").mkdir(parents=True)
@@ -102,7 +104,7 @@ def test_collect_kubeflow_lands_a_span_before_the_run(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     """(config, the pipeline it compiles, the written PipelineJob) — compiled once for the module."""
-    from pipeline.kubeflow_v2_runner import build, compile_pipeline
+    from pipeline.runners.kubeflow_v2_runner import build, compile_pipeline
 
     output = tmp_path_factory.mktemp("kubeflow") / "signflow.json"
     config = load_kubeflow_config(None, _overrides(output_path=str(output)))
@@ -197,7 +199,7 @@ def test_signflow_executors_are_named_by_importable_paths(compiled):
 
 
 def test_example_gen_runs_the_platforms_driver_not_the_custom_one(compiled):
-    # Why `signflow collect-kubeflow` must run before each run (pipeline/kubeflow_v2_runner.py).
+    # Why `signflow collect-kubeflow` must run before each run (pipeline/runners/kubeflow_v2_runner.py).
     container = _executors(compiled[2])["SignatureExampleGen_executor"]["container"]
     hook = container["lifecycle"]["preCacheCheck"]
     assert hook["command"] == PLATFORM_DRIVER
@@ -234,7 +236,7 @@ def test_paths_are_the_containers_paths(compiled):
 def test_yaml_output_is_a_bare_pipeline_spec(compiled, tmp_path):
     import yaml
 
-    from pipeline.kubeflow_v2_runner import compile_pipeline
+    from pipeline.runners.kubeflow_v2_runner import compile_pipeline
 
     config = load_kubeflow_config(None, _overrides(output_path=str(tmp_path / "signflow.yaml")))
     compile_pipeline(config)
@@ -245,7 +247,7 @@ def test_yaml_output_is_a_bare_pipeline_spec(compiled, tmp_path):
 
 # --- Airflow ---
 
-AIRFLOW_DAG = REPO / "pipeline" / "airflow_dag.py"
+AIRFLOW_DAG = REPO / "pipeline" / "runners" / "airflow_dag.py"
 
 
 def test_airflow_dag_file_builds_the_same_pipeline():
@@ -256,10 +258,12 @@ def test_airflow_dag_file_builds_the_same_pipeline():
     compile(source, str(AIRFLOW_DAG), "exec")
     imports = {(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                for alias in node.names}
-    assert ("pipeline.local_runner", "build") in imports
+    assert ("pipeline.runners.local_runner", "build") in imports
     assert ("tfx.orchestration.airflow.airflow_dag_runner", "AirflowDagRunner") in imports
     called = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
-    assert {"pipeline_for", "anchored", "AirflowDagRunner"} <= called
+    assert {"pipeline_for", "AirflowDagRunner"} <= called
+    # Relative settings are resolved against the project, not against Airflow's working directory.
+    assert "config.paths(root=settings.project_dir.resolve())" in source
 
 
 def test_airflow_dag_has_one_task_per_node(tmp_path, monkeypatch):
@@ -268,8 +272,8 @@ def test_airflow_dag_has_one_task_per_node(tmp_path, monkeypatch):
     monkeypatch.setenv("SIGNFLOW_HOME", str(tmp_path))
     monkeypatch.setenv("SIGNFLOW_SCHEDULE", "0 3 * * *")
     # Settings are read when the file is imported: import it afresh, in this test's environment.
-    monkeypatch.delitem(sys.modules, "pipeline.airflow_dag", raising=False)
-    module = importlib.import_module("pipeline.airflow_dag")
+    monkeypatch.delitem(sys.modules, "pipeline.runners.airflow_dag", raising=False)
+    module = importlib.import_module("pipeline.runners.airflow_dag")
 
     dag = module.DAG
     assert set(dag.task_ids) == {

@@ -26,9 +26,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from components.ingest.landing import IngestPaths, collect_new_files, waiting
-from pipeline.configs import PipelineConfig
-from pipeline.run_lock import RUN_LOCK, FileLock, LockHeld, holder
-from pipeline.schedule import (BUSY, FAILED, STOP_GRACE_SECONDS, CycleResult, Scheduler, ScheduleSettings,
+from pipeline.definition.configs import PipelineConfig
+from pipeline.training_server.run_lock import RUN_LOCK, FileLock, LockHeld, holder
+from pipeline.training_server.schedule import (BUSY, FAILED, STOP_GRACE_SECONDS, CycleResult, Scheduler, ScheduleSettings,
                                parse_duration, read_status, scheduler_lock_path, status_path)
 from tests.fixtures.tiny_model import make_image_bytes
 
@@ -48,7 +48,7 @@ def _config_file(root: Path, config: PipelineConfig) -> Path:
 
 
 def _paths(config: PipelineConfig) -> IngestPaths:
-    return config.ingest_paths
+    return config.paths().ingest
 
 
 def _drop(config: PipelineConfig, name: str, records: int, seed: int = 0) -> None:
@@ -230,7 +230,7 @@ def test_busy_run_lock_makes_the_cycle_busy_not_failed(tmp_path):
 def test_lock_left_by_a_killed_process_is_taken_over(tmp_path, caplog):
     lock_path = tmp_path / "run.lock"
     child = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pipeline.run_lock import FileLock; "
+        [sys.executable, "-c", "import sys, time; from pipeline.training_server.run_lock import FileLock; "
          f"FileLock({str(lock_path)!r}, 'crashing run').acquire(); print('held', flush=True); time.sleep(60)"],
         cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert child.stdout.readline().strip() == "held"
@@ -372,7 +372,7 @@ def test_a_cycle_killed_by_a_signal_is_a_failed_cycle_with_its_reason(tmp_path, 
     assert last["result"] == FAILED and last["exit_code"] == -signal.SIGKILL
     assert last["error"] == f"signflow run was killed by SIGKILL (exit code {-signal.SIGKILL}) before writing its summary"
     assert read_status(status_path(config))["cycles"] == {FAILED: 1}
-    assert f"cycle failed after" in log.read_text() and "killed by SIGKILL" in log.read_text()
+    assert "cycle failed after" in log.read_text() and "killed by SIGKILL" in log.read_text()
     assert holder(config.run_root / RUN_LOCK) is None  # the kernel released the killed run's lock
 
 
@@ -428,7 +428,7 @@ def test_a_busy_cycle_is_retried_after_retry(tmp_path, processes):
     assert first["result"] == second["result"] == BUSY and "make run-local" in second["error"]
     assert after_first["next_due_at"] == pytest.approx(first["finished_at"] + retry)
     assert read_status(status_path(config))["cycles"] == {BUSY: 2}
-    assert log.read_text().count(f"cycle skipped: ") == 2 and f"next try in {retry:g}s" in log.read_text()
+    assert log.read_text().count("cycle skipped: ") == 2 and f"next try in {retry:g}s" in log.read_text()
 
 
 def _scrape(url: str) -> dict[str, float]:

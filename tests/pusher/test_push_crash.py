@@ -18,7 +18,7 @@ import pytest
 from components.pusher import publish, records
 from components.pusher.publish import REMOVING_PREFIX
 from components.pusher.records import PushRecord
-from pipeline.rollback import list_version_info
+from pipeline.training_server.rollback import list_version_info
 from serving.layout import STAGING_PREFIX, list_versions
 
 pytestmark = pytest.mark.timeout(120)

@@ -14,7 +14,7 @@ from tfx.types import standard_artifacts
 
 from components.pusher import publish, records
 from components.pusher.records import PushRecord
-from pipeline.rollback import roll_back
+from pipeline.training_server.rollback import roll_back
 from serving.layout import LABELS_FILE, SAVED_MODEL_FILE, WARMUP_FILE, list_versions
 
 pytestmark = pytest.mark.timeout(120)

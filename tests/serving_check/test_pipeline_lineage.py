@@ -16,7 +16,7 @@ from components.pusher.component import Pusher
 from components.pusher.lineage import find_model_for_version, find_pushed_model_for_version, version_lineage
 from components.serving_check.component import ServingCheck
 from pipeline.cli import main as signflow
-from pipeline.rollback import roll_back
+from pipeline.training_server.rollback import roll_back
 from serving.layout import list_versions
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

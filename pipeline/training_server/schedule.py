@@ -18,11 +18,11 @@ once it ends. Cycles never overlap:
 the child holds the pipeline's run lock (a manual `make run-local` meanwhile
 makes the cycle report "busy"), and the scheduler holds its own lock so that a
 second scheduler on the same pipeline refuses to start. Both locks are released
-by the kernel when their holder dies (pipeline/run_lock.py).
+by the kernel when their holder dies (run_lock.py).
 
 What the scheduler knows is written atomically after every change to
 `<pipeline_root>/<pipeline_name>/schedule/status.json`: `signflow status`
-(pipeline/status.py) prints it, the serving server's /signflow/status route can show it
+(status.py) prints it, the serving server's /signflow/status route can show it
 (`--training_status_file`), and `--metrics_port` exposes it to Prometheus. The
 status counts the scheduler's polls of the inbox (`polls`, `last_poll_at`), so a
 reader can tell a scheduler that is checking from one that is stuck.
@@ -33,6 +33,9 @@ SIGTERM (SIGKILL after STOP_GRACE_SECONDS), the cycle is recorded as failed
 scheduler exits 0 (with `--once`, 1: the cycle did not finish). Exit codes: 0
 stopped or `--max-cycles` reached, 1 the `--once` cycle failed, 2 bad
 settings, 75 another scheduler runs this pipeline (or the `--once` cycle was busy).
+
+Layer: training_server. May import definition/, run_lock and
+components.ingest.landing; never a runner (a cycle is a child process).
 """
 from __future__ import annotations
 
@@ -54,8 +57,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from components.ingest.landing import write_atomic
-from pipeline.configs import PipelineConfig, load_config
-from pipeline.run_lock import SCHEDULER_LOCK, FileLock, LockHeld
+from pipeline.definition.configs import PipelineConfig, load_config
+from pipeline.training_server.run_lock import SCHEDULER_LOCK, FileLock, LockHeld
 
 log = logging.getLogger("signflow.schedule")
 
@@ -63,7 +66,7 @@ STATUS_FILE = "status.json"
 # Results of a cycle. The first two mean the pipeline finished its work.
 FINISHED = ("pushed", "not_blessed", "serving_check_failed", "not_pushed")
 FAILED, BUSY = "failed", "busy"
-# `signflow run`'s exit codes (pipeline/local_runner.py) that come with a summary worth reading.
+# `signflow run`'s exit codes (pipeline/runners/local_runner.py) that come with a summary worth reading.
 EXIT_OK, EXIT_BUSY = 0, 75
 # How long a stopping cycle gets to end after SIGTERM before its process group is killed.
 STOP_GRACE_SECONDS = 60
@@ -106,8 +109,13 @@ class CycleResult:
     summary: dict[str, Any]
 
 
+def schedule_dir(config: PipelineConfig) -> Path:
+    """The scheduler's folder in the pipeline's own: its status file and its lock."""
+    return Path(config.paths().pipeline_root) / "schedule"
+
+
 def status_path(config: PipelineConfig) -> Path:
-    return config.run_root / "schedule" / STATUS_FILE
+    return schedule_dir(config) / STATUS_FILE
 
 
 def read_status(path: Path) -> dict[str, Any] | None:
@@ -118,7 +126,7 @@ def read_status(path: Path) -> dict[str, Any] | None:
 
 
 def scheduler_lock_path(config: PipelineConfig) -> Path:
-    return config.run_root / "schedule" / SCHEDULER_LOCK
+    return schedule_dir(config) / SCHEDULER_LOCK
 
 
 def run_child(run_args: tuple[str, ...], summary_json: Path, stop: threading.Event,
@@ -184,7 +192,7 @@ class Scheduler:
         self._run_cycle = run_cycle or (
             lambda path, stop: run_child(settings.run_args, path, stop, prefix=settings.cycle_prefix))
         self._on_status = on_status
-        self._paths = config.ingest_paths
+        self._paths = config.paths().ingest
         self._key_cache: dict = {}
         self.status_file = status_path(config)
         previous = read_status(self.status_file) or {}
@@ -455,9 +463,3 @@ def schedule_main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     return scheduler.run()
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="signflow schedule", description=__doc__.splitlines()[0])
-    add_schedule_arguments(parser)
-    sys.exit(schedule_main(parser.parse_args()))

@@ -3,7 +3,7 @@
 The same `create_pipeline(...)` as the local runner, compiled by TFX's
 KubeflowV2DagRunner into one file (nothing runs here): a Vertex AI PipelineJob
 (`*.json`, with the pipeline root in its runtime config) or a bare PipelineSpec
-for Kubeflow Pipelines' upload (`*.yaml`). Settings: pipeline/kubeflow_config.py.
+for Kubeflow Pipelines' upload (`*.yaml`). Settings: pipeline/runners/kubeflow_config.py.
 
 What differs from a local run, all read in TFX 1.16's source:
 
@@ -39,6 +39,9 @@ What differs from a local run, all read in TFX 1.16's source:
   own executors (ingestion, ServingCheck, Pusher) to handle artifact files
   through `tfx.dsl.io.fileio`: they use os and pathlib, and Vertex AI hands
   them `gs://` artifact URIs.
+
+Layer: runners. May import definition/, kubeflow_config and components.ingest;
+TFX only when compiling.
 """
 from __future__ import annotations
 
@@ -46,14 +49,11 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import posixpath
-import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from pipeline.kubeflow_config import KubeflowV2Config, load_kubeflow_config  # noqa: E402
+from pipeline.definition.configs import pipeline_arguments
+from pipeline.runners.kubeflow_config import KubeflowV2Config, load_kubeflow_config
 
 # The kfp-pipeline-spec release whose protobuf range (<4) admits requirements.lock's protobuf 3.20.3.
 KFP_PIPELINE_SPEC_REQUIREMENT = "kfp-pipeline-spec==0.2.2"
@@ -61,33 +61,9 @@ KFP_PIPELINE_SPEC_REQUIREMENT = "kfp-pipeline-spec==0.2.2"
 
 def build(config: KubeflowV2Config):
     """The pipeline for `config`, every path as the containers see it."""
-    from pipeline.pipeline import create_pipeline  # imports TFX: only when compiling
+    from pipeline.definition.pipeline import create_pipeline  # imports TFX: only when compiling
 
-    return create_pipeline(
-        pipeline_name=config.pipeline_name,
-        pipeline_root=config.pipeline_root,
-        # Kubeflow and Vertex AI keep their own MLMD; the compiler does not read this.
-        metadata_path=posixpath.join(config.ingest_state, "unused-metadata.sqlite"),
-        inbox_dir=config.inbox,
-        sample_dir=config.sample,
-        ingest_state_dir=config.ingest_state,
-        quarantine_dir=config.quarantine,
-        unlabelled_dir=config.unlabelled,
-        schema_path=config.schema,
-        serving_dir=config.serving,
-        model_name=config.delivery.model_name,
-        trainer_config=config.trainer,
-        gate=config.gate,
-        span_window=None,
-        label_keys=config.label_keys,
-        keep_versions=config.delivery.keep_versions,
-        serving_check_timeout_seconds=int(config.delivery.load_timeout_seconds),
-        serving_check_requests=config.delivery.check_requests,
-        serving_check_score_tolerance=config.delivery.score_tolerance,
-        beam_pipeline_args=config.all_beam_args,
-        enable_cache=config.enable_cache,
-        platform_resolvers=True,
-    )
+    return create_pipeline(**pipeline_arguments(config, config.paths()))
 
 
 def compile_pipeline(config: KubeflowV2Config) -> dict:
@@ -147,14 +123,7 @@ def collect_kubeflow_main(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_kubeflow_config(args.config, args.overrides)
-    paths = landing.IngestPaths(
-        inbox_dir=config.inbox,
-        state_dir=config.ingest_state,
-        quarantine_dir=config.quarantine,
-        unlabelled_dir=config.unlabelled,
-        sample_dir=config.sample,
-    )
-    collection = landing.collect_new_files(paths)
+    collection = landing.collect_new_files(config.paths().ingest)
     # A run is worth submitting when a span awaits processing: new now, or collected before and not processed.
     awaiting = collection.new_span is not None or collection.pending
     print(json.dumps({**dataclasses.asdict(collection), "awaiting_processing": awaiting}))
@@ -162,13 +131,7 @@ def collect_kubeflow_main(args: argparse.Namespace) -> int:
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="JSON file with settings (see pipeline/kubeflow_config.py)")
+    parser.add_argument("--config", type=Path, help="JSON file with settings (see pipeline/runners/kubeflow_config.py)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override one setting, e.g. --set image=gcr.io/p/signflow:2 or "
                              "--set dataflow.region=europe-west4 (repeatable)")
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="signflow compile-kubeflow", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    sys.exit(main(parser.parse_args()))

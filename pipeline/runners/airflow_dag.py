@@ -10,7 +10,7 @@ file:
                        (data/inbox, pipeline_root, serving_model, the schema);
                        default: the repository this file belongs to
     SIGNFLOW_CONFIG    a JSON settings file, as for `signflow run --config`;
-                       default: the defaults of pipeline/configs.py
+                       default: the defaults of pipeline/definition/configs.py
     SIGNFLOW_SCHEDULE  a cron expression or an Airflow preset; default: @daily
 
 Every TFX component becomes one Airflow task, run in the task's process by
@@ -19,27 +19,30 @@ collects new inbox files into a new span exactly as in a local run.
 
 One run at a time and one task at a time: ingestion's spans and the SQLite
 MLMD store expect a single writer, as under LocalDagRunner. The local run lock
-(pipeline/run_lock.py) is not taken across Airflow's tasks, so do not run
+(pipeline/training_server/run_lock.py) is not taken across Airflow's tasks, so do not run
 `signflow run` or `signflow schedule` on the same pipeline root as this DAG.
 Written for Airflow 2.4 to 2.x: TFX 1.16's Airflow runner imports
 `airflow.operators.python_operator`, which Airflow 3 removed.
+
+Layer: runners, and a process entry point: Airflow imports this file itself, so
+it chooses Keras 2 before anything imports TensorFlow. May import definition/
+and the local runner's build.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-# Before anything imports TensorFlow (see pipeline/__init__.py).
+# Keras 2 (tf-keras): TFX 1.16 needs it, and TFT and TFMA pick their Keras when first imported.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from tfx.orchestration.airflow.airflow_dag_runner import AirflowDagRunner, AirflowPipelineConfig  # noqa: E402
 
-from pipeline.configs import PipelineConfig, load_config  # noqa: E402
-from pipeline.local_runner import build as pipeline_for  # noqa: E402
+from pipeline.definition.configs import load_config  # noqa: E402
+from pipeline.runners.local_runner import build as pipeline_for  # noqa: E402
 
 # With catchup off, only the next scheduled run matters; a fixed past date keeps the DAG stable across parses.
 START_DATE = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
@@ -56,27 +59,17 @@ class AirflowSettings:
         home = environ.get("SIGNFLOW_HOME")
         config = environ.get("SIGNFLOW_CONFIG")
         return cls(
-            project_dir=Path(home) if home else Path(__file__).resolve().parents[1],
+            project_dir=Path(home) if home else Path(__file__).resolve().parents[2],
             config_file=Path(config) if config else None,
             schedule=environ.get("SIGNFLOW_SCHEDULE") or cls.schedule,
         )
 
 
-def anchored(config: PipelineConfig, root: Path) -> PipelineConfig:
-    """`config` with relative paths made absolute under `root`: Airflow's working directory is not the project's."""
-    return dataclasses.replace(
-        config,
-        pipeline_root=root / config.pipeline_root,
-        inbox_dir=root / config.inbox_dir,
-        sample_dir=root / config.sample_dir if config.sample_dir else None,
-        serving_dir=root / config.serving_dir,
-        schema_path=root / config.schema_path,
-    )
-
-
 def build(settings: AirflowSettings):
-    # The local runner's mapping of settings to create_pipeline's arguments; only the paths differ.
-    return pipeline_for(anchored(load_config(settings.config_file), settings.project_dir.resolve()))
+    """The local runner's pipeline, with relative paths resolved against the project: Airflow's working directory
+    is not the project's."""
+    config = load_config(settings.config_file)
+    return pipeline_for(config, config.paths(root=settings.project_dir.resolve()))
 
 
 def dag_config(settings: AirflowSettings) -> AirflowPipelineConfig:

@@ -10,6 +10,8 @@ log before taking over.
 `signflow run` (and so `make run-local`) and each cycle of `signflow schedule`
 take the run lock; the scheduler also holds a second lock of its own so that
 two schedulers never drive the same pipeline.
+
+Layer: training_server. Standard library only.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Settings of the Kubeflow Pipelines V2 / Vertex AI runner: typed, parsed once.
 
-Read like pipeline/configs.py: defaults <- a JSON file with the same nesting <-
+Read like pipeline/definition/configs.py: defaults <- a JSON file with the same nesting <-
 `field=value` / `section.field=value` overrides (values in JSON syntax); unknown
 keys, wrong types and missing required settings fail before anything is
 compiled. Unlike PipelineConfig, every location is a string as the pipeline's
@@ -13,17 +13,21 @@ containers see it: pathlib would turn `gs://bucket` into `gs:/bucket`.
       "dataflow": {"project": "my-project", "region": "europe-west4",
                    "temp_location": "gs://my-bucket/signflow/beam-tmp"}
     }
+
+Layer: runners. May import definition's configs and paths, components.ingest.landing; no TFX.
 """
 from __future__ import annotations
 
 import dataclasses
 import posixpath
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from components.trainer.config import TrainerConfig
-from pipeline.configs import DeliveryConfig, GateConfig, from_dict, read_settings
+from components.ingest.landing import IngestPaths
+from pipeline.definition.configs import PipelineSettings, from_dict, read_settings
+from pipeline.definition.paths import PipelinePaths
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,8 @@ class DataflowConfig:
         return tuple(args)
 
 
-@dataclass(frozen=True)
-class KubeflowV2Config:
+@dataclass(frozen=True, kw_only=True)
+class KubeflowV2Config(PipelineSettings):
     # The image every step runs in, TFX's components and signflow's own: it must hold
     # this repository at `source_dir` (the custom executors, the Trainer's run_fn and
     # the resolver classes are imported by dotted name), the packages of
@@ -74,7 +78,6 @@ class KubeflowV2Config:
     # pathlib. Vertex AI mounts buckets at /gcs/<bucket>/ (Cloud Storage FUSE); on
     # Kubeflow Pipelines use a shared volume.
     data_root: str
-    pipeline_name: str = "signflow"
     # The name shown by Kubeflow / Vertex AI; None: pipeline_name.
     display_name: str | None = None
     # The compiled file (local path or gs://): *.json is a Vertex AI PipelineJob,
@@ -93,20 +96,17 @@ class KubeflowV2Config:
     quarantine_dir: str = "quarantine"
     unlabelled_dir: str = "unlabelled"
     serving_dir: str = "serving_model"
-    # The JSON key that holds the label ("caption" is allowed, as in pipeline/configs.py).
-    label_key: str = "label"
     # Beam arguments added after the Dataflow ones. Empty: Beam's DirectRunner inside
-    # each step's container, in_memory, which pipeline/configs.py measured fastest on
-    # the sample; add "--direct_running_mode=multi_processing",
+    # each step's container, in_memory, which pipeline/definition/configs.py measured
+    # fastest on the sample; add "--direct_running_mode=multi_processing",
     # "--direct_num_workers=0" (one worker per core) for larger spans, or another
     # runner's arguments (README).
     beam_pipeline_args: tuple[str, ...] = ()
     dataflow: DataflowConfig | None = None
     # Let the platform skip steps whose inputs and settings did not change.
     enable_cache: bool = False
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    gate: GateConfig = field(default_factory=GateConfig)
-    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    # The platform compiles only TFX's own resolver strategies: each run trains on its own span.
+    platform_resolvers: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         for name in ("image", "pipeline_root", "pipeline_name"):
@@ -124,38 +124,21 @@ class KubeflowV2Config:
                     f"kubeflow config: {name} must be a path under data_root or an absolute POSIX path, got {value!r}"
                 )
 
-    @property
-    def inbox(self) -> str:
-        return self._data(self.inbox_dir)
-
-    @property
-    def sample(self) -> str | None:
-        return self._data(self.sample_dir) if self.sample_dir else None
-
-    @property
-    def ingest_state(self) -> str:
-        return self._data(self.ingest_state_dir)
-
-    @property
-    def quarantine(self) -> str:
-        return self._data(self.quarantine_dir)
-
-    @property
-    def unlabelled(self) -> str:
-        return self._data(self.unlabelled_dir)
-
-    @property
-    def serving(self) -> str:
-        return self._data(self.serving_dir)
-
-    @property
-    def schema(self) -> str:
-        return posixpath.join(self.source_dir, self.schema_path)
-
-    @property
-    def label_keys(self) -> tuple[str, ...]:
-        # As the local runner: a custom key first, then the default one.
-        return (self.label_key,) if self.label_key == "label" else (self.label_key, "label")
+    def paths(self) -> PipelinePaths:
+        """Every location as the containers see it (no MLMD file: the platform keeps its own)."""
+        return PipelinePaths(
+            pipeline_root=self.pipeline_root,
+            metadata_path=None,
+            schema_path=posixpath.join(self.source_dir, self.schema_path),
+            serving_dir=self._data(self.serving_dir),
+            ingest=IngestPaths(
+                inbox_dir=self._data(self.inbox_dir),
+                state_dir=self._data(self.ingest_state_dir),
+                quarantine_dir=self._data(self.quarantine_dir),
+                unlabelled_dir=self._data(self.unlabelled_dir),
+                sample_dir=self._data(self.sample_dir) if self.sample_dir else None,
+            ),
+        )
 
     @property
     def all_beam_args(self) -> tuple[str, ...]:

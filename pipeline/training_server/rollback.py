@@ -8,6 +8,9 @@ next poll, and the next pipeline run takes that version as its baseline.
 
     signflow rollback [--to VERSION] [--reason TEXT]   take the newest (or all newer than VERSION) out
     signflow versions [--json]                         what is on disk, what serves, where each came from
+
+Layer: training_server. May import components.pusher, serving.layout and
+definition's paths; ML Metadata only when listing lineage.
 """
 from __future__ import annotations
 
@@ -21,12 +24,12 @@ from pathlib import Path
 
 from components.pusher import records
 from components.pusher.records import ROLLBACK_NOTE_FILE
+from pipeline.definition.paths import METADATA_FILE
 from serving.layout import list_versions, version_path
 
 DEFAULT_MODEL_NAME = "xception"
 DEFAULT_SERVING_DIR = Path("serving_model")
 DEFAULT_PIPELINE_ROOT = Path("pipeline_root")
-METADATA_FILE = "metadata.sqlite"
 SERVING = "serving"
 LIVE = "live"
 ROLLED_BACK = "rolled back"

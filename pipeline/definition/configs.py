@@ -3,8 +3,13 @@
 A run takes its settings from these defaults, optionally a JSON file
 (`signflow run --config my.json`) with the same nesting as the dataclasses, and
 `--set section.field=value` overrides. Unknown keys and wrong types fail at
-start, before any component runs. Runners turn the result into arguments of
-`create_pipeline`; nothing below reads the environment.
+start, before any component runs. A runner resolves the config's locations
+once (`PipelineConfig.paths`) and turns both into create_pipeline's arguments
+with `pipeline_arguments`, the one mapping every runner uses; nothing below
+reads the environment.
+
+Layer: definition. May import components.trainer.config, components.ingest.landing
+(IngestPaths) and definition.paths; no TFX.
 """
 from __future__ import annotations
 
@@ -14,9 +19,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from components.ingest.landing import IngestPaths
 from components.trainer.config import TrainerConfig
+from pipeline.definition.paths import METADATA_FILE, PipelinePaths
+
 
 @dataclass(frozen=True)
 class GateConfig:
@@ -50,9 +58,43 @@ class DeliveryConfig:
     score_tolerance: float = 0.01
 
 
-@dataclass(frozen=True)
-class PipelineConfig:
+@dataclass(frozen=True, kw_only=True)
+class PipelineSettings:
+    """What every runner's config holds besides its locations: PipelineConfig here, KubeflowV2Config for Kubeflow."""
+
     pipeline_name: str = "signflow"
+    # The JSON key that holds the label in the seed's `examples` lists ("caption" is allowed).
+    label_key: str = "label"
+    # Beam pipeline options for ExampleGen, StatisticsGen and the Evaluator.
+    beam_pipeline_args: tuple[str, ...] = ()
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+
+    # NOTE: fixed for every config here; a runner's config that lets users choose
+    # one declares it again as a field (PipelineConfig.span_window, KubeflowV2Config.enable_cache).
+    # Train on the newest N spans; None trains on every span ingested so far.
+    span_window: ClassVar[int | None] = None
+    # Let the orchestrator skip steps whose inputs and settings did not change.
+    enable_cache: ClassVar[bool] = False
+    # Inputs resolved by the orchestrator instead of signflow's Python resolvers (create_pipeline says why).
+    platform_resolvers: ClassVar[bool] = False
+
+    @property
+    def label_keys(self) -> tuple[str, ...]:
+        """Keys ingestion reads labels from: label_key, then "label" as the fallback."""
+        return (self.label_key,) if self.label_key == "label" else (self.label_key, "label")
+
+    @property
+    def all_beam_args(self) -> tuple[str, ...]:
+        """Every Beam option the pipeline's Beam components get."""
+        return self.beam_pipeline_args
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig(PipelineSettings):
+    """The settings of a run on this machine (`signflow run`, `signflow schedule`, `signflow ingest`, Airflow)."""
+
     # Relative paths are relative to the repository root (the runner resolves them).
     pipeline_root: Path = Path("pipeline_root")
     inbox_dir: Path = Path("data/inbox")
@@ -62,21 +104,11 @@ class PipelineConfig:
     schema_path: Path = Path("components/schema/schema.pbtxt")
     # Train on the newest N spans; None trains on every span ingested so far.
     span_window: int | None = None
-    # The JSON key that holds the label in the seed's `examples` lists ("caption" is allowed).
-    label_key: str = "label"
     # Beam's DirectRunner. On the committed sample in_memory beats multi_processing
     # (64 s vs 84 s for ingest + statistics + validation on 2 cores: worker start-up
     # dominates); use multi_processing with --direct_num_workers for larger inboxes,
     # and the README's arguments for Dataflow, Flink or Spark.
     beam_pipeline_args: tuple[str, ...] = ("--direct_running_mode=in_memory",)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    gate: GateConfig = field(default_factory=GateConfig)
-    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
-
-    @property
-    def label_keys(self) -> tuple[str, ...]:
-        """Keys ingestion reads labels from: label_key, then "label" as the fallback."""
-        return (self.label_key,) if self.label_key == "label" else (self.label_key, "label")
 
     @property
     def model_base_path(self) -> Path:
@@ -89,7 +121,7 @@ class PipelineConfig:
 
     @property
     def metadata_path(self) -> Path:
-        return self.run_root / "metadata.sqlite"
+        return self.run_root / METADATA_FILE
 
     @property
     def ingest_state_dir(self) -> Path:
@@ -102,19 +134,47 @@ class PipelineConfig:
         return self.inbox_dir.parent / "quarantine"
 
     @property
-    def ingest_paths(self):
-        """The folders ingestion reads and writes, as components.ingest.landing takes them."""
-        from components.ingest.landing import IngestPaths
-
-        return IngestPaths(
-            inbox_dir=str(self.inbox_dir), state_dir=str(self.ingest_state_dir),
-            quarantine_dir=str(self.quarantine_dir), unlabelled_dir=str(self.unlabelled_dir),
-            sample_dir=str(self.sample_dir) if self.sample_dir else None)
-
-    @property
     def unlabelled_dir(self) -> Path:
         """Valid images without a label, span-<N>.jsonl, ready to be labelled and dropped back."""
         return self.inbox_dir.parent / "unlabelled"
+
+    def paths(self, root: Path | None = None) -> PipelinePaths:
+        """Every location, absolute: relative settings are resolved against `root` (default: the working directory)."""
+        base = Path.cwd() if root is None else root
+
+        def where(path: Path) -> str:
+            return str((base / path).resolve())
+
+        return PipelinePaths(
+            pipeline_root=where(self.run_root),
+            metadata_path=where(self.metadata_path),
+            schema_path=where(self.schema_path),
+            serving_dir=where(self.serving_dir),
+            ingest=IngestPaths(
+                inbox_dir=where(self.inbox_dir),
+                state_dir=where(self.ingest_state_dir),
+                quarantine_dir=where(self.quarantine_dir),
+                unlabelled_dir=where(self.unlabelled_dir),
+                sample_dir=where(self.sample_dir) if self.sample_dir else None,
+            ),
+        )
+
+
+def pipeline_arguments(config: PipelineSettings, paths: PipelinePaths) -> dict[str, Any]:
+    """create_pipeline's keyword arguments for a runner's config and its resolved paths: the one mapping of every
+    runner."""
+    return {
+        "pipeline_name": config.pipeline_name,
+        "paths": paths,
+        "trainer_config": config.trainer,
+        "gate": config.gate,
+        "delivery": config.delivery,
+        "label_keys": config.label_keys,
+        "span_window": config.span_window,
+        "beam_pipeline_args": config.all_beam_args,
+        "enable_cache": config.enable_cache,
+        "platform_resolvers": config.platform_resolvers,
+    }
 
 
 def load_config(path: Path | None = None, overrides: typing.Sequence[str] = ()) -> PipelineConfig:

@@ -2,15 +2,18 @@
 
 `make run-local` and `signflow run` call this, and `signflow schedule` runs it
 as a child process per cycle. All paths come from the typed config
-(pipeline/configs.py), resolved against the current directory. A run holds the
-pipeline's run lock (pipeline/run_lock.py): a second run of the same pipeline
-exits with EXIT_BUSY instead of racing the first.
+(pipeline/definition/configs.py), resolved once against the current directory.
+A run holds the pipeline's run lock (pipeline/training_server/run_lock.py): a
+second run of the same pipeline exits with EXIT_BUSY instead of racing the first.
 
 Exit status: 0 the pipeline ran to its end (whether or not it pushed), 1 it
 failed (a component raised, a folder could not be written ...), 2 the settings
 are invalid, 75 (EXIT_BUSY) another run holds the lock. Every outcome is also
 written to --summary-json, a failure as {"result": "failed", "error": reason},
 which is what the scheduler records for the cycle.
+
+Layer: runners. May import definition/, components.ingest.landing, and
+training_server's run_lock and run_summary; TFX only when running.
 """
 from __future__ import annotations
 
@@ -18,21 +21,18 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from typing import TYPE_CHECKING  # noqa: E402
-
-from pipeline.configs import PipelineConfig, load_config  # noqa: E402
-from pipeline.run_lock import RUN_LOCK, FileLock, LockHeld  # noqa: E402
+from pipeline.definition.configs import PipelineConfig, load_config, pipeline_arguments
+from pipeline.definition.paths import PipelinePaths
+from pipeline.training_server.run_lock import RUN_LOCK, FileLock, LockHeld
 
 if TYPE_CHECKING:
-    from pipeline.summary import RunSummary
+    from pipeline.training_server.run_summary import RunSummary
 
 log = logging.getLogger("signflow.run")
 
@@ -44,46 +44,26 @@ EXIT_BUSY = 75
 BEAM_MODES = ("in_memory", "multi_processing", "multi_threading")
 
 
-def build(config: PipelineConfig):
-    """The pipeline for `config`, with every path made absolute."""
-    from pipeline.pipeline import create_pipeline  # imports TFX: only when running
+def build(config: PipelineConfig, paths: PipelinePaths):
+    """The pipeline for `config`, at `paths` (config.paths(): resolved against the working directory)."""
+    from pipeline.definition.pipeline import create_pipeline  # imports TFX: only when running
 
-    return create_pipeline(
-        pipeline_name=config.pipeline_name,
-        pipeline_root=str(config.run_root.resolve()),
-        metadata_path=str(config.metadata_path.resolve()),
-        inbox_dir=str(config.inbox_dir.resolve()),
-        sample_dir=str(config.sample_dir.resolve()) if config.sample_dir else None,
-        ingest_state_dir=str(config.ingest_state_dir.resolve()),
-        quarantine_dir=str(config.quarantine_dir.resolve()),
-        unlabelled_dir=str(config.unlabelled_dir.resolve()),
-        schema_path=str(config.schema_path.resolve()),
-        serving_dir=str(config.serving_dir.resolve()),
-        model_name=config.delivery.model_name,
-        trainer_config=config.trainer,
-        gate=config.gate,
-        span_window=config.span_window,
-        label_keys=config.label_keys,
-        keep_versions=config.delivery.keep_versions,
-        serving_check_timeout_seconds=int(config.delivery.load_timeout_seconds),
-        serving_check_requests=config.delivery.check_requests,
-        serving_check_score_tolerance=config.delivery.score_tolerance,
-        beam_pipeline_args=config.beam_pipeline_args,
-    )
+    return create_pipeline(**pipeline_arguments(config, paths))
 
 
 def run(config: PipelineConfig) -> RunSummary:
     """Run the pipeline once under the run lock; raises LockHeld when another run holds it."""
-    config.pipeline_root.mkdir(parents=True, exist_ok=True)
-    config.inbox_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(config.run_root / RUN_LOCK, purpose="signflow run"):
+    paths = config.paths()
+    Path(paths.pipeline_root).parent.mkdir(parents=True, exist_ok=True)
+    Path(paths.ingest.inbox_dir).mkdir(parents=True, exist_ok=True)
+    with FileLock(Path(paths.pipeline_root) / RUN_LOCK, purpose="signflow run"):
         from tfx import v1 as tfx
 
-        from pipeline.summary import summarize
+        from pipeline.training_server.run_summary import summarize
 
         started = time.monotonic()
-        tfx.orchestration.LocalDagRunner().run(build(config))
-        summary = summarize(config.metadata_path)
+        tfx.orchestration.LocalDagRunner().run(build(config, paths))
+        summary = summarize(paths.metadata_path)
         log.info("pipeline run finished in %.1f s", time.monotonic() - started)
     return summary
 
@@ -99,7 +79,7 @@ def beam_args(mode: str | None, workers: int | None) -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="JSON file with settings (see pipeline/configs.py)")
+    parser.add_argument("--config", type=Path, help="JSON file with settings (see pipeline/definition/configs.py)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override one setting, e.g. --set trainer.scratch_epochs=3 (repeatable)")
     parser.add_argument("--beam-mode", choices=BEAM_MODES,
@@ -158,9 +138,3 @@ def _write_json(path: Path | None, document: dict) -> None:
         from components.ingest.landing import write_atomic
 
         write_atomic(str(path), json.dumps(document, indent=1, default=str))
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="signflow run", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    sys.exit(main(parser.parse_args()))

@@ -4,12 +4,14 @@ The Evaluator feeds serialized eval tf.Examples to the model's `classify`
 signature, whose outputs are TF Serving's `classes` (the label vocabulary) and
 `scores`. TFMA maps the string `label` feature onto `classes` itself, so a
 baseline and a candidate with different signer sets are compared fairly.
+
+Layer: definition. May import TFMA and definition.configs.
 """
 from __future__ import annotations
 
 import tensorflow_model_analysis as tfma
 
-from pipeline.configs import GateConfig
+from pipeline.definition.configs import GateConfig
 
 # The metric every threshold is set on (TFMA computes it from labels and scores).
 ACCURACY = "sparse_categorical_accuracy"

@@ -1,8 +1,11 @@
 """`signflow status` / `make status`: what the training server did last, what waits, what is served.
 
-Reads the scheduler's status file (pipeline/schedule.py), asks the two locks
-whether a scheduler and a run are alive, and counts the inbox itself, so the
-answer is right even when no scheduler runs.
+Reads the scheduler's status file (schedule.py), asks the two locks whether a
+scheduler and a run are alive, and counts the inbox itself, so the answer is
+right even when no scheduler runs.
+
+Layer: training_server. May import definition.configs, schedule, run_lock,
+components.ingest.landing and serving.layout.
 """
 from __future__ import annotations
 
@@ -12,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.configs import load_config
-from pipeline.run_lock import RUN_LOCK, holder
-from pipeline.schedule import human_duration, read_status, scheduler_lock_path, status_path
+from pipeline.definition.configs import load_config
+from pipeline.training_server.run_lock import RUN_LOCK, holder
+from pipeline.training_server.schedule import human_duration, read_status, scheduler_lock_path, status_path
 
 
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,11 +31,13 @@ def status_main(args: argparse.Namespace) -> int:
     from serving.layout import list_versions
 
     config = load_config(args.config, args.overrides)
+    paths = config.paths()
     status = read_status(status_path(config)) or {}
-    found = waiting(config.ingest_paths)
+    found = waiting(paths.ingest)
     scheduler = holder(scheduler_lock_path(config))
-    running = holder(config.run_root / RUN_LOCK)
-    versions = list_versions(config.model_base_path) if config.model_base_path.is_dir() else []
+    running = holder(Path(paths.pipeline_root) / RUN_LOCK)
+    model_base_path = Path(paths.model_base_path(config.delivery.model_name))
+    versions = list_versions(model_base_path) if model_base_path.is_dir() else []
     report = {
         "scheduler_alive": scheduler is not None, "scheduler": scheduler, "run_in_progress": running,
         "records_waiting": found.records, "files_waiting": found.files,

@@ -2,7 +2,11 @@
 
 The node runs under the same pipeline name, node id and MLMD database as the
 full pipeline, so the spans it ingests are the ones the full pipeline's span
-resolver sees.
+resolver sees. Its defaults are the folders `signflow run` uses (PipelineConfig's
+defaults, relative to the working directory).
+
+Layer: runners. May import definition/, components.ingest and serving.images;
+TFX and ML Metadata only when running.
 """
 from __future__ import annotations
 
@@ -10,41 +14,25 @@ import argparse
 import json
 import os
 
-# Before anything imports TensorFlow (see pipeline/__init__.py).
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-from serving.images import DEFAULT_MAX_PIXELS  # noqa: E402
-
-METADATA_FILE = "metadata.sqlite"
-
-
-def _defaults() -> dict[str, str]:
-    """The folders `signflow run` uses, so both commands share spans, ledgers and MLMD."""
-    from pipeline.configs import PipelineConfig
-
-    config = PipelineConfig()
-    return {
-        "pipeline_name": config.pipeline_name,
-        "pipeline_root": str(config.run_root),
-        "metadata": str(config.metadata_path),
-        "inbox": str(config.inbox_dir),
-        "sample": str(config.sample_dir),
-        "state": str(config.ingest_state_dir),
-        "quarantine": str(config.quarantine_dir),
-        "unlabelled": str(config.unlabelled_dir),
-    }
+from pipeline.definition.configs import PipelineConfig
+from pipeline.definition.paths import METADATA_FILE
+from serving.images import DEFAULT_MAX_PIXELS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = _defaults()
-    parser.add_argument("--inbox", default=d["inbox"], help=f"drop folder (default {d['inbox']})")
-    parser.add_argument("--sample", default=d["sample"], help=f"committed sample, ingested once; '' for none (default {d['sample']})")
-    parser.add_argument("--state", default=d["state"], help=f"landed spans and examples ledgers (default {d['state']})")
-    parser.add_argument("--quarantine", default=d["quarantine"], help=f"refused records, span-<N>.jsonl (default {d['quarantine']})")
-    parser.add_argument("--unlabelled", default=d["unlabelled"], help=f"images without a label, span-<N>.jsonl (default {d['unlabelled']})")
-    parser.add_argument("--pipeline-name", default=d["pipeline_name"], help=f"(default {d['pipeline_name']})")
-    parser.add_argument("--pipeline-root", default=d["pipeline_root"], help=f"(default {d['pipeline_root']})")
-    parser.add_argument("--metadata", default=None, help=f"MLMD SQLite file (default <pipeline-root>/{METADATA_FILE}: {d['metadata']})")
+    d = PipelineConfig()  # the folders `signflow run` uses, so both commands share spans, ledgers and MLMD
+    inbox, sample, state = str(d.inbox_dir), str(d.sample_dir or ""), str(d.ingest_state_dir)
+    quarantine, unlabelled, root = str(d.quarantine_dir), str(d.unlabelled_dir), str(d.run_root)
+    parser.add_argument("--inbox", default=inbox, help=f"drop folder (default {inbox})")
+    parser.add_argument("--sample", default=sample, help=f"committed sample, ingested once; '' for none (default {sample})")
+    parser.add_argument("--state", default=state, help=f"landed spans and examples ledgers (default {state})")
+    parser.add_argument("--quarantine", default=quarantine, help=f"refused records, span-<N>.jsonl (default {quarantine})")
+    parser.add_argument("--unlabelled", default=unlabelled,
+                        help=f"images without a label, span-<N>.jsonl (default {unlabelled})")
+    parser.add_argument("--pipeline-name", default=d.pipeline_name, help=f"(default {d.pipeline_name})")
+    parser.add_argument("--pipeline-root", default=root, help=f"(default {root})")
+    parser.add_argument("--metadata", default=None,
+                        help=f"MLMD SQLite file (default <pipeline-root>/{METADATA_FILE}: {d.metadata_path})")
     parser.add_argument(
         "--label-key",
         dest="label_keys",

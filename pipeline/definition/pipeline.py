@@ -8,7 +8,11 @@
       -> ServingCheck (loads and queries the candidate the way TF Serving would)
       -> Pusher (a new numbered version, atomically, in serving_model/<name>/)
 
-Runners (local_runner.py, ...) decide where this runs; this module decides what runs.
+Runners (pipeline/runners/) decide where this runs and resolve every location
+into one PipelinePaths; this module decides what runs.
+
+Layer: definition. May import components/, TFX and definition's configs, paths
+and evaluation; model code only by module path (the Trainer's run_fn).
 """
 from __future__ import annotations
 
@@ -19,13 +23,14 @@ from tfx.types import standard_artifacts
 
 from components.anomalies_gate import AnomaliesGate
 from components.baseline_resolver import ServingBaselineStrategy
-from components.ingest.component import create_example_gen
+from components.ingest.component import SignatureExampleGen
 from components.ingest.spans import training_spans
 from components.pusher.component import Pusher
 from components.serving_check.component import ServingCheck
 from components.trainer.config import CUSTOM_CONFIG_KEY, TrainerConfig
-from pipeline import evaluation
-from pipeline.configs import GateConfig
+from pipeline.definition import evaluation
+from pipeline.definition.configs import DeliveryConfig, GateConfig
+from pipeline.definition.paths import PipelinePaths
 
 TRAINER_MODULE = "components.trainer.run"
 
@@ -33,24 +38,12 @@ TRAINER_MODULE = "components.trainer.run"
 def create_pipeline(
     *,
     pipeline_name: str,
-    pipeline_root: str,
-    metadata_path: str,
-    inbox_dir: str,
-    sample_dir: str | None,
-    ingest_state_dir: str,
-    quarantine_dir: str,
-    unlabelled_dir: str,
-    schema_path: str,
-    serving_dir: str,
-    model_name: str,
+    paths: PipelinePaths,
     trainer_config: TrainerConfig,
     gate: GateConfig,
-    span_window: int | None,
+    delivery: DeliveryConfig,
     label_keys: Sequence[str] = ("label",),
-    keep_versions: int = 5,
-    serving_check_timeout_seconds: int = 300,
-    serving_check_requests: int = 32,
-    serving_check_score_tolerance: float = 0.01,
+    span_window: int | None = None,
     beam_pipeline_args: Sequence[str] = (),
     enable_cache: bool = False,
     # For orchestrators that run no Python resolver code: Kubeflow Pipelines V2 and
@@ -60,18 +53,10 @@ def create_pipeline(
     # Evaluator blessed rather than the one behind the newest version folder.
     platform_resolvers: bool = False,
 ) -> tfx.dsl.Pipeline:
-    model_base_path = f"{serving_dir.rstrip('/')}/{model_name}"
-
-    example_gen = create_example_gen(
-        inbox_dir=inbox_dir,
-        state_dir=ingest_state_dir,
-        quarantine_dir=quarantine_dir,
-        unlabelled_dir=unlabelled_dir,
-        sample_dir=sample_dir,
-        label_keys=tuple(label_keys),
-    )
+    """The pipeline; runners call it with definition.configs.pipeline_arguments(config, paths)."""
+    example_gen = SignatureExampleGen(paths.ingest, label_keys=tuple(label_keys))
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema = tfx.components.ImportSchemaGen(schema_file=schema_path)
+    schema = tfx.components.ImportSchemaGen(schema_file=paths.schema_path)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema.outputs["schema"]
     )
@@ -93,7 +78,7 @@ def create_pipeline(
         training_examples = spans.outputs["examples"]
         baseline = tfx.dsl.Resolver(
             strategy_class=ServingBaselineStrategy,
-            config={"model_base_path": model_base_path},
+            config={"model_base_path": paths.model_base_path(delivery.model_name)},
             model=tfx.dsl.Channel(type=standard_artifacts.Model),
             pushed_model=tfx.dsl.Channel(type=standard_artifacts.PushedModel),
         ).with_id("serving_baseline")
@@ -121,24 +106,27 @@ def create_pipeline(
         examples=training_examples,
         blessing=evaluator.outputs["blessing"],
         model_run=trainer.outputs["model_run"],
-        num_examples=serving_check_requests,
-        score_tolerance=serving_check_score_tolerance,
-        timeout_seconds=serving_check_timeout_seconds,
+        num_examples=delivery.check_requests,
+        score_tolerance=delivery.score_tolerance,
+        timeout_seconds=int(delivery.load_timeout_seconds),
     )
     pusher = Pusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         infra_blessing=serving_check.outputs["infra_blessing"],
         evaluation=evaluator.outputs["evaluation"],
-        serving_dir=serving_dir,
-        model_name=model_name,
-        keep_versions=keep_versions,
+        serving_dir=paths.serving_dir,
+        model_name=delivery.model_name,
+        keep_versions=delivery.keep_versions,
     )
 
+    # None for Kubeflow and Vertex AI, which keep their own ML Metadata.
+    metadata = (tfx.orchestration.metadata.sqlite_metadata_connection_config(paths.metadata_path)
+                if paths.metadata_path else None)
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
-        pipeline_root=pipeline_root,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
+        pipeline_root=paths.pipeline_root,
+        metadata_connection_config=metadata,
         components=[
             example_gen, statistics_gen, schema, example_validator, data_gate,
             *resolvers, baseline, trainer, evaluator, serving_check, pusher,

@@ -4,6 +4,8 @@ The runner prints this after every run: spans and record counts from ingestion,
 the Evaluator's metrics and verdict (with the failing metric, value and
 threshold when a model is not blessed), the serving check's verdict, the version
 pushed, and how long each component took.
+
+Layer: training_server. May import ML Metadata, and TFMA when a run has an evaluation.
 """
 from __future__ import annotations
 
