@@ -1,6 +1,8 @@
 """`python -m serving`: the model server without TFX (what a serving machine runs).
 
 Same flags as `signflow serve` (see serving/cli.py).
+
+Layer: entry point. Imports serving.cli only.
 """
 from __future__ import annotations
 

@@ -30,159 +30,25 @@ non-batch dimensions, so a request's success depends on which requests it was
 batched with. Here such a task starts a new batch instead (counted against
 `max_enqueued_batches` like any other batch), so a request never fails because
 of another one.
+
+Layer: beside the servable, which wraps its `run` in one Batcher per signature
+when a version is loaded. Knows nothing of models, transports or the registry;
+imports numpy and serving.settings (BatchingOptions, parsed there from the flags).
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
+
+from serving.settings import BatchingOptions
 
 RunBatch = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
-
-
-def _schedulable_cpus() -> int:
-    # TensorFlow's default for num_batch_threads is port::MaxParallelism(),
-    # the number of CPUs this process may run on.
-    return len(os.sched_getaffinity(0))
-
-
-def _batching_parameters_class():
-    """The `tensorflow.serving.BatchingParameters` message class.
-
-    NOTE: the tensorflow-serving-api wheel ships only `apis/` and `config/`, not
-    `servables/tensorflow/session_bundle_config_pb2`. The message is declared
-    here field for field as in session_bundle_config.proto (same names, numbers
-    and wrapper types), in a private descriptor pool so that it can never clash
-    with a generated module, and parsed by protobuf's own text_format.
-    """
-    pool = descriptor_pool.DescriptorPool()
-    pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
-    proto = descriptor_pb2.FileDescriptorProto(
-        name="tensorflow_serving/servables/tensorflow/session_bundle_config.proto",
-        package="tensorflow.serving",
-        syntax="proto3",
-        dependency=["google/protobuf/wrappers.proto"],
-    )
-    message = proto.message_type.add(name="BatchingParameters")
-    F = descriptor_pb2.FieldDescriptorProto
-    for name, number, wrapper in (
-        ("max_batch_size", 1, "Int64Value"),
-        ("batch_timeout_micros", 2, "Int64Value"),
-        ("max_enqueued_batches", 3, "Int64Value"),
-        ("num_batch_threads", 4, "Int64Value"),
-        ("thread_pool_name", 5, "StringValue"),
-        ("enable_large_batch_splitting", 8, "BoolValue"),
-        ("max_execution_batch_size", 9, "Int64Value"),
-    ):
-        message.field.add(
-            name=name, number=number, label=F.LABEL_OPTIONAL, type=F.TYPE_MESSAGE, type_name=f".google.protobuf.{wrapper}"
-        )
-    message.field.add(name="allowed_batch_sizes", number=6, label=F.LABEL_REPEATED, type=F.TYPE_INT64)
-    message.field.add(name="pad_variable_length_inputs", number=7, label=F.LABEL_OPTIONAL, type=F.TYPE_BOOL)
-    pool.Add(proto)
-    descriptor = pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
-    return message_factory.MessageFactory(pool).GetPrototype(descriptor)
-
-
-BatchingParametersProto = _batching_parameters_class()
-
-
-@dataclass(frozen=True)
-class BatchingOptions:
-    """TF Serving's BatchingParameters (the `--batching_parameters_file` text proto).
-
-    Defaults are what TF Serving uses for an unset field: TensorFlow's
-    SharedBatchScheduler defaults.
-    """
-
-    max_batch_size: int = 1000
-    """Most rows one request (task) may have, and most rows per batch unless splitting."""
-    batch_timeout_micros: int = 0
-    """How long the first task of a batch waits for more before the batch may run."""
-    max_enqueued_batches: int = 10
-    """Batches the queue may hold, the open one included; past that requests get UNAVAILABLE."""
-    num_batch_threads: int = field(default_factory=_schedulable_cpus)
-    """Batches run at the same time (the worker threads); TF's default is the CPU count."""
-    allowed_batch_sizes: tuple[int, ...] = ()
-    """If set, increasing sizes; each batch is padded up to the next one."""
-    enable_large_batch_splitting: bool = False
-    """Split a task larger than the room left in a batch across batches."""
-    max_execution_batch_size: int | None = None
-    """With splitting: most rows per batch (unset means max_batch_size)."""
-    thread_pool_name: str = ""
-    """Accepted for compatibility; thread names have no effect on behaviour."""
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size <= 0:
-            raise ValueError(f"max_batch_size must be positive; was {self.max_batch_size}")
-        if self.batch_timeout_micros < 0:
-            raise ValueError(f"batch_timeout_micros must be non-negative; was {self.batch_timeout_micros}")
-        if self.max_enqueued_batches < 0 or (self.enable_large_batch_splitting and self.max_enqueued_batches == 0):
-            raise ValueError(f"max_enqueued_batches must be positive; was {self.max_enqueued_batches}")
-        if self.num_batch_threads <= 0:
-            raise ValueError(f"num_batch_threads must be positive; was {self.num_batch_threads}")
-        if self.max_execution_batch_size is not None and self.max_execution_batch_size <= 0:
-            raise ValueError(f"max_execution_batch_size must be positive; was {self.max_execution_batch_size}")
-        if self.enable_large_batch_splitting and self.execution_batch_size > self.max_batch_size:
-            raise ValueError(
-                "When enable_large_batch_splitting is true, max_batch_size must be greater than or equal to "
-                f"max_execution_batch_size; was {self.max_batch_size} < {self.execution_batch_size}"
-            )
-        sizes = self.allowed_batch_sizes
-        if sizes:
-            if any(size <= 0 for size in sizes) or any(b <= a for a, b in zip(sizes, sizes[1:])):
-                raise ValueError(f"allowed_batch_sizes entries must be positive and monotonically increasing; was {list(sizes)}")
-            if sizes[-1] != self.execution_batch_size:
-                expected = "max_execution_batch_size" if self.enable_large_batch_splitting else "max_batch_size"
-                raise ValueError(
-                    f"Last entry in allowed_batch_sizes must match {expected}; last entry was {sizes[-1]}; "
-                    f"expected {self.execution_batch_size}"
-                )
-
-    @property
-    def execution_batch_size(self) -> int:
-        """Most rows a batch may hold when it runs."""
-        if self.enable_large_batch_splitting and self.max_execution_batch_size is not None:
-            return self.max_execution_batch_size
-        return self.max_batch_size
-
-    @property
-    def queue_capacity(self) -> int:
-        """max_enqueued_batches as TensorFlow applies it (0 without splitting means 1)."""
-        return self.max_enqueued_batches or 1
-
-    @classmethod
-    def from_text_proto(cls, text: str) -> "BatchingOptions":
-        """Parse a BatchingParameters text proto, e.g. `max_batch_size { value: 128 }`.
-
-        Raises ValueError for text that is not a valid BatchingParameters message,
-        for values TF Serving would refuse, and for `pad_variable_length_inputs: true`
-        (not supported by signflow's server).
-        """
-        message = BatchingParametersProto()
-        try:
-            text_format.Parse(text, message)
-        except text_format.ParseError as err:
-            hint = ""
-            if 'Expected "{"' in str(err):
-                hint = " (the numeric fields are wrapper messages: write `max_batch_size { value: 128 }`)"
-            raise ValueError(f"Invalid BatchingParameters text proto: {err}{hint}") from None
-        if message.pad_variable_length_inputs:
-            raise ValueError("pad_variable_length_inputs is not supported: requests must agree on all but dimension 0")
-        kwargs: dict = {}
-        for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads",
-                     "enable_large_batch_splitting", "max_execution_batch_size", "thread_pool_name"):
-            if message.HasField(name):
-                kwargs[name] = getattr(message, name).value
-        kwargs["allowed_batch_sizes"] = tuple(message.allowed_batch_sizes)
-        return cls(**kwargs)
 
 
 class BatchingError(Exception):
@@ -190,8 +56,9 @@ class BatchingError(Exception):
 
     `code` is the TensorFlow/gRPC status code name TF Serving uses for the same
     case ("UNAVAILABLE", "INVALID_ARGUMENT", "FAILED_PRECONDITION"); the
-    transport maps it (UNAVAILABLE -> HTTP 503, INVALID_ARGUMENT and
-    FAILED_PRECONDITION -> 400). str(error) is the message TF Serving sends.
+    servable raises the ServingError of that code (UNAVAILABLE -> HTTP 503,
+    INVALID_ARGUMENT and FAILED_PRECONDITION -> 400). str(error) is the message
+    TF Serving sends.
     """
 
     def __init__(self, code: str, message: str):
@@ -410,6 +277,23 @@ class Batcher:
             await self._drained.wait()
         if self._own_executor:
             self._executor.shutdown(wait=False)
+
+    def close_soon(self) -> None:
+        """Start close() from any thread and return at once (a version is unloaded off the loop).
+
+        A batcher that never ran a request has nothing to drain: it only stops
+        taking requests.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._closing = True
+            if self._own_executor:
+                self._executor.shutdown(wait=False)
+            return
+        try:
+            loop.call_soon_threadsafe(lambda: loop.create_task(self.close()))
+        except RuntimeError:  # the loop closed meanwhile: the server is gone, and so is the queue
+            pass
 
     # -- queue (runs on the event loop only) ----------------------------------
 

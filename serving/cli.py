@@ -17,7 +17,9 @@ unless a signflow-only feature is asked for, which TF Serving cannot provide.
 $SIGNFLOW_FEEDBACK_TOKEN is read here, once, when --feedback_token is not given
 (a token in the environment stays out of `ps`).
 
-Nothing here imports TensorFlow; the server does, once the flags are good.
+Layer: entry point, beside the server. Imports serving.settings at once and
+serving.server (hence TensorFlow) only once the flags are good, so a bad flag
+fails in a fraction of a second.
 """
 from __future__ import annotations
 

@@ -18,6 +18,9 @@ Image sources for the command line: local files (PNG, JPEG, GIF, BMP), base64
 text (a data: URL prefix and the URL-safe alphabet are accepted; it is decoded
 here and re-encoded in TF Serving's standard alphabet), and http(s) URLs fetched
 with a time limit and a size limit.
+
+Layer: a client, outside the server: imports serving.contract (the signature,
+input and feature names) and serving.images only, never the server's modules.
 """
 from __future__ import annotations
 
@@ -33,15 +36,20 @@ from typing import Sequence
 import requests
 
 from serving import images as image_checks
+from serving.contract import (
+    B64_KEY,
+    CLASSIFY_SIGNATURE,
+    IMAGE_INPUT,
+    INSTANCES_KEY,
+    LABEL_OUTPUT,
+    REQUEST_IMAGE_FEATURE,
+    SCORE_OUTPUT,
+    SERVING_SIGNATURE,
+)
 
 DEFAULT_REST_URL = "http://127.0.0.1:8501"
 DEFAULT_GRPC_TARGET = "127.0.0.1:8500"
 DEFAULT_MODEL = "xception"
-SERVING_SIGNATURE = "serving_default"
-CLASSIFY_SIGNATURE = "classify"
-IMAGE_INPUT = "image_bytes"
-# The classify signature reads the image bytes from this tf.Example feature.
-CLASSIFY_IMAGE_FEATURE = "image"
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_URL_TIMEOUT_S = 10.0
 # A signature scan is tens of KB; 10 MiB is generous and still bounds memory.
@@ -116,12 +124,12 @@ class RestClient:
 
     def predict(self, images: Sequence[bytes]) -> list[Prediction]:
         """Top label and score per image, from the serving_default signature."""
-        body = {"instances": [{IMAGE_INPUT: {"b64": base64.b64encode(image).decode("ascii")}} for image in images]}
+        body = {INSTANCES_KEY: [{IMAGE_INPUT: {B64_KEY: base64.b64encode(image).decode("ascii")}} for image in images]}
         predictions = self._post(":predict", body).get("predictions")
         if not isinstance(predictions, list) or len(predictions) != len(images):
             raise ClientError(f"unexpected :predict answer: {str(predictions)[:200]}")
         try:
-            return [Prediction(label=str(p["label"]), score=float(p["score"])) for p in predictions]
+            return [Prediction(label=str(p[LABEL_OUTPUT]), score=float(p[SCORE_OUTPUT])) for p in predictions]
         except (KeyError, TypeError, ValueError):
             raise ClientError(f"the model's answer has no label/score outputs: {str(predictions[0])[:200]}") from None
 
@@ -129,7 +137,7 @@ class RestClient:
         """Label, score and the `top_k` best (label, score) pairs per image, from the classify signature."""
         body = {
             "signature_name": CLASSIFY_SIGNATURE,
-            "examples": [{CLASSIFY_IMAGE_FEATURE: {"b64": base64.b64encode(image).decode("ascii")}} for image in images],
+            "examples": [{REQUEST_IMAGE_FEATURE: {B64_KEY: base64.b64encode(image).decode("ascii")}} for image in images],
         }
         results = self._post(":classify", body).get("results")
         if not isinstance(results, list) or len(results) != len(images):
@@ -210,8 +218,8 @@ class GrpcClient:
         request.inputs[IMAGE_INPUT].CopyFrom(tf.make_tensor_proto(list(images), dtype=tf.string))
         response = self._call(self.stub.Predict, request)
         try:
-            labels = tf.make_ndarray(response.outputs["label"])
-            scores = tf.make_ndarray(response.outputs["score"])
+            labels = tf.make_ndarray(response.outputs[LABEL_OUTPUT])
+            scores = tf.make_ndarray(response.outputs[SCORE_OUTPUT])
         except (KeyError, ValueError, TypeError):
             raise ClientError(f"the model's answer has no label/score outputs: {sorted(response.outputs)}") from None
         return [Prediction(label=label.decode("utf-8"), score=float(score)) for label, score in zip(labels, scores)]
@@ -225,7 +233,7 @@ class GrpcClient:
         self._model_spec(request.model_spec, CLASSIFY_SIGNATURE)
         for image in images:
             example = example_pb2.Example()
-            example.features.feature[CLASSIFY_IMAGE_FEATURE].bytes_list.value.append(image)
+            example.features.feature[REQUEST_IMAGE_FEATURE].bytes_list.value.append(image)
             request.input.example_list.examples.append(example)
         response = self._call(self.stub.Classify, request)
         return [

@@ -6,6 +6,8 @@ with `grpc_code` and the same message. Nothing else decides status codes.
 
 The code -> HTTP mapping is TF Serving's `ToHTTPStatusCode`
 (tensorflow_serving/model_servers/http_server.cc).
+
+Layer: bottom. Imports grpc only (for the status codes).
 """
 from __future__ import annotations
 

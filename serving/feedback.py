@@ -11,17 +11,17 @@ base64 text: {"instances": [{"image": "<base64>", "label": "signer_03"}]}. Base6
 is strict (TF Serving's rule) in every form.
 
 Each instance is checked as ingestion would check it (serving.images decodes
-and inspects the image; the label rule is ingestion's `_label`, made stricter:
-required, no surrounding whitespace, at most MAX_LABEL_CHARS). The valid ones
-become ONE new JSON Lines file in --feedback_dir per request, each line in the
-record shape ingestion reads:
+and inspects the image; serving.contract.check_label applies the label rule in
+its strict mode: required, no surrounding whitespace, at most MAX_LABEL_CHARS).
+The valid ones become ONE new JSON Lines file in --feedback_dir per request,
+each line in the record shape ingestion reads:
 
     {"image": {"b64": ...}, "label": ..., "sha256": ..., "model": ..., "model_version": ..., "received_at": ...}
 
 (ingestion reads "image" and "label" and ignores the other keys). The file is
-written as a dotfile `.feedback-*.jsonl.tmp`, fsynced, then renamed to
-`feedback-<UTC time>-<random>.jsonl`: ingestion skips dotfiles and *.tmp, so
-it never sees half a file.
+written with serving.contract.write_atomic (a hidden `.feedback-*.tmp` file,
+fsynced, renamed to `feedback-<UTC time>-<random>.jsonl`): ingestion skips
+dotfiles and *.tmp, so it never sees half a file.
 
 Answers (bodies are JSON):
 - 200 `{"accepted": n, "rejected": [{"index", "reason", "error"}], "file": name}`:
@@ -38,9 +38,14 @@ Answers (bodies are JSON):
 Without a token, feedback is accepted only on a loopback --host (settings.py
 refuses to start otherwise) and a warning is logged at start.
 
-The serving side never imports the training side: the record shape and label
-rule are restated here, and tests/serving/test_feedback.py proves with
-components.ingest.records that ingestion accepts what this writes.
+The serving side never imports the training side: the record keys, reason
+codes and label rule come from serving.contract, which both sides share, and
+tests/serving/test_feedback.py proves with components.ingest.records that
+ingestion accepts what this writes.
+
+Layer: REST transport (signflow's own route, mounted by the server beside the
+/v1 API). Imports Starlette, serving.contract, errors, images, metrics,
+registry, rest, rest_codec, settings, and handlers for the instance limit's wording.
 """
 from __future__ import annotations
 
@@ -55,7 +60,6 @@ import os
 import re
 import secrets
 import time
-import unicodedata
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -65,7 +69,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from serving import errors, handlers, images, rest
+from serving import contract, errors, images, rest, rest_codec
+from serving.contract import InvalidRecord, json_type_name
+from serving.handlers import too_many_instances
 from serving.metrics import Metrics
 from serving.registry import Registry
 from serving.settings import Settings
@@ -75,28 +81,8 @@ log = logging.getLogger(__name__)
 FEEDBACK_PATH = "/v1/models/{name}/feedback"
 FILE_PREFIX = "feedback-"
 FILE_SUFFIX = ".jsonl"
-MAX_LABEL_CHARS = 256
-# Keys that may hold the image in an instance (predict's input name first, then ingestion's).
-IMAGE_KEYS = ("image_bytes", "image")
-# The key under which the image may also be bare base64 text, as in the seed's records.
-# Under predict's input name a bare string stays refused: :predict reads it as raw bytes.
-BARE_TEXT_IMAGE_KEY = "image"
-LABEL_KEY = "label"
 # A temp file this old was left by a crash (a write takes milliseconds); removed at start.
 STALE_TEMP_SECONDS = 3600
-
-# Reason codes: ingestion's names where it has one (components/ingest/records.py),
-# plus serving.images.InvalidImage's (invalid_base64, not_an_image, corrupt_image, ...).
-NOT_AN_OBJECT = "not_an_object"
-MISSING_IMAGE = "missing_image"
-INVALID_IMAGE_FIELD = "invalid_image_field"
-MISSING_LABEL = "missing_label"
-INVALID_LABEL = "invalid_label"
-
-# Characters a label may not hold: control characters (labels are lines of the
-# model's labels.txt), line/paragraph separators (str.splitlines splits on them)
-# and lone surrogates (not encodable as UTF-8, so not as a tf.Example bytes feature).
-_FORBIDDEN_CATEGORIES = ("Cc", "Zl", "Zp", "Cs")
 
 
 class Unauthenticated(errors.ServingError):
@@ -125,32 +111,9 @@ class Item:
     label: str
 
 
-class InvalidInstance(ValueError):
-    """One instance that cannot be used: `reason` is a stable code, `error` says why."""
-
-    def __init__(self, reason: str, error: str):
-        super().__init__(error)
-        self.reason = reason
-        self.error = error
-
-
 def check_label(value: Any) -> str:
-    """The label if ingestion accepts it and it is one a person meant; raises InvalidInstance otherwise."""
-    if value is None:
-        raise InvalidInstance(MISSING_LABEL, f'no "{LABEL_KEY}": feedback needs a label per instance')
-    if not isinstance(value, str):
-        raise InvalidInstance(INVALID_LABEL, f"label must be a string, got {_json_type(value)}")
-    if not value.strip():
-        # Ingestion would take a blank label as "unlabelled": useless as feedback.
-        raise InvalidInstance(MISSING_LABEL, "label is empty")
-    if len(value) > MAX_LABEL_CHARS:
-        raise InvalidInstance(INVALID_LABEL, f"label is {len(value)} characters long; at most {MAX_LABEL_CHARS}")
-    if value != value.strip():
-        # "signer_03 " would train as a class of its own.
-        raise InvalidInstance(INVALID_LABEL, f"label has leading or trailing whitespace: {value!r}")
-    if any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in value):
-        raise InvalidInstance(INVALID_LABEL, f"label contains control or line-separator characters: {value!r}")
-    return value
+    """The label if ingestion accepts it and it is one a person meant; raises contract.InvalidRecord otherwise."""
+    return contract.check_label(value, lenient=False)
 
 
 def parse_feedback(body: bytes, *, max_instances: int, max_pixels: int) -> tuple[list[Item], list[Rejection]]:
@@ -165,8 +128,8 @@ def parse_feedback(body: bytes, *, max_instances: int, max_pixels: int) -> tuple
     for index, row in enumerate(rows):
         try:
             items.append(_check_instance(index, row, max_pixels))
-        except InvalidInstance as err:
-            rejected.append(Rejection(index, err.reason, err.error))
+        except InvalidRecord as err:
+            rejected.append(Rejection(index, err.reason, err.message))
     return items, rejected
 
 
@@ -175,80 +138,71 @@ def _parse_json(body: bytes) -> Any:
         raise errors.InvalidArgument("JSON Parse error: The document is empty")
     # Lone surrogate escapes are let through to be refused one instance at a time (a label
     # holding one is invalid_label), as ingestion quarantines one record, not the file.
-    return handlers.parse_json(body, trailing=False, lone_surrogates=True)
+    return rest_codec.parse_json(body, trailing=False, lone_surrogates=True)
 
 
 def _rows(document: Any, max_instances: int) -> list:
     if not isinstance(document, dict):
-        raise errors.InvalidArgument(f"The feedback body must be a JSON object, got {_json_type(document)}")
-    has_instances, has_inputs = "instances" in document, "inputs" in document
+        raise errors.InvalidArgument(f"The feedback body must be a JSON object, got {json_type_name(document)}")
+    has_instances, has_inputs = contract.INSTANCES_KEY in document, contract.INPUTS_KEY in document
     if has_instances == has_inputs:
         raise errors.InvalidArgument(
             "The feedback body needs exactly one of 'instances' (a list of {\"image_bytes\": {\"b64\": ...}, "
             "\"label\": ...}) or 'inputs' ({\"image_bytes\": [...], \"label\": [...]})")
     if has_instances:
-        rows = document["instances"]
+        rows = document[contract.INSTANCES_KEY]
         if not isinstance(rows, list):
-            raise errors.InvalidArgument(f"'instances' must be a list, got {_json_type(rows)}")
+            raise errors.InvalidArgument(f"'instances' must be a list, got {json_type_name(rows)}")
     else:
-        rows = _columns_to_rows(document["inputs"])
+        try:
+            rows = contract.columns_to_rows(document[contract.INPUTS_KEY])
+        except InvalidRecord as err:
+            raise errors.InvalidArgument(err.message) from None
     if not rows:
         raise errors.InvalidArgument("No instances in the feedback request")
     if len(rows) > max_instances:
-        raise errors.InvalidArgument(
-            f"Request has {len(rows)} instances; this server accepts at most {max_instances} per request "
-            "(--max_instances_per_request)")
+        raise too_many_instances(len(rows), max_instances)
     return rows
-
-
-def _columns_to_rows(inputs: Any) -> list[dict]:
-    if not isinstance(inputs, dict) or not inputs:
-        raise errors.InvalidArgument(f"'inputs' must be an object of columns, got {_json_type(inputs)}")
-    lengths = {name: len(column) if isinstance(column, list) else None for name, column in inputs.items()}
-    if None in lengths.values() or len(set(lengths.values())) != 1:
-        raise errors.InvalidArgument(f"Every column of 'inputs' must be a list of the same length: {lengths}")
-    size = next(iter(lengths.values()))
-    return [{name: column[i] for name, column in inputs.items()} for i in range(size)]
 
 
 def _check_instance(index: int, row: Any, max_pixels: int) -> Item:
     if not isinstance(row, dict):
-        raise InvalidInstance(NOT_AN_OBJECT, f"an instance must be a JSON object, got {_json_type(row)}")
-    label = check_label(row.get(LABEL_KEY))  # cheap: before any image is decoded
-    key = next((key for key in IMAGE_KEYS if key in row), None)
+        raise InvalidRecord(contract.NOT_AN_OBJECT, f"an instance must be a JSON object, got {json_type_name(row)}")
+    label = check_label(row.get(contract.RECORD_LABEL_KEY))  # cheap: before any image is decoded
+    key = next((key for key in contract.RECORD_IMAGE_KEYS if key in row), None)
     if key is None:
-        raise InvalidInstance(MISSING_IMAGE, f"no image under {' or '.join(repr(k) for k in IMAGE_KEYS)}")
+        raise InvalidRecord(contract.MISSING_IMAGE,
+                            f"no image under {' or '.join(repr(k) for k in contract.RECORD_IMAGE_KEYS)}")
     field = row[key]
-    if isinstance(field, dict) and isinstance(field.get("b64"), str):
-        text = field["b64"]
-    elif key == BARE_TEXT_IMAGE_KEY and isinstance(field, str):
+    if isinstance(field, dict) and isinstance(field.get(contract.B64_KEY), str):
+        text = field[contract.B64_KEY]
+    elif key == contract.BARE_TEXT_IMAGE_KEY and isinstance(field, str):
         text = field
     else:
-        raise InvalidInstance(INVALID_IMAGE_FIELD, _image_field_error(key, field))
+        raise InvalidRecord(contract.INVALID_IMAGE_FIELD, _image_field_error(key, field))
     try:
         # Strict: the body is predict's format, so TF Serving's base64 rule applies.
         data = images.decode_b64(text, lenient=False)
         info = images.inspect_image(data, max_pixels=max_pixels)
     except images.InvalidImage as err:
-        # Pillow's messages name its in-memory file object; that is noise to a client.
-        raise InvalidInstance(err.reason, re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", err.detail)) from None
+        raise InvalidRecord(err.reason, err.client_detail) from None
     return Item(index, data, info.sha256, label)
 
 
 def _image_field_error(key: str, field: Any) -> str:
-    if key == BARE_TEXT_IMAGE_KEY:
-        return f'"{key}" must be {{"b64": "<base64 text>"}} or base64 text, got {_json_type(field)}'
+    if key == contract.BARE_TEXT_IMAGE_KEY:
+        return f'"{key}" must be {{"b64": "<base64 text>"}} or base64 text, got {json_type_name(field)}'
     if isinstance(field, str):
         return f'"{key}" must be {{"b64": "<base64 text>"}}: a bare string is raw bytes to :predict, not base64'
-    return f'"{key}" must be {{"b64": "<base64 text>"}}, got {_json_type(field)}'
+    return f'"{key}" must be {{"b64": "<base64 text>"}}, got {json_type_name(field)}'
 
 
 def feedback_record(item: Item, model: str, version: int, received_at: str) -> dict:
     """One inbox line: ingestion's record shape ("image", "label") plus provenance it ignores."""
     return {
-        "image": {"b64": base64.b64encode(item.image).decode("ascii")},
-        "label": item.label,
-        "sha256": item.sha256,
+        contract.BARE_TEXT_IMAGE_KEY: {contract.B64_KEY: base64.b64encode(item.image).decode("ascii")},
+        contract.RECORD_LABEL_KEY: item.label,
+        contract.SHA256_FEATURE: item.sha256,
         "model": model,
         "model_version": version,
         "received_at": received_at,
@@ -258,29 +212,14 @@ def feedback_record(item: Item, model: str, version: int, received_at: str) -> d
 def write_feedback_file(directory: str, records: list[dict], now: datetime | None = None) -> str:
     """Write `records` as a new JSON Lines file in `directory`, atomically. Returns the file's name.
 
-    Written as a dotfile, fsynced, renamed, then the folder fsynced: a reader
-    sees the whole file or none, and a crash leaves at most a skipped dotfile.
-    The name has 48 random bits, so concurrent requests never collide.
+    A reader sees the whole file or none, and a crash leaves at most a skipped
+    dotfile (contract.write_atomic). The name has 48 random bits, so concurrent
+    requests never collide.
     """
     now = now or datetime.now(timezone.utc)
     name = f"{FILE_PREFIX}{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{secrets.token_hex(6)}{FILE_SUFFIX}"
-    final = os.path.join(directory, name)
-    temp = os.path.join(directory, f".{name}.tmp")
     data = b"".join(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n" for record in records)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(temp, final)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+    contract.write_atomic(os.path.join(directory, name), data)
     return name
 
 
@@ -411,23 +350,6 @@ def _model_name(request: Request) -> str:
 
 
 def _json(document: dict, status: int) -> Response:
-    try:
-        data = json.dumps(document, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate quoted from the request: \u escapes always encode
-        data = json.dumps(document).encode("ascii")
-    return Response(data, status_code=status, media_type="application/json")
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
-            dict: "an object"}.get(type(value), type(value).__name__)
+    # Strings here are text quoted from the request, never bytes: no raw_bytes.
+    return Response(rest_codec.json_bytes(document, raw_bytes=False), status_code=status,
+                    media_type="application/json")

@@ -5,6 +5,9 @@ Serving client works unchanged. Each method turns protos into the handlers'
 arguments and back, and a ServingError into the gRPC status TF Serving gives
 (`grpc_status_util.cc`: same code, message cut at 1024 characters).
 Responses carry `model_spec.version`: the version that answered.
+
+Layer: transport. Imports grpc, TensorFlow's tensor protos (its codec:
+TensorProto <-> numpy), serving.errors, handlers, metrics and settings.
 """
 from __future__ import annotations
 

@@ -3,6 +3,9 @@
 This is the one place where signflow decodes base64 and decides whether bytes are
 an image it accepts. It lives in `serving/` because the serving side must deploy
 without TFX; the training side imports it from here.
+
+Layer: bottom, beside serving.contract (its reason codes). Imports Pillow and
+serving.contract only.
 """
 from __future__ import annotations
 
@@ -16,6 +19,15 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from serving.contract import (
+    CORRUPT_IMAGE,
+    EMPTY_IMAGE,
+    INVALID_BASE64,
+    NOT_AN_IMAGE,
+    TOO_MANY_PIXELS,
+    UNSUPPORTED_FORMAT,
+)
+
 # A signature scan is a few hundred pixels wide; 40 MP leaves room for photos and
 # still refuses decompression bombs (a 30000 x 30000 PNG is 900 MP).
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -26,15 +38,21 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP")
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 _STANDARD = re.compile(rb"^[A-Za-z0-9+/]*={0,2}$")
 _URL_SAFE = re.compile(rb"^[A-Za-z0-9_-]*={0,2}$")
+_PILLOW_FILE_OBJECT = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 class InvalidImage(ValueError):
-    """Bytes or text that are not an acceptable image. `reason` is a short, stable code."""
+    """Bytes or text that are not an acceptable image. `reason` is one of serving.contract's image reason codes."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+    @property
+    def client_detail(self) -> str:
+        """`detail` for a client's answer: Pillow's messages name its in-memory file object, noise to a client."""
+        return _PILLOW_FILE_OBJECT.sub("", self.detail)
 
 
 @dataclass(frozen=True)
@@ -64,34 +82,34 @@ def decode_b64(text: str | bytes, *, lenient: bool) -> bytes:
         try:
             raw = text.encode("ascii")
         except UnicodeEncodeError:
-            raise InvalidImage("invalid_base64", "base64 text contains non-ASCII characters") from None
+            raise InvalidImage(INVALID_BASE64, "base64 text contains non-ASCII characters") from None
     else:
         raw = text
     # Whitespace is ignored by both TF Serving's decoder and the lenient one.
     raw = b"".join(raw.split())
     if lenient:
         if not _URL_SAFE.match(raw) and not _STANDARD.match(raw):
-            raise InvalidImage("invalid_base64", "characters outside the base64 alphabets")
+            raise InvalidImage(INVALID_BASE64, "characters outside the base64 alphabets")
         raw = raw.replace(b"-", b"+").replace(b"_", b"/").rstrip(b"=")
     else:
         if not _STANDARD.match(raw):
             raise InvalidImage(
-                "invalid_base64",
+                INVALID_BASE64,
                 "not standard base64 (alphabet A-Z a-z 0-9 + /; URL-safe '-' and '_' are not accepted)",
             )
         # TF Serving: padding is optional, but when present it must be exact.
         if raw.endswith(b"=") and len(raw) % 4:
-            raise InvalidImage("invalid_base64", "base64 padding is wrong for the text's length")
+            raise InvalidImage(INVALID_BASE64, "base64 padding is wrong for the text's length")
         unpadded = raw.rstrip(b"=")
         if raw != unpadded and len(raw) - len(unpadded) != -len(unpadded) % 4:
-            raise InvalidImage("invalid_base64", "base64 padding is wrong for the text's length")
+            raise InvalidImage(INVALID_BASE64, "base64 padding is wrong for the text's length")
         raw = unpadded
     if len(raw) % 4 == 1:
-        raise InvalidImage("invalid_base64", "base64 text has an impossible length")
+        raise InvalidImage(INVALID_BASE64, "base64 text has an impossible length")
     try:
         return base64.b64decode(raw + b"=" * (-len(raw) % 4), validate=True)
     except binascii.Error as err:
-        raise InvalidImage("invalid_base64", str(err)) from None
+        raise InvalidImage(INVALID_BASE64, str(err)) from None
 
 
 # tf.io.decode_bmp (what the serving signature and the Trainer use) reads these
@@ -114,7 +132,7 @@ def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     Then the image is fully decoded once to catch truncated or corrupt files.
     """
     if not data:
-        raise InvalidImage("empty_image", "zero bytes")
+        raise InvalidImage(EMPTY_IMAGE, "zero bytes")
     try:
         with warnings.catch_warnings():
             # Pillow warns (and past 2x raises) on its own bomb limit; ours is explicit.
@@ -123,22 +141,22 @@ def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
                 fmt = img.format or ""
                 width, height = img.size
                 if fmt not in ACCEPTED_FORMATS:
-                    raise InvalidImage("unsupported_format", f"{fmt or 'unknown'} is not one of {', '.join(ACCEPTED_FORMATS)}")
+                    raise InvalidImage(UNSUPPORTED_FORMAT, f"{fmt or 'unknown'} is not one of {', '.join(ACCEPTED_FORMATS)}")
                 if width <= 0 or height <= 0:
-                    raise InvalidImage("empty_image", f"{width}x{height} pixels")
+                    raise InvalidImage(EMPTY_IMAGE, f"{width}x{height} pixels")
                 if width * height > max_pixels:
-                    raise InvalidImage("too_many_pixels", f"{width}x{height} exceeds the limit of {max_pixels} pixels")
+                    raise InvalidImage(TOO_MANY_PIXELS, f"{width}x{height} exceeds the limit of {max_pixels} pixels")
                 if fmt == "BMP" and (bits := _bmp_bits_per_pixel(data)) not in _TF_BMP_BITS:
-                    raise InvalidImage("unsupported_format",
+                    raise InvalidImage(UNSUPPORTED_FORMAT,
                                        f"{bits}-bit BMP: the model's decoder reads 8, 24 and 32-bit BMP only")
                 img.load()
     except InvalidImage:
         raise
     except Image.DecompressionBombError as err:
-        raise InvalidImage("too_many_pixels", str(err)) from None
+        raise InvalidImage(TOO_MANY_PIXELS, str(err)) from None
     except UnidentifiedImageError:
-        raise InvalidImage("not_an_image", "not a PNG, JPEG, GIF or BMP image") from None
+        raise InvalidImage(NOT_AN_IMAGE, "not a PNG, JPEG, GIF or BMP image") from None
     except (OSError, SyntaxError, ValueError) as err:
         # Pillow reports truncated and corrupt data as OSError/SyntaxError.
-        raise InvalidImage("corrupt_image", str(err) or type(err).__name__) from None
+        raise InvalidImage(CORRUPT_IMAGE, str(err) or type(err).__name__) from None
     return ImageInfo(format=fmt, width=width, height=height, sha256=hashlib.sha256(data).hexdigest())

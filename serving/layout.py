@@ -8,6 +8,8 @@
 
 Only children whose name is a non-negative integer are versions; TF Serving skips
 everything else, which is what makes staging and rollback folders safe.
+
+Layer: bottom, shared with the Pusher and rollback. Imports the standard library only.
 """
 from __future__ import annotations
 

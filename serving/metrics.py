@@ -22,6 +22,9 @@ Two families:
 
 Each server has its own CollectorRegistry, so several servers in one process
 (tests) do not mix their numbers.
+
+Layer: beside every other module (each reports through the server's one
+Metrics). Imports prometheus-client only.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Loaded model versions: loading, warmup, version policy, labels, and availability-preserving swaps.
+"""Loaded model versions: states, leases, labels, and availability-preserving swaps.
 
 The registry is TF Serving's ServerCore + AspiredVersionsManager for this server:
 
@@ -8,203 +8,46 @@ The registry is TF Serving's ServerCore + AspiredVersionsManager for this server
   If the new version fails to load, it is reported (state END, its error) and
   the old one keeps serving.
 - A request holds a `Lease` on the version that answers it. A version taken out
-  of service is UNLOADING until its last lease is released, then END.
-- `resolve` applies TF Serving's rules: no version = the highest AVAILABLE one,
+  of service is UNLOADING until its last lease is released, then END, and its
+  servable is told (`unload()`).
+- `acquire` applies TF Serving's rules: no version = the highest AVAILABLE one,
   a label maps to a version, and the same errors (NOT_FOUND "Servable not found
   for request: ...", INVALID_ARGUMENT "Unrecognized servable version label: ...").
 
 Everything here is thread-safe: loads run on the watcher thread, leases are taken
 on the event loop and released wherever a request finishes.
+
+Layer: between the data plane (serving.handlers) and the servables. How a version
+is loaded is the `load` function it is given (serving.servable.Loader), so this
+module never imports TensorFlow; it imports serving.errors, serving.repository
+(Scan) and serving.settings (ModelConfig).
 """
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Protocol
 
-import numpy as np
-import tensorflow as tf
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
-from tensorflow_serving.apis import prediction_log_pb2
-
-from serving import errors, layout
+from serving import errors
 from serving.repository import Scan
 from serving.settings import ModelConfig
 
 log = logging.getLogger(__name__)
 
-SERVE_TAG = "serve"
-DEFAULT_SIGNATURE = "serving_default"
-# The input of signflow's own serving signature; requests to it are image-checked.
-IMAGE_INPUT = "image_bytes"
-# saved_model_warmup_util.cc: kMaxNumRecords.
-MAX_WARMUP_RECORDS = 1000
-
 # ModelVersionStatus.State names.
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 
 
-def op_error(err: Exception) -> errors.ServingError:
-    """A TensorFlow runtime error as the ServingError with the same code, as TF Serving passes them on."""
-    if isinstance(err, tf.errors.OpError):
-        # e.g. InvalidArgumentError -> INVALID_ARGUMENT
-        name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(err).__name__.removesuffix("Error")).upper()
-        return errors.from_code_name(name if name != "OP" else "UNKNOWN", err.message)
-    return errors.Internal(f"{type(err).__name__}: {err}")
+class Loaded(Protocol):
+    """What the registry needs of a loaded version (serving.servable.Servable)."""
 
+    version: int
 
-class Servable:
-    """One loaded model version: its SignatureDefs and its callable signatures."""
-
-    def __init__(self, name: str, version: int, path: Path, meta_graph: meta_graph_pb2.MetaGraphDef, loaded):
-        self.name = name
-        self.version = version
-        self.path = path
-        self.signature_defs = meta_graph.signature_def
-        self._loaded = loaded
-        self._functions = dict(loaded.signatures)
-        serving = self.signature_defs.get(DEFAULT_SIGNATURE)
-        self.validates_images = bool(
-            serving is not None and IMAGE_INPUT in serving.inputs
-            and serving.inputs[IMAGE_INPUT].dtype == tf.string.as_datatype_enum)
-        """signflow's own model: image_bytes values are checked before they reach the graph."""
-        self.batchers: dict = {}
-        """Per-signature batchers, created and closed by the handler on the event loop."""
-
-    def run(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Call a signature (blocking; run it off the event loop). Errors carry TF's code."""
-        function = self._functions.get(signature_name)
-        if function is None:
-            raise errors.FailedPrecondition(f'Serving signature key "{signature_name}" not found.')
-        signature = self.signature_defs[signature_name]
-        unknown = sorted(set(inputs) - set(signature.inputs))
-        if unknown:
-            # Before signature.inputs[name] below: indexing a protobuf map adds the missing key, which
-            # would put the unknown name into this version's SignatureDef. predict_util.cc's words;
-            # requests are checked by the handlers first, warm-up requests only here.
-            raise errors.InvalidArgument(
-                f"input tensor alias not found in signature: {unknown[0]}. "
-                f"Inputs expected to be in the set {{{','.join(sorted(signature.inputs))}}}.")
-        try:
-            feed = {
-                name: tf.convert_to_tensor(value, dtype=tf.dtypes.as_dtype(signature.inputs[name].dtype))
-                for name, value in inputs.items()
-            }
-            outputs = function(**feed)
-        except tf.errors.OpError as err:
-            raise op_error(err) from None
-        except (TypeError, ValueError) as err:
-            # Raised by the signature's argument binding (wrong dtype or rank).
-            raise errors.InvalidArgument(str(err)) from None
-        return {name: value.numpy() for name, value in outputs.items()}
-
-
-def read_meta_graph(path: Path, tags: tuple[str, ...] = (SERVE_TAG,)) -> meta_graph_pb2.MetaGraphDef:
-    saved_model = saved_model_pb2.SavedModel()
-    try:
-        saved_model.ParseFromString((path / layout.SAVED_MODEL_FILE).read_bytes())
-    except OSError as err:
-        raise errors.NotFound(f"SavedModel file does not exist at: {path}: {err}") from None
-    except Exception as err:  # protobuf's DecodeError
-        raise errors.ServingError(f"Could not parse {path / layout.SAVED_MODEL_FILE}: {err}") from None
-    for meta_graph in saved_model.meta_graphs:
-        if set(tags) <= set(meta_graph.meta_info_def.tags):
-            return meta_graph
-    raise errors.NotFound(
-        f"Could not find meta graph def matching supplied tags: {{ {' '.join(tags)} }}. "
-        f"To inspect available tag-sets in the SavedModel, please use the SavedModel CLI: `saved_model_cli`")
-
-
-def load_servable(name: str, version: int, path: Path, *, warmup: bool = True) -> Servable:
-    """Load one version folder and replay its warmup requests. Raises ServingError on failure."""
-    meta_graph = read_meta_graph(path)
-    try:
-        loaded = tf.saved_model.load(str(path), tags=[SERVE_TAG])
-    except tf.errors.OpError as err:
-        raise op_error(err) from None
-    except Exception as err:  # a bad graph surfaces as many Python error types
-        raise errors.Unknown(f"{type(err).__name__}: {err}") from None
-    servable = Servable(name, version, path, meta_graph, loaded)
-    if warmup:
-        run_warmup(servable)
-    return servable
-
-
-def run_warmup(servable: Servable) -> int:
-    """Replay assets.extra/tf_serving_warmup_requests (TFRecord of PredictionLog). Returns the count.
-
-    As TF Serving (saved_model_warmup_util.cc): a missing file is fine; any failing
-    record fails the load with that record's error; a file that is not TFRecord
-    fails it with DATA_LOSS.
-    """
-    path = servable.path / layout.WARMUP_FILE
-    if not path.is_file():
-        return 0
-    count = 0
-    try:
-        for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
-            count += 1
-            if count > MAX_WARMUP_RECORDS:
-                raise errors.InvalidArgument(
-                    f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
-            _replay(servable, record, path)
-    except tf.errors.DataLossError as err:
-        raise errors.from_code_name(
-            "DATA_LOSS", f"{err.message}. Please verify your warmup data is in TFRecord format.") from None
-    except tf.errors.OpError as err:  # e.g. the file cannot be read
-        raise op_error(err) from None
-    return count
-
-
-def _replay(servable: Servable, record: bytes, path: Path) -> None:
-    entry = prediction_log_pb2.PredictionLog()
-    try:
-        entry.ParseFromString(record)
-    except Exception:
-        raise errors.InvalidArgument(f"Failed to parse warmup record: {record[:64]!r} from {path}") from None
-    kind = entry.WhichOneof("log_type")
-    if kind == "predict_log":
-        request = entry.predict_log.request
-        inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
-        servable.run(request.model_spec.signature_name or DEFAULT_SIGNATURE, inputs)
-    elif kind in ("classify_log", "regress_log"):
-        request = getattr(entry, kind).request
-        _replay_examples(servable, request.model_spec.signature_name, request.input)
-    elif kind == "multi_inference_log":
-        request = entry.multi_inference_log.request
-        for task in request.tasks:
-            _replay_examples(servable, task.model_spec.signature_name, request.input)
-    elif kind is not None:
-        raise errors.Unimplemented(f"Unsupported log_type for warmup: {kind}")
-
-
-def _replay_examples(servable: Servable, signature_name: str, request_input) -> None:
-    signature_name = signature_name or DEFAULT_SIGNATURE
-    signature = servable.signature_defs.get(signature_name)
-    if signature is None or len(signature.inputs) != 1:
-        raise errors.InvalidArgument(f"No signature was found with the name: {signature_name}")
-    (input_name,) = signature.inputs
-    servable.run(signature_name, {input_name: np.array(serialize_examples(request_input), dtype=object)})
-
-
-def serialize_examples(request_input) -> list[bytes]:
-    """A tensorflow.serving.Input as the serialized tf.Examples a classify/regress signature takes.
-
-    With a context, each example is the context's bytes followed by the
-    example's: protobuf merges them, which is how TF Serving builds them.
-    """
-    kind = request_input.WhichOneof("kind")
-    if kind == "example_list":
-        return [example.SerializeToString() for example in request_input.example_list.examples]
-    if kind == "example_list_with_context":
-        listed = request_input.example_list_with_context
-        context = listed.context.SerializeToString()
-        return [context + example.SerializeToString() for example in listed.examples]
-    return []
+    def unload(self) -> None:
+        """Called once, when the version's last request is done, from any thread; must not block."""
 
 
 @dataclass
@@ -216,7 +59,8 @@ class VersionRecord:
     error_code: str = "OK"
     error_message: str = ""
     fingerprint: tuple = ()
-    servable: Servable | None = None
+    servable: Loaded | None = None
+    """What `load` returned, while the version is loaded."""
     in_flight: int = 0
 
 
@@ -234,7 +78,8 @@ class Lease:
         self._registry = registry
         self._record = record
         self.model_name = model_name
-        self.servable: Servable = record.servable
+        self.servable: Any = record.servable
+        """What `load` returned for this version: a serving.servable.Servable in the server."""
         self.version = record.version
         self._released = False
         self._kept = False
@@ -265,7 +110,7 @@ class Lease:
         self.release()
 
 
-LoadFn = Callable[[str, int, Path], Servable]
+LoadFn = Callable[[str, int, Path], Loaded]
 
 
 class Registry:
@@ -277,18 +122,15 @@ class Registry:
         *,
         allow_version_labels_for_unavailable_models: bool = False,
         on_event: Callable[[str, int, str], None] | None = None,
-        on_unloaded: Callable[[Servable], None] | None = None,
     ):
-        """`load(name, version, path)` builds a warmed-up Servable or raises.
+        """`load(name, version, path)` builds a ready-to-serve version or raises.
 
         `on_event(model, version, event)` hears "loaded", "load_failed" and
-        "unloaded" (for metrics); `on_unloaded(servable)` runs once a version's
-        last request is done (the handler closes its batchers there).
+        "unloaded" (for metrics).
         """
         self._load = load
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self._on_event = on_event or (lambda *_: None)
-        self._on_unloaded = on_unloaded or (lambda _: None)
         self._lock = threading.Lock()
         self._reconcile_lock = threading.Lock()
         self._scan_errors: dict[str, str] = {}  # model -> the scan error logged last
@@ -433,15 +275,15 @@ class Registry:
             self._unloaded(name, servable)
 
     @staticmethod
-    def _finish_unload(entry: VersionRecord) -> Servable:
+    def _finish_unload(entry: VersionRecord) -> Loaded:
         servable, entry.servable = entry.servable, None
         entry.state = END
         return servable
 
-    def _unloaded(self, name: str, servable: Servable) -> None:
+    def _unloaded(self, name: str, servable: Loaded) -> None:
+        servable.unload()
         log.info("Unloaded version %s of model %s", servable.version, name)
         self._on_event(name, servable.version, "unloaded")
-        self._on_unloaded(servable)
 
     def unload_all(self) -> None:
         """Retire every version (server shutdown)."""

@@ -2,6 +2,8 @@
 
 This is TF Serving's FileSystemStoragePathSource: it only looks at folders. Loading
 and unloading what it finds is the registry's job.
+
+Layer: below the registry. Imports serving.layout and serving.settings only.
 """
 from __future__ import annotations
 

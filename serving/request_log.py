@@ -14,6 +14,9 @@ renamed to `<file>.1` (replacing an older one) and a new file is started, so
 the log keeps going and uses at most twice the cap on disk. A single line
 longer than the cap is dropped. One writer per file: two servers must not share
 a log file.
+
+Layer: beside the data plane, which feeds it through its on_predicted hook.
+Imports numpy and serving.contract (the output names).
 """
 from __future__ import annotations
 
@@ -30,11 +33,10 @@ from typing import BinaryIO, Callable, Mapping
 
 import numpy as np
 
+from serving.contract import LABEL_OUTPUT, SCORE_OUTPUT
+
 log = logging.getLogger(__name__)
 
-# Output names of signflow's serving signature (components/trainer/export.py).
-LABEL_OUTPUT = "label"
-SCORE_OUTPUT = "score"
 # Image bytes waiting for the writer; past this, entries are dropped rather than held.
 DEFAULT_MAX_PENDING_BYTES = 64 * 1024 * 1024
 

@@ -5,7 +5,8 @@ URL grammar, method dispatch and status codes are TF Serving's
 `http_server.cc`): the /v1 regexes are matched case-insensitively against the
 raw path plus query string, the verb and `metadata` are compared
 case-sensitively, and every /v1 error is `{"error": "..."}` with the status its
-code maps to. Everything past the URL is the handlers' job.
+code maps to. Bodies are decoded and answers written by rest_codec.py; what a
+request means is the data plane's job (handlers.py).
 
 signflow additions, none of which change a body TF Serving would send:
 - `X-Model-Version: <n>` on answers that came from a model version;
@@ -23,10 +24,14 @@ signflow's own routes are passed in as `extra_routes` and matched before the
 at `POST /v1/models/<name>/feedback`: a URL TF Serving has no meaning for (it
 answers 400 "Malformed request"), so every URL of TF Serving's API still
 reaches the dispatcher, and any other method on that path too.
+
+Layer: transport. Imports Starlette, serving.errors, handlers, metrics,
+registry (the status route), rest_codec and settings.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -39,8 +44,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from serving import errors
-from serving.handlers import Handlers, JsonResponse, ModelRef, with_deadline
+from serving import errors, rest_codec
+from serving.handlers import Handlers, ModelRef, with_deadline
 from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serving.metrics import Metrics
 from serving.registry import AVAILABLE, Registry
@@ -73,7 +78,8 @@ NOT_FOUND_PAGE = "<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1
 
 def error_response(err: errors.ServingError, headers: dict | None = None) -> Response:
     """The one place an error becomes an HTTP answer: TF Serving's {"error": message}."""
-    return Response(_json_bytes(err.to_json()), status_code=err.http_status, media_type=_JSON, headers=headers)
+    return Response(rest_codec.json_bytes(err.to_json()), status_code=err.http_status, media_type=_JSON,
+                    headers=headers)
 
 
 def create_app(
@@ -134,21 +140,22 @@ class _RestApi:
                 ref = _model_ref(match)
                 model_name, api = ref.name, verb
                 body = await read_body(request, self._settings.max_request_bytes)
-                call: Callable[[ModelRef, bytes], Awaitable[JsonResponse]] = {
-                    "predict": self._handlers.predict_json,
-                    "classify": self._handlers.classify_json,
-                    "regress": self._handlers.regress_json,
+                call: Callable[[ModelRef, bytes], Awaitable[tuple[bytes, int | None]]] = {
+                    "predict": self._predict,
+                    "classify": self._classify,
+                    "regress": self._regress,
                 }[verb]
-                answer = await with_deadline(call(ref, body), self._timeout, f"{verb} request")
+                answer, version = await with_deadline(call(ref, body), self._timeout, f"{verb} request")
             elif method == "GET" and (match := _GET.fullmatch(target)):
                 ref = _model_ref(match)
                 model_name = ref.name
                 if not ref.name:
                     raise errors.InvalidArgument("Missing model name in request.")
                 if match.group(4) == "metadata":
-                    answer = self._handlers.model_metadata_json(ref)
+                    response = self._handlers.model_metadata(ref)
+                    answer, version = rest_codec.metadata_body(response), response.model_spec.version.value
                 else:
-                    answer = self._handlers.model_status_json(ref)
+                    answer, version = rest_codec.status_body(self._handlers.model_status(ref)), None
             else:
                 raise errors.InvalidArgument(f"Malformed request: {method} {target}")
         except errors.ServingError as err:
@@ -159,10 +166,32 @@ class _RestApi:
             failure = errors.Internal(errors.INTERNAL_MESSAGE)
             self._metrics.request(model_name, version, api, "REST", failure.code.name, time.monotonic() - started)
             return error_response(failure)
-        version = answer.version
         self._metrics.request(model_name, version, api, "REST", "OK", time.monotonic() - started)
         headers = {VERSION_HEADER: str(version)} if version is not None else None
-        return Response(answer.body, media_type=_JSON, headers=headers)
+        return Response(answer, media_type=_JSON, headers=headers)
+
+    # Each verb: (the answer's body, the version that produced it). Decoding and
+    # encoding run on the handlers' pool: a large body must not stall the event loop.
+
+    async def _predict(self, ref: ModelRef, body: bytes) -> tuple[bytes, int]:
+        document = await self._handlers.offload(rest_codec.parse_document, body)
+        name = rest_codec.signature_name(document)
+        decode = functools.partial(rest_codec.predict_inputs, document, name=name,
+                                   max_instances=self._settings.max_instances_per_request)
+        result = await self._handlers.predict_decoded(ref, name, decode)
+        row_format = rest_codec.is_row_format(document)
+        answer = await self._handlers.offload(rest_codec.predict_body, result.outputs, row_format)
+        return answer, result.version
+
+    async def _classify(self, ref: ModelRef, body: bytes) -> tuple[bytes, int]:
+        name, request_input = await self._handlers.offload(rest_codec.examples_from_json, body)
+        result = await self._handlers.classify(ref, name, request_input)
+        return rest_codec.classify_body(result.result), result.version
+
+    async def _regress(self, ref: ModelRef, body: bytes) -> tuple[bytes, int]:
+        name, request_input = await self._handlers.offload(rest_codec.examples_from_json, body)
+        result = await self._handlers.regress(ref, name, request_input)
+        return rest_codec.regress_body(result.result), result.version
 
 
 def raw_target(request: Request) -> str:
@@ -215,18 +244,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _json_bytes(document: dict) -> bytes:
-    text = json.dumps(document, ensure_ascii=False)
-    try:
-        # surrogateescape: bytes that are not UTF-8 in a message (a file name on disk) go out
-        # as they are, as TF Serving writes them.
-        return text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        # A surrogate that stands for no byte: \u escapes always encode, so an error answer
-        # can never fail to be written.
-        return json.dumps(document).encode("ascii")
-
-
 def status_route(registry: Registry, training_status_file: str) -> Route:
     """`GET /signflow/status`: every configured model's versions, and the training status file.
 
@@ -238,7 +255,7 @@ def status_route(registry: Registry, training_status_file: str) -> Route:
 
     async def status(request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):
-            return Response(_json_bytes({"error": f"Method {request.method} not allowed; use GET"}),
+            return Response(rest_codec.json_bytes({"error": f"Method {request.method} not allowed; use GET"}),
                             status_code=405, media_type=_JSON, headers={"Allow": "GET, HEAD"})
         training, error = None, None
         if training_status_file:

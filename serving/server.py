@@ -1,7 +1,8 @@
 """Wiring: one asyncio event loop runs the REST server (uvicorn) and the gRPC server (grpc.aio).
 
-Both transports share one Handlers object, hence one registry and one set of
-batchers. Models run on a thread pool, never on the loop. Startup follows TF
+Both transports share one Handlers object, hence one registry. Models run on a
+thread pool or, with --enable_batching, through the batchers the Loader wraps
+around each version as it loads; never on the loop. Startup follows TF
 Serving's order: the models present on disk are loaded (and warmed up) first,
 then the ports open; the version watcher and the config-file poller then run
 in the background.
@@ -13,6 +14,9 @@ handlers' on_predicted hook. `extra_routes` are mounted after them.
 
 `ModelServer` is the async object; `ServerThread` runs one on a background
 thread (tests, embedding); `run(settings)` is the command-line entry.
+
+Layer: the top; the only module that builds every other one. Imports grpc,
+uvicorn and every serving module but cli and client.
 """
 from __future__ import annotations
 
@@ -35,7 +39,8 @@ from starlette.routing import BaseRoute
 from serving import errors, feedback, grpc_service, rest
 from serving.handlers import Handlers
 from serving.metrics import Metrics
-from serving.registry import Registry, load_servable
+from serving.registry import Registry
+from serving.servable import Loader
 from serving.repository import Watcher
 from serving.request_log import RequestLog
 from serving.settings import ModelConfig, Settings, SettingsError, read_model_config_file
@@ -61,27 +66,21 @@ class ModelServer:
         self._ephemeral = ephemeral_ports
         self._extra_routes = extra_routes
         self._executor = concurrent.futures.ThreadPoolExecutor(settings.execution_threads, "model")
-        batching_options, batch_executor = None, None
-        if settings.enable_batching:
-            from serving.batching import BatchingOptions
-
-            batching_options = BatchingOptions.from_text_proto(settings.batching_parameters)
-            batch_executor = concurrent.futures.ThreadPoolExecutor(batching_options.num_batch_threads, "batch")
-        self._batch_executor = batch_executor
         self.request_log: RequestLog | None = None
         if settings.request_log_file:
             self.request_log = RequestLog(settings.request_log_file, settings.request_log_max_bytes,
                                           on_dropped=self.metrics.request_log_dropped)
         self._routes: list[BaseRoute] = []
+        self._loader = Loader(
+            self._executor, warmup=settings.enable_model_warmup,
+            batching=settings.batching if settings.enable_batching else None, on_batch=self.metrics.batch)
         self.registry = Registry(
-            lambda name, version, path: load_servable(name, version, path, warmup=settings.enable_model_warmup),
+            self._loader,
             allow_version_labels_for_unavailable_models=settings.allow_version_labels_for_unavailable_models,
             on_event=self.metrics.load_event,
-            on_unloaded=lambda servable: self.handlers.on_unloaded(servable),
         )
         self.handlers = Handlers(
-            self.registry, settings, self._executor, batching_options=batching_options,
-            batch_executor=batch_executor, on_batch=self.metrics.batch,
+            self.registry, settings, self._executor,
             on_predicted=self.request_log.record if self.request_log is not None else None)
         self._watcher = Watcher(self.registry.configs, self.registry.reconcile, settings.file_system_poll_wait_seconds,
                                 on_poll=self.metrics.file_system_poll)
@@ -103,7 +102,6 @@ class ModelServer:
         self._routes = await loop.run_in_executor(self._executor, self._signflow_routes)
         if self.request_log is not None:
             await loop.run_in_executor(self._executor, self.request_log.start)
-        self.handlers.bind_loop(loop)
         self._stopping = asyncio.Event()
         self.registry.apply_config(self.settings.models)
         if self.settings.model_config_file:
@@ -236,10 +234,8 @@ class ModelServer:
             # The transports are closed: nothing more is recorded; write what is queued.
             await asyncio.get_running_loop().run_in_executor(None, self.request_log.close)
         self.registry.unload_all()
-        await self.handlers.aclose()
+        await self._loader.aclose()
         self._executor.shutdown(wait=False, cancel_futures=True)
-        if self._batch_executor is not None:
-            self._batch_executor.shutdown(wait=False, cancel_futures=True)
 
 
 class ServerThread:

@@ -7,8 +7,13 @@ parsed with the protos from tensorflow-serving-api. Only `--host` and the
 request limits and the feedback / status / request-log settings are
 signflow's own (`tensorflow_model_server_argv` leaves them out).
 
-This module never imports TensorFlow: a bad flag or config file fails in a
-fraction of a second, before the 10-second TensorFlow import.
+Every config file is parsed here, once, into typed values (ModelConfig,
+BatchingOptions, the monitoring fields) that the rest of the server is given.
+
+Layer: bottom. Imports protobuf, tensorflow-serving-api's config protos,
+serving.config_protos and serving.images (the pixel limit's default). It never
+imports TensorFlow: a bad flag or config file fails in a fraction of a second,
+before the 10-second TensorFlow import.
 """
 from __future__ import annotations
 
@@ -19,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Mapping
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import images
+from serving.config_protos import BatchingParameters, MonitoringConfig
 
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
@@ -63,6 +69,104 @@ class ModelConfig:
     version_labels: Mapping[str, int] = field(default_factory=dict)
 
 
+def _schedulable_cpus() -> int:
+    # TensorFlow's default for num_batch_threads is port::MaxParallelism(),
+    # the number of CPUs this process may run on.
+    return len(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """TF Serving's BatchingParameters (the `--batching_parameters_file` text proto).
+
+    Defaults are what TF Serving uses for an unset field: TensorFlow's
+    SharedBatchScheduler defaults. Construction refuses values TF Serving refuses
+    (ValueError).
+    """
+
+    max_batch_size: int = 1000
+    """Most rows one request (task) may have, and most rows per batch unless splitting."""
+    batch_timeout_micros: int = 0
+    """How long the first task of a batch waits for more before the batch may run."""
+    max_enqueued_batches: int = 10
+    """Batches the queue may hold, the open one included; past that requests get UNAVAILABLE."""
+    num_batch_threads: int = field(default_factory=_schedulable_cpus)
+    """Batches run at the same time (the worker threads); TF's default is the CPU count."""
+    allowed_batch_sizes: tuple[int, ...] = ()
+    """If set, increasing sizes; each batch is padded up to the next one."""
+    enable_large_batch_splitting: bool = False
+    """Split a task larger than the room left in a batch across batches."""
+    max_execution_batch_size: int | None = None
+    """With splitting: most rows per batch (unset means max_batch_size)."""
+    thread_pool_name: str = ""
+    """Accepted for compatibility; thread names have no effect on behaviour."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size <= 0:
+            raise ValueError(f"max_batch_size must be positive; was {self.max_batch_size}")
+        if self.batch_timeout_micros < 0:
+            raise ValueError(f"batch_timeout_micros must be non-negative; was {self.batch_timeout_micros}")
+        if self.max_enqueued_batches < 0 or (self.enable_large_batch_splitting and self.max_enqueued_batches == 0):
+            raise ValueError(f"max_enqueued_batches must be positive; was {self.max_enqueued_batches}")
+        if self.num_batch_threads <= 0:
+            raise ValueError(f"num_batch_threads must be positive; was {self.num_batch_threads}")
+        if self.max_execution_batch_size is not None and self.max_execution_batch_size <= 0:
+            raise ValueError(f"max_execution_batch_size must be positive; was {self.max_execution_batch_size}")
+        if self.enable_large_batch_splitting and self.execution_batch_size > self.max_batch_size:
+            raise ValueError(
+                "When enable_large_batch_splitting is true, max_batch_size must be greater than or equal to "
+                f"max_execution_batch_size; was {self.max_batch_size} < {self.execution_batch_size}"
+            )
+        sizes = self.allowed_batch_sizes
+        if sizes:
+            if any(size <= 0 for size in sizes) or any(b <= a for a, b in zip(sizes, sizes[1:])):
+                raise ValueError(f"allowed_batch_sizes entries must be positive and monotonically increasing; was {list(sizes)}")
+            if sizes[-1] != self.execution_batch_size:
+                expected = "max_execution_batch_size" if self.enable_large_batch_splitting else "max_batch_size"
+                raise ValueError(
+                    f"Last entry in allowed_batch_sizes must match {expected}; last entry was {sizes[-1]}; "
+                    f"expected {self.execution_batch_size}"
+                )
+
+    @property
+    def execution_batch_size(self) -> int:
+        """Most rows a batch may hold when it runs."""
+        if self.enable_large_batch_splitting and self.max_execution_batch_size is not None:
+            return self.max_execution_batch_size
+        return self.max_batch_size
+
+    @property
+    def queue_capacity(self) -> int:
+        """max_enqueued_batches as TensorFlow applies it (0 without splitting means 1)."""
+        return self.max_enqueued_batches or 1
+
+    @classmethod
+    def from_text_proto(cls, text: str) -> "BatchingOptions":
+        """Parse a BatchingParameters text proto, e.g. `max_batch_size { value: 128 }`.
+
+        Raises ValueError for text that is not a valid BatchingParameters message,
+        for values TF Serving would refuse, and for `pad_variable_length_inputs: true`
+        (not supported by signflow's server).
+        """
+        message = BatchingParameters()
+        try:
+            text_format.Parse(text, message)
+        except text_format.ParseError as err:
+            hint = ""
+            if 'Expected "{"' in str(err):
+                hint = " (the numeric fields are wrapper messages: write `max_batch_size { value: 128 }`)"
+            raise ValueError(f"Invalid BatchingParameters text proto: {err}{hint}") from None
+        if message.pad_variable_length_inputs:
+            raise ValueError("pad_variable_length_inputs is not supported: requests must agree on all but dimension 0")
+        kwargs: dict = {}
+        for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads",
+                     "enable_large_batch_splitting", "max_execution_batch_size", "thread_pool_name"):
+            if message.HasField(name):
+                kwargs[name] = getattr(message, name).value
+        kwargs["allowed_batch_sizes"] = tuple(message.allowed_batch_sizes)
+        return cls(**kwargs)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything `signflow serve` / `python -m serving` is told. See cli.py for the flags."""
@@ -87,8 +191,9 @@ class Settings:
     """--enable_batching: gather concurrent predict requests into one model call."""
     batching_parameters_file: str = ""
     """--batching_parameters_file: text-format BatchingParameters (needs --enable_batching)."""
-    batching_parameters: str = ""
-    """The text of --batching_parameters_file ("" means the scheduler's defaults)."""
+    batching: BatchingOptions = field(default_factory=BatchingOptions)
+    """--batching_parameters_file, parsed (TensorFlow's scheduler defaults without one); used with
+    --enable_batching only."""
     monitoring_config_file: str = ""
     """--monitoring_config_file: text-format MonitoringConfig."""
     prometheus_enabled: bool = False
@@ -156,10 +261,9 @@ def build_settings(**flags) -> Settings:
     else:
         raise SettingsError("Both server_options.model_base_path and server_options.model_config_file are empty!")
 
-    batching_text = ""
+    batching = settings.batching
     if settings.batching_parameters_file:
-        batching_text = _read_text(settings.batching_parameters_file, "--batching_parameters_file")
-        _check_batching_parameters(batching_text, settings.batching_parameters_file)
+        batching = read_batching_parameters_file(settings.batching_parameters_file)
 
     prometheus_enabled, prometheus_path = False, DEFAULT_PROMETHEUS_PATH
     if settings.monitoring_config_file:
@@ -167,7 +271,7 @@ def build_settings(**flags) -> Settings:
 
     return settings.replace(
         models=models,
-        batching_parameters=batching_text,
+        batching=batching,
         prometheus_enabled=prometheus_enabled,
         prometheus_path=prometheus_path,
     )
@@ -267,14 +371,12 @@ def _check_models(models: tuple[ModelConfig, ...]) -> None:
                 f"got base_path()={model.base_path}")
 
 
-def _check_batching_parameters(text: str, path: str) -> None:
-    # NOTE: imported here so that settings stays importable while batching.py is
-    # developed separately; its parser is the one authority on the format.
-    from serving.batching import BatchingOptions
-
+def read_batching_parameters_file(path: str) -> BatchingOptions:
+    """BatchingOptions from a text-format BatchingParameters file."""
+    text = _read_text(path, "--batching_parameters_file")
     try:
-        BatchingOptions.from_text_proto(text)
-    except Exception as err:  # its parser raises protobuf's ParseError or ValueError
+        return BatchingOptions.from_text_proto(text)
+    except ValueError as err:
         raise SettingsError(
             f"Error parsing text-format tensorflow.serving.BatchingParameters in {path}: {err}") from None
 
@@ -282,7 +384,7 @@ def _check_batching_parameters(text: str, path: str) -> None:
 def read_monitoring_config_file(path: str) -> tuple[bool, str]:
     """(enabled, path) from a text-format MonitoringConfig."""
     text = _read_text(path, "--monitoring_config_file")
-    config = _monitoring_config_class()()
+    config = MonitoringConfig()
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as err:
@@ -293,40 +395,6 @@ def read_monitoring_config_file(path: str) -> tuple[bool, str]:
     if prometheus.enable and not metrics_path.startswith("/"):
         raise SettingsError(f"prometheus_config.path must start with '/': {metrics_path!r}")
     return prometheus.enable, metrics_path
-
-
-_MONITORING_CLASS = None
-
-
-def _monitoring_config_class():
-    """tensorflow.serving.MonitoringConfig, built from its .proto definition.
-
-    tensorflow-serving-api does not ship monitoring_config_pb2; the message is two
-    fields (tensorflow_serving/config/monitoring_config.proto), declared here with
-    the same package, names and numbers so the text format is identical.
-    """
-    global _MONITORING_CLASS
-    if _MONITORING_CLASS is None:
-        proto = descriptor_pb2.FileDescriptorProto(
-            name="signflow/tensorflow_serving/config/monitoring_config.proto",
-            package="tensorflow.serving", syntax="proto3")
-        prometheus = proto.message_type.add(name="PrometheusConfig")
-        prometheus.field.add(name="enable", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
-                             label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL, json_name="enable")
-        prometheus.field.add(name="path", number=2, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
-                             label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL, json_name="path")
-        monitoring = proto.message_type.add(name="MonitoringConfig")
-        monitoring.field.add(name="prometheus_config", number=1,
-                             type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
-                             type_name=".tensorflow.serving.PrometheusConfig",
-                             label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
-                             json_name="prometheusConfig")
-        # A private pool: the TF protos in the default pool may define the same names.
-        pool = descriptor_pool.DescriptorPool()
-        pool.Add(proto)
-        descriptor = pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")
-        _MONITORING_CLASS = message_factory.MessageFactory(pool).GetPrototype(descriptor)
-    return _MONITORING_CLASS
 
 
 def _read_text(path: str, flag: str) -> str:

@@ -25,7 +25,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from components.ingest.records import Accepted, LandedFile, Rejected, parse_record, read_landed_file
-from serving import cli, feedback
+from serving import cli, contract, feedback
 from serving.request_log import RequestLog
 from serving.server import ServerThread
 from serving.settings import SettingsError
@@ -411,7 +411,7 @@ def test_labels_feedback_accepts_are_accepted_by_ingestion(label):
 
 @pytest.mark.parametrize("label", ["tab\there", "nl\n", "del\x7f"])
 def test_labels_ingestion_refuses_are_refused_by_feedback(label):
-    with pytest.raises(feedback.InvalidInstance) as caught:
+    with pytest.raises(contract.InvalidRecord) as caught:
         feedback.check_label(label)
     assert caught.value.reason == "invalid_label"
     outcome = parse_record({"image": b64(make_image_bytes()), "label": label}, "s", (0, 1), "p")

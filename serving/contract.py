@@ -1,0 +1,268 @@
+"""What training and serving share: the one source of the names both sides of the wire use.
+
+Layer: the bottom of `serving/`, below everything else in the project. It imports
+the standard library only, so ingestion, the Trainer, the Pusher, batch
+prediction and every serving module can import it without pulling in TFX, the
+server or TensorFlow. (`call_signature` imports TensorFlow when called: only code
+that already has a loaded SavedModel calls it.)
+
+It holds:
+
+- the SavedModel's signature, method, input and output names, as the Trainer's
+  export writes them and the server, the serving check and batch prediction read them;
+- the tf.Example feature keys of an ingested record and the JSON record keys of
+  the inbox and the feedback endpoint;
+- the label rule, with a lenient mode (ingestion) and a strict one (feedback);
+- TF Serving's request-body shapes: row "instances" and columnar "inputs";
+- the reason codes for refused images and records;
+- the one way to write a file atomically and durably;
+- the one way to call a SavedModel signature on arrays.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import unicodedata
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# -- the SavedModel --------------------------------------------------------------------------
+
+SERVE_TAG = "serve"
+"""The MetaGraph tag TF Serving loads."""
+
+SERVING_SIGNATURE = "serving_default"
+"""Raw images in, top label out. Also TF Serving's signature when a request names none."""
+CLASSIFY_SIGNATURE = "classify"
+"""Serialized tf.Examples in, every class and its score out (TF Serving's Classify API, the Evaluator)."""
+
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+IMAGE_INPUT = "image_bytes"
+"""serving_default's input: string [N], raw PNG/JPEG/GIF/BMP file bytes. Requests to it are image-checked."""
+PROBABILITIES_OUTPUT = "probabilities"
+"""serving_default: float32 [N, K], in the order of the version's assets/labels.txt."""
+LABEL_OUTPUT = "label"
+"""serving_default: string [N], the most likely label."""
+SCORE_OUTPUT = "score"
+"""serving_default: float32 [N], that label's probability."""
+
+# TF Serving's names for classify and regress signatures (tf.saved_model.CLASSIFY_INPUTS, ...).
+CLASSIFY_INPUT = "inputs"
+CLASSES_OUTPUT = "classes"
+SCORES_OUTPUT = "scores"
+REGRESS_INPUT = "inputs"
+REGRESS_OUTPUT = "outputs"
+
+# -- records -----------------------------------------------------------------------------------
+
+IMAGE_FEATURE = "image_raw"
+"""tf.Example feature of an ingested record holding the image file's bytes."""
+LABEL_FEATURE = "label"
+"""tf.Example feature holding the label (UTF-8)."""
+SHA256_FEATURE = "sha256"
+"""tf.Example feature holding the hex sha256 of the image bytes (the split and de-duplication key)."""
+
+REQUEST_IMAGE_FEATURE = "image"
+"""The feature a Classify request puts the image under (the seed's requests)."""
+CLASSIFY_IMAGE_FEATURES = (REQUEST_IMAGE_FEATURE, IMAGE_FEATURE)
+"""Where the classify signature reads the image from, first non-empty wins; requests to it are image-checked."""
+
+RECORD_IMAGE_KEYS = (IMAGE_INPUT, "image")
+"""Keys of a JSON record (inbox line, feedback instance) that may hold the image, looked up in this order."""
+BARE_TEXT_IMAGE_KEY = "image"
+"""The one image key that may also hold bare base64 text, as the seed's records do. Under
+IMAGE_INPUT a bare string stays refused: TF Serving's :predict reads it as raw bytes."""
+B64_KEY = "b64"
+"""TF Serving's binary value: {"b64": "<standard base64>"}."""
+RECORD_LABEL_KEY = "label"
+"""Key of a JSON record holding the label."""
+
+# -- reason codes --------------------------------------------------------------------------------
+# Short, stable codes written to the quarantine, to feedback answers and to batch prediction's
+# error lines. serving.images raises the image ones.
+
+INVALID_BASE64 = "invalid_base64"
+EMPTY_IMAGE = "empty_image"
+NOT_AN_IMAGE = "not_an_image"
+CORRUPT_IMAGE = "corrupt_image"
+TOO_MANY_PIXELS = "too_many_pixels"
+UNSUPPORTED_FORMAT = "unsupported_format"
+
+INVALID_JSON = "invalid_json"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_IMAGE = "missing_image"
+INVALID_IMAGE_FIELD = "invalid_image_field"
+MISSING_LABEL = "missing_label"
+INVALID_LABEL = "invalid_label"
+UNKNOWN_JSON_SHAPE = "unknown_json_shape"
+INVALID_COLUMNS = "invalid_columns"
+UNREADABLE_FILE = "unreadable_file"
+UNSUPPORTED_FILE = "unsupported_file"
+INFERENCE_FAILED = "inference_failed"
+"""An image that passed serving.images' checks but that the model's graph could not decode."""
+
+
+class InvalidRecord(ValueError):
+    """A record (or one of its fields) that cannot be used: `reason` is one of the codes above."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def json_type_name(value: Any) -> str:
+    """A JSON value's type as messages about records name it ("a string", "null", ...)."""
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+# -- the label rule ---------------------------------------------------------------------------------
+
+MAX_LABEL_CHARS = 256
+"""Longest label the strict mode accepts."""
+
+# Labels become lines of the model's assets/labels.txt, so a control character or a
+# line/paragraph separator (str.splitlines splits on both) would corrupt the class list;
+# a lone surrogate cannot be encoded as UTF-8 for the tf.Example.
+_FORBIDDEN_LABEL_CATEGORIES = ("Cc", "Zl", "Zp", "Cs")
+
+
+def check_label(value: Any, *, lenient: bool) -> str | None:
+    """The label `value` stands for, or InvalidRecord (MISSING_LABEL / INVALID_LABEL).
+
+    Both modes refuse a value that is not a string and one holding a control
+    character, a line or paragraph separator or a lone surrogate.
+
+    lenient (ingestion): a missing (None) or blank label means "unlabelled" and
+    gives None.
+
+    strict (lenient=False, feedback, where a person sends one answer): a label is
+    required, at most MAX_LABEL_CHARS long, without surrounding whitespace
+    ("signer_03 " would train as a class of its own).
+    """
+    if value is None:
+        if lenient:
+            return None
+        raise InvalidRecord(MISSING_LABEL, f'no "{RECORD_LABEL_KEY}": feedback needs a label per instance')
+    if not isinstance(value, str):
+        raise InvalidRecord(INVALID_LABEL, f"label must be a string, got {json_type_name(value)}")
+    if not value.strip():
+        if lenient:
+            return None
+        raise InvalidRecord(MISSING_LABEL, "label is empty")
+    if not lenient:
+        if len(value) > MAX_LABEL_CHARS:
+            raise InvalidRecord(INVALID_LABEL, f"label is {len(value)} characters long; at most {MAX_LABEL_CHARS}")
+        if value != value.strip():
+            raise InvalidRecord(INVALID_LABEL, f"label has leading or trailing whitespace: {value!r}")
+    if any(unicodedata.category(ch) in _FORBIDDEN_LABEL_CATEGORIES for ch in value):
+        raise InvalidRecord(INVALID_LABEL, f"label contains control or line-separator characters: {value!r}")
+    return value
+
+
+# -- TF Serving's request bodies ------------------------------------------------------------------------
+
+INSTANCES_KEY = "instances"
+"""Row format: a list with one entry per instance (an object of named inputs, or a bare value)."""
+INPUTS_KEY = "inputs"
+"""Columnar format: an object of named inputs, each a list with one entry per instance."""
+
+
+def columns_to_rows(inputs: Any) -> list[dict]:
+    """Columnar "inputs" ({"name": [v0, v1, ...], ...}) as row "instances" ([{"name": v0, ...}, ...]).
+
+    Raises InvalidRecord(INVALID_COLUMNS) unless `inputs` is a non-empty object
+    whose values are lists of one length.
+    """
+    if not isinstance(inputs, dict) or not inputs:
+        raise InvalidRecord(
+            INVALID_COLUMNS, f"'{INPUTS_KEY}' must be an object of columns, got {json_type_name(inputs)}")
+    lengths = {name: len(column) if isinstance(column, list) else None for name, column in inputs.items()}
+    if None in lengths.values() or len(set(lengths.values())) != 1:
+        raise InvalidRecord(
+            INVALID_COLUMNS, f"Every column of '{INPUTS_KEY}' must be a list of the same length: {lengths}")
+    size = next(iter(lengths.values()))
+    return [{name: column[i] for name, column in inputs.items()} for i in range(size)]
+
+
+# -- durable files -------------------------------------------------------------------------------------------
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a new entry or a rename in folder `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_synced(path: str | os.PathLike, data: bytes | str, *, exclusive: bool = False) -> None:
+    """Write `data` (str as UTF-8) to `path` and fsync it; with `exclusive`, only if `path` does not exist yet
+    (FileExistsError otherwise: O_EXCL makes creating the file a reservation of its name).
+
+    The folder's entry is not synced: call fsync_dir, or use write_atomic.
+    """
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Create or replace `path` with `data` (str as UTF-8) so that readers see the old file or the whole new one,
+    also after a crash or a power cut.
+
+    The data goes to a hidden temporary file beside `path` (`.<name>.<random>.tmp`:
+    ingestion skips dotfiles and *.tmp, TF Serving skips names that are not numbers),
+    is fsynced, renamed over `path`, then the folder is fsynced so the rename lasts.
+    The folder must exist. On any error the temporary file is removed and the
+    error raised.
+    """
+    folder, name = os.path.split(os.fspath(path))
+    temporary = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+    try:
+        write_synced(temporary, data, exclusive=True)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+    fsync_dir(folder or ".")
+
+
+# -- calling a SavedModel ------------------------------------------------------------------------------------
+
+def call_signature(function: Callable, inputs: Mapping[str, Any],
+                   dtypes: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Call a restored SavedModel signature (`tf.saved_model.load(path).signatures[name]`) on named arrays.
+
+    Each input becomes a tensor of `dtypes[name]` (a DataType enum value, as in a
+    SignatureDef) when given, else of the type its values have. The outputs come
+    back as numpy arrays by name. TensorFlow's errors pass through unchanged:
+    tf.errors.OpError when an op fails (e.g. bytes that do not decode), TypeError or
+    ValueError when an input does not bind (unknown name, wrong dtype or rank);
+    each caller words them for its own audience.
+    """
+    # NOTE: imported here: the names above must stay importable without TensorFlow
+    # (the server's flag parsing, ingestion's record checks).
+    import tensorflow as tf
+
+    feed = {
+        name: tf.convert_to_tensor(value, dtype=tf.dtypes.as_dtype(dtypes[name]) if dtypes is not None else None)
+        for name, value in inputs.items()
+    }
+    outputs = function(**feed)
+    return {name: value.numpy() for name, value in outputs.items()}
