@@ -21,9 +21,10 @@ from components.ingest import spec
 from components.ingest.driver import IngestDriver
 from components.ingest.executor import Executor
 from components.ingest.landing import IngestPaths
+from serving.contract import RECORD_LABEL_KEY
 from serving.images import DEFAULT_MAX_PIXELS
 
-DEFAULT_LABEL_KEYS = ("label",)
+DEFAULT_LABEL_KEYS = (RECORD_LABEL_KEY,)
 
 
 class SignatureExampleGen(FileBasedExampleGen):

@@ -32,6 +32,7 @@ from tfx.utils import proto_utils
 
 from components.ingest import landing, spec
 from components.ingest.records import Accepted, LandedFile, Rejected, read_landed_file, to_example, unlabelled_entry
+from serving.contract import RECORD_LABEL_KEY, write_atomic
 from serving.images import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def run_executor(
     span: int,
     examples_uri: str,
     *,
-    label_keys: Sequence[str] = ("label",),
+    label_keys: Sequence[str] = (RECORD_LABEL_KEY,),
     max_pixels: int = DEFAULT_MAX_PIXELS,
     beam_pipeline_args: Sequence[str] = (),
 ) -> dict:
@@ -296,9 +297,11 @@ def _publish(
         sorted(kinds[kind], key=_by_source) for kind in ("quarantine", "unlabelled", "duplicate")
     )
 
-    landing.write_atomic(paths.quarantine_file(plan.span), _jsonl(quarantine))
-    landing.write_atomic(paths.unlabelled_file(plan.span), _jsonl(unlabelled))
-    landing.write_atomic(os.path.join(uri, DUPLICATES_FILE), _jsonl(duplicates))
+    for folder in (paths.quarantine_dir, paths.unlabelled_dir, uri, paths.seen_dir):
+        os.makedirs(folder, exist_ok=True)  # write_atomic needs the folder to exist
+    write_atomic(paths.quarantine_file(plan.span), _jsonl(quarantine))
+    write_atomic(paths.unlabelled_file(plan.span), _jsonl(unlabelled))
+    write_atomic(os.path.join(uri, DUPLICATES_FILE), _jsonl(duplicates))
 
     labels = collections.Counter(e["label"] for e in kinds["example"])
     splits = collections.Counter(assign(e["sha256"]) for e in kinds["example"])
@@ -324,8 +327,8 @@ def _publish(
     accounted = summary["examples"] + summary["duplicates"] + summary["unlabelled"] + summary["quarantined"]
     if accounted != records_read:
         raise RuntimeError(f"ingest span {plan.span}: {records_read} records read but {accounted} accounted for")
-    landing.write_atomic(os.path.join(uri, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
-    landing.write_atomic(paths.seen_file(plan.span), "".join(f"{line}\n" for line in ledger))
+    write_atomic(os.path.join(uri, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
+    write_atomic(paths.seen_file(plan.span), "".join(f"{line}\n" for line in ledger))
     shutil.rmtree(plan.staging, ignore_errors=True)
     return summary
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from components.ingest.records import IMAGE_SUFFIXES, JSONL_SUFFIX, LandedFile, count_records
+from serving.contract import fsync_dir, write_synced
 
 log = logging.getLogger(__name__)
 
@@ -309,9 +310,9 @@ def _commit_span(paths: IngestPaths, span: int, new: list[tuple[_Candidate, str,
             entry["folder_label"] = candidate.folder_label
         entries.append(entry)
     manifest = {"span": span, "collected_at": now, "files": entries}
-    _write_synced(os.path.join(partial, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    write_synced(os.path.join(partial, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     os.rename(partial, paths.span_dir(span))
-    _fsync_dir(paths.landing_dir)
+    fsync_dir(paths.landing_dir)
     log.info("collected %d new files into span %d", len(entries), span)
     return len(entries)
 
@@ -327,30 +328,6 @@ def _copy_hashed(source: str, target: str) -> tuple[str, int]:
         dst.flush()
         os.fsync(dst.fileno())
     return digest.hexdigest(), size
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Write `text` to `path` so readers see the old file or the whole new one."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    _write_synced(tmp, text)
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
-
-
-def _write_synced(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

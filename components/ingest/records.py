@@ -19,10 +19,31 @@ from __future__ import annotations
 import base64
 import json
 import os
-import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from serving.contract import (
+    B64_KEY,
+    BARE_TEXT_IMAGE_KEY,
+    IMAGE_FEATURE,
+    INPUTS_KEY,
+    INSTANCES_KEY,
+    INVALID_IMAGE_FIELD,
+    INVALID_JSON,
+    LABEL_FEATURE,
+    MISSING_IMAGE,
+    NOT_AN_OBJECT,
+    RECORD_IMAGE_KEYS,
+    RECORD_LABEL_KEY,
+    SHA256_FEATURE,
+    UNKNOWN_JSON_SHAPE,
+    UNREADABLE_FILE,
+    UNSUPPORTED_FILE,
+    InvalidRecord,
+    check_label,
+    columns_to_rows,
+    json_type_name,
+)
 from serving.images import DEFAULT_MAX_PIXELS, ImageInfo, InvalidImage, decode_b64, inspect_image
 
 if TYPE_CHECKING:
@@ -32,26 +53,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
 JSONL_SUFFIX = ".jsonl"
 JSON_SUFFIX = ".json"
 
-# Keys that may hold the image, in the order they are looked up.
-IMAGE_KEYS = ("image_bytes", "image")
-BARE_B64_KEY = "b64"
-# The image key that may also hold bare base64 text, as the seed's records do. Under
-# "image_bytes" (the serving input's name) a bare string is raw bytes to TF Serving's
-# :predict, so it stays refused there, as the feedback endpoint refuses it.
-BARE_TEXT_IMAGE_KEY = "image"
+# The record and feature keys, the label rule and the reason codes written to the
+# quarantine file are serving.contract's (the image ones are raised by serving.images).
 
-# Reason codes written to the quarantine file, besides those of
-# serving.images.InvalidImage (invalid_base64, empty_image, not_an_image,
-# corrupt_image, too_many_pixels, unsupported_format).
-INVALID_JSON = "invalid_json"
-NOT_AN_OBJECT = "not_an_object"
-MISSING_IMAGE = "missing_image"
-INVALID_IMAGE_FIELD = "invalid_image_field"
-INVALID_LABEL = "invalid_label"
-UNKNOWN_JSON_SHAPE = "unknown_json_shape"
-INVALID_COLUMNS = "invalid_columns"
-UNREADABLE_FILE = "unreadable_file"
-UNSUPPORTED_FILE = "unsupported_file"
+EXAMPLES_KEY = "examples"
+"""The seed's example lists: a .json file may hold its records under this key."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,7 @@ Outcome = Accepted | Rejected
 def read_landed_file(
     landed: LandedFile,
     *,
-    label_keys: Sequence[str] = ("label",),
+    label_keys: Sequence[str] = (RECORD_LABEL_KEY,),
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Iterator[Outcome]:
     """Yield one outcome per record in `landed`, in file order."""
@@ -141,19 +147,18 @@ def parse_record(
     order: tuple[int, int],
     path: str,
     *,
-    label_keys: Sequence[str] = ("label",),
+    label_keys: Sequence[str] = (RECORD_LABEL_KEY,),
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Outcome:
     """Validate one JSON record: the image as {"b64": ...} under image_bytes/image, as base64 text under
     image, or as a bare "b64" string."""
     if not isinstance(obj, dict):
-        return Rejected(source, NOT_AN_OBJECT, f"expected a JSON object, got {_json_type(obj)}", obj, path)
-    text = _image_text(obj)
-    if isinstance(text, _Problem):
-        return Rejected(source, text.reason, text.message, obj, path)
-    label = _label(obj, label_keys)
-    if isinstance(label, _Problem):
-        return Rejected(source, label.reason, label.message, obj, path)
+        return Rejected(source, NOT_AN_OBJECT, f"expected a JSON object, got {json_type_name(obj)}", obj, path)
+    try:
+        text = _image_text(obj)
+        label = _label(obj, label_keys)
+    except InvalidRecord as err:
+        return Rejected(source, err.reason, err.message, obj, path)
     try:
         data = decode_b64(text, lenient=True)
         info = inspect_image(data, max_pixels=max_pixels)
@@ -181,9 +186,9 @@ def to_example(accepted: Accepted, ingested_at: int) -> tf.train.Example:
     return tf.train.Example(
         features=tf.train.Features(
             feature={
-                "image_raw": _bytes(accepted.image),
-                "label": _bytes(accepted.label.encode("utf-8")),
-                "sha256": _bytes(info.sha256.encode("ascii")),
+                IMAGE_FEATURE: _bytes(accepted.image),
+                LABEL_FEATURE: _bytes(accepted.label.encode("utf-8")),
+                SHA256_FEATURE: _bytes(info.sha256.encode("ascii")),
                 "source": _bytes(accepted.source.encode("utf-8")),
                 "width": _int(info.width),
                 "height": _int(info.height),
@@ -201,8 +206,8 @@ def unlabelled_entry(accepted: Accepted, span: int) -> dict:
     """
     info = accepted.info
     return {
-        "image": {"b64": base64.b64encode(accepted.image).decode("ascii")},
-        "label": None,
+        BARE_TEXT_IMAGE_KEY: {B64_KEY: base64.b64encode(accepted.image).decode("ascii")},
+        RECORD_LABEL_KEY: None,
         "source": accepted.source,
         "span": span,
         "sha256": info.sha256,
@@ -212,54 +217,46 @@ def unlabelled_entry(accepted: Accepted, span: int) -> dict:
     }
 
 
-@dataclass(frozen=True)
-class _Problem:
-    reason: str
-    message: str
-
-
-def _image_text(obj: dict) -> str | _Problem:
-    for key in IMAGE_KEYS:
+def _image_text(obj: dict) -> str:
+    """The base64 text of the record's image, or InvalidRecord."""
+    for key in RECORD_IMAGE_KEYS:
         if key in obj:
             value = obj[key]
-            if isinstance(value, dict) and isinstance(value.get(BARE_B64_KEY), str):
-                return value[BARE_B64_KEY]
+            if isinstance(value, dict) and isinstance(value.get(B64_KEY), str):
+                return value[B64_KEY]
             if key == BARE_TEXT_IMAGE_KEY and isinstance(value, str):
                 return value
-            return _Problem(INVALID_IMAGE_FIELD, _image_field_error(key, value))
-    if BARE_B64_KEY in obj:
-        value = obj[BARE_B64_KEY]
+            raise InvalidRecord(INVALID_IMAGE_FIELD, _image_field_error(key, value))
+    if B64_KEY in obj:
+        value = obj[B64_KEY]
         if isinstance(value, str):
             return value
-        return _Problem(INVALID_IMAGE_FIELD, f'"b64" must be base64 text, got {_json_type(value)}')
-    return _Problem(MISSING_IMAGE, f"no image under {', '.join(repr(k) for k in IMAGE_KEYS)} or {BARE_B64_KEY!r}")
+        raise InvalidRecord(INVALID_IMAGE_FIELD, f'"{B64_KEY}" must be base64 text, got {json_type_name(value)}')
+    raise InvalidRecord(
+        MISSING_IMAGE, f"no image under {', '.join(repr(k) for k in RECORD_IMAGE_KEYS)} or {B64_KEY!r}")
 
 
 def _image_field_error(key: str, value: Any) -> str:
-    wanted = '{"b64": "<base64 text>"}'
+    wanted = f'{{"{B64_KEY}": "<base64 text>"}}'
     if key == BARE_TEXT_IMAGE_KEY:
-        return f'"{key}" must be {wanted} or base64 text, got {_json_type(value)}'
+        return f'"{key}" must be {wanted} or base64 text, got {json_type_name(value)}'
     if isinstance(value, str):
         return f'"{key}" must be {wanted}: a bare string there is raw bytes to TF Serving, not base64'
-    return f'"{key}" must be {wanted}, got {_json_type(value)}'
+    return f'"{key}" must be {wanted}, got {json_type_name(value)}'
 
 
-def _label(obj: dict, label_keys: Sequence[str]) -> str | None | _Problem:
+def _label(obj: dict, label_keys: Sequence[str]) -> str | None:
+    """The label under the first of `label_keys` that holds a value (None: unlabelled), or InvalidRecord."""
     for key in label_keys:
         value = obj.get(key)
         if value is None:
             continue
-        if not isinstance(value, str):
-            return _Problem(INVALID_LABEL, f"label {key!r} must be a string, got {_json_type(value)}")
-        if not value.strip():
-            return None
-        # NOTE: labels become lines of the model's assets/labels.txt, so a control
-        # character or a line/paragraph separator (str.splitlines splits on both)
-        # would corrupt the class list; a lone surrogate cannot be encoded as UTF-8
-        # for the tf.Example. serving/feedback.py applies the same rule.
-        if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs") for ch in value):
-            return _Problem(INVALID_LABEL, f"label {key!r} contains control or separator characters: {value!r}")
-        return value
+        try:
+            return check_label(value, lenient=True)
+        except InvalidRecord as err:
+            if key == RECORD_LABEL_KEY:
+                raise
+            raise InvalidRecord(err.reason, f"{err.message} (under {key!r})") from None
     return None
 
 
@@ -319,9 +316,10 @@ def _read_json(landed: LandedFile, label_keys: Sequence[str], max_pixels: int) -
     except (UnicodeDecodeError, ValueError) as err:
         yield Rejected(landed.name, INVALID_JSON, str(err), raw.decode("utf-8", errors="replace"), landed.path)
         return
-    rows = _json_rows(doc)
-    if isinstance(rows, _Problem):
-        yield Rejected(landed.name, rows.reason, rows.message, doc, landed.path)
+    try:
+        rows = _json_rows(doc)
+    except InvalidRecord as err:
+        yield Rejected(landed.name, err.reason, err.message, doc, landed.path)
         return
     for number, row in enumerate(rows, start=1):
         yield parse_record(
@@ -348,43 +346,32 @@ def count_records(path: str) -> int:
                 return sum(1 for line in f if line.strip())
         if suffix == JSON_SUFFIX:
             with open(path, "rb") as f:
-                rows = _json_rows(json.load(f))
-            return 1 if isinstance(rows, _Problem) else len(rows)
-    except (OSError, UnicodeDecodeError, ValueError):
+                return len(_json_rows(json.load(f)))
+    except (OSError, UnicodeDecodeError, ValueError):  # InvalidRecord is a ValueError
         return 1
     return 1
 
 
-def _json_rows(doc: Any) -> list | _Problem:
-    """The records of a .json document: TF Serving row/columnar request, the seed's examples, or one record."""
+def _json_rows(doc: Any) -> list:
+    """The records of a .json document: TF Serving row/columnar request, the seed's examples, or one record.
+
+    Raises InvalidRecord when the document has none of those shapes.
+    """
     if not isinstance(doc, dict):
-        return _Problem(UNKNOWN_JSON_SHAPE, f"expected a JSON object at the top level, got {_json_type(doc)}")
-    for key in ("instances", "examples"):
+        raise InvalidRecord(
+            UNKNOWN_JSON_SHAPE, f"expected a JSON object at the top level, got {json_type_name(doc)}")
+    for key in (INSTANCES_KEY, EXAMPLES_KEY):
         if key in doc:
             if not isinstance(doc[key], list):
-                return _Problem(UNKNOWN_JSON_SHAPE, f'"{key}" must be a list, got {_json_type(doc[key])}')
+                raise InvalidRecord(UNKNOWN_JSON_SHAPE, f'"{key}" must be a list, got {json_type_name(doc[key])}')
             return doc[key]
-    if "inputs" in doc:
-        inputs = doc["inputs"]
+    if INPUTS_KEY in doc:
+        inputs = doc[INPUTS_KEY]
         if isinstance(inputs, list):  # TF Serving's columnar form with a single unnamed input
             return inputs
-        if not isinstance(inputs, dict) or not inputs:
-            return _Problem(INVALID_COLUMNS, f'"inputs" must be an object of columns, got {_json_type(inputs)}')
-        lengths = {name: len(col) if isinstance(col, list) else None for name, col in inputs.items()}
-        if None in lengths.values() or len(set(lengths.values())) != 1:
-            return _Problem(INVALID_COLUMNS, f"every column of \"inputs\" must be a list of the same length: {lengths}")
-        size = next(iter(lengths.values()))
-        return [{name: col[i] for name, col in inputs.items()} for i in range(size)]
-    if any(key in doc for key in (*IMAGE_KEYS, BARE_B64_KEY)):
+        return columns_to_rows(inputs)
+    if any(key in doc for key in (*RECORD_IMAGE_KEYS, B64_KEY)):
         return [doc]
-    return _Problem(
-        UNKNOWN_JSON_SHAPE, 'expected "instances", "inputs", "examples" or an image field at the top level'
-    )
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}.get(
-        type(value), type(value).__name__
-    )
+    raise InvalidRecord(
+        UNKNOWN_JSON_SHAPE,
+        f'expected "{INSTANCES_KEY}", "{INPUTS_KEY}", "{EXAMPLES_KEY}" or an image field at the top level')

@@ -12,6 +12,7 @@ from tfx.types import standard_component_specs
 from tfx.types.component_spec import ComponentSpec, ExecutionParameter
 
 from components.ingest.landing import SPAN_PATTERN, IngestPaths
+from serving.contract import SHA256_FEATURE
 
 INBOX_DIR_KEY = "inbox_dir"
 SAMPLE_DIR_KEY = "sample_dir"
@@ -32,7 +33,7 @@ OUTPUT_CONFIG = example_gen_pb2.Output(
             example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=8),
             example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=2),
         ],
-        partition_feature_name="sha256",
+        partition_feature_name=SHA256_FEATURE,
     )
 )
 

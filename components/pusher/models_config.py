@@ -12,7 +12,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from components.pusher.records import write_atomically
+from serving.contract import write_atomic
 
 MODELS_CONFIG_FILE = "models.config"
 
@@ -41,7 +41,8 @@ def write_models_config(path: str | Path, model_name: str, model_base_path: str 
         entry = config.model_config_list.config.add(name=model_name, model_platform="tensorflow")
         entry.model_version_policy.latest.num_versions = 1
     entry.base_path = str(Path(model_base_path).resolve())
-    write_atomically(path, text_format.MessageToString(config))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, text_format.MessageToString(config))
     return config
 
 

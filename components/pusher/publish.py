@@ -22,6 +22,7 @@ from pathlib import Path
 
 from components.pusher import records
 from components.pusher.records import PushRecord
+from serving.contract import fsync_dir
 from serving.layout import SAVED_MODEL_FILE, STAGING_PREFIX, list_versions, parse_version, version_path
 
 # Retention first renames a version to this hidden name, then deletes it, so a
@@ -90,7 +91,7 @@ def push_model(
         # Outside the inner try: once renamed the version is served, so a failure
         # from here on leaves the record saying "staging" for the next push to
         # adopt, never "failed".
-        records.fsync_dir(base)
+        fsync_dir(base)
         record.state = records.LIVE
         record.pushed_at = clock()
         records.update_record(base, record)
@@ -178,7 +179,7 @@ def apply_retention(model_base_path: str | Path, keep: int, pinned: Iterable[int
             records.update_record(base, record)
         removed.append(version)
     if removed:
-        records.fsync_dir(base)
+        fsync_dir(base)
     return removed
 
 
@@ -243,7 +244,7 @@ def _copy_saved_model(source: Path, destination: Path) -> None:
     if last is not None:
         _copy_file(last, destination / SAVED_MODEL_FILE)
     for folder in reversed(folders):
-        records.fsync_dir(folder)
+        fsync_dir(folder)
 
 
 def _copy_file(source: Path, destination: Path) -> None:

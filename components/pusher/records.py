@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from serving.contract import fsync_dir, write_atomic, write_synced
 from serving.layout import ROLLED_BACK_DIR, parse_version
 
 RECORDS_DIR = ".pushes"
@@ -137,20 +138,17 @@ def create_record_exclusively(model_base_path: str | Path, record: PushRecord) -
     directory = records_dir(model_base_path)
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(record_path(model_base_path, record.version), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        write_synced(record_path(model_base_path, record.version), record.to_json(), exclusive=True)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(record.to_json())
-        handle.flush()
-        os.fsync(handle.fileno())
     fsync_dir(directory)
     return True
 
 
 def update_record(model_base_path: str | Path, record: PushRecord) -> None:
     """Replace the record of `record.version` atomically."""
-    write_atomically(record_path(model_base_path, record.version), record.to_json())
+    records_dir(model_base_path).mkdir(parents=True, exist_ok=True)
+    write_atomic(record_path(model_base_path, record.version), record.to_json())
 
 
 def rolled_back_dir(model_base_path: str | Path) -> Path:
@@ -225,24 +223,3 @@ def read_pins(model_base_path: str | Path) -> set[int]:
             raise ValueError(f"{path}:{number}: {text!r} is not a version number")
         pins.add(version)
     return pins
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

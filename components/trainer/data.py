@@ -16,16 +16,14 @@ import tensorflow as tf
 
 from components.trainer.config import TrainerConfig
 from components.trainer.preprocess import image_to_model_input
+from serving.contract import IMAGE_FEATURE, LABEL_FEATURE, SHA256_FEATURE
 
 # ExampleGen writes GZIP-compressed TFRecords (see the tf.Example contract).
 COMPRESSION = "GZIP"
-IMAGE_KEY = "image_raw"
-LABEL_KEY = "label"
-SHA256_KEY = "sha256"
 _FEATURES = {
-    IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
-    LABEL_KEY: tf.io.FixedLenFeature([], tf.string),
-    SHA256_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string),
+    LABEL_FEATURE: tf.io.FixedLenFeature([], tf.string),
+    SHA256_FEATURE: tf.io.FixedLenFeature([], tf.string, default_value=""),
 }
 # Model input of white paper, the fill value for pixels that augmentation moves in.
 _PAPER = 1.0
@@ -61,7 +59,7 @@ def summarize(files: Sequence[str]) -> SplitSummary:
     """Count the examples of a split and collect its labels (the vocabulary is the train split's)."""
     records = tf.data.TFRecordDataset(list(files), compression_type=COMPRESSION)
     labels = records.map(
-        lambda record: tf.io.parse_single_example(record, {LABEL_KEY: _FEATURES[LABEL_KEY]})[LABEL_KEY],
+        lambda record: tf.io.parse_single_example(record, {LABEL_FEATURE: _FEATURES[LABEL_FEATURE]})[LABEL_FEATURE],
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     counts: dict[str, int] = {}
@@ -118,12 +116,12 @@ def evaluation_dataset(files: Sequence[str], labels: Sequence[str], config: Trai
 def prediction_dataset(files: Sequence[str], config: TrainerConfig) -> tf.data.Dataset:
     """One ordered pass over every example: dicts of image (model input), label and sha256 strings."""
     def convert(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        sha256 = tf.where(tf.strings.length(example[SHA256_KEY]) > 0, example[SHA256_KEY],
-                          _hex_sha256(example[IMAGE_KEY]))
+        sha256 = tf.where(tf.strings.length(example[SHA256_FEATURE]) > 0, example[SHA256_FEATURE],
+                          _hex_sha256(example[IMAGE_FEATURE]))
         return {
-            "image": image_to_model_input(example[IMAGE_KEY], config.image_height, config.image_width),
-            LABEL_KEY: example[LABEL_KEY],
-            SHA256_KEY: sha256,
+            "image": image_to_model_input(example[IMAGE_FEATURE], config.image_height, config.image_width),
+            LABEL_FEATURE: example[LABEL_FEATURE],
+            SHA256_FEATURE: sha256,
         }
 
     return read_examples(files).map(convert, num_parallel_calls=tf.data.AUTOTUNE).batch(
@@ -138,8 +136,8 @@ def _hex_sha256(data: tf.Tensor) -> tf.Tensor:
 
 def _to_model_input(example: dict[str, tf.Tensor], table: tf.lookup.StaticHashTable,
                     config: TrainerConfig) -> tuple[tf.Tensor, tf.Tensor]:
-    image = image_to_model_input(example[IMAGE_KEY], config.image_height, config.image_width)
-    return image, table.lookup(example[LABEL_KEY])
+    image = image_to_model_input(example[IMAGE_FEATURE], config.image_height, config.image_width)
+    return image, table.lookup(example[LABEL_FEATURE])
 
 
 def augment_batch(images: tf.Tensor, config: TrainerConfig) -> tf.Tensor:
@@ -190,4 +188,4 @@ def augment_batch(images: tf.Tensor, config: TrainerConfig) -> tf.Tensor:
 
 def sample_images(files: Sequence[str], count: int) -> list[bytes]:
     """The raw bytes of the first `count` examples (real images for the serving warmup file)."""
-    return [example[IMAGE_KEY].numpy() for example in read_examples(files).take(count)]
+    return [example[IMAGE_FEATURE].numpy() for example in read_examples(files).take(count)]

@@ -32,6 +32,7 @@ import tensorflow as tf
 from components.trainer import data, model as model_lib
 from components.trainer.config import TrainerConfig
 from components.trainer.predictions import Prediction
+from serving.contract import LABEL_FEATURE, SHA256_FEATURE
 
 keras = tf.keras
 
@@ -308,7 +309,7 @@ def predict(classifier: keras.Model, files: Sequence[str], labels: Sequence[str]
     for batch in data.prediction_dataset(files, config):
         probabilities = forward(batch["image"]).numpy()
         order = np.argsort(-probabilities, axis=1)
-        for sha256, label, ranked, row in zip(batch[data.SHA256_KEY].numpy(), batch[data.LABEL_KEY].numpy(),
+        for sha256, label, ranked, row in zip(batch[SHA256_FEATURE].numpy(), batch[LABEL_FEATURE].numpy(),
                                               order, probabilities):
             first, second = ranked[0], (ranked[1] if len(ranked) > 1 else None)
             predictions.append(Prediction(

@@ -9,7 +9,7 @@ with `pipeline_arguments`, the one mapping every runner uses; nothing below
 reads the environment.
 
 Layer: definition. May import components.trainer.config, components.ingest.landing
-(IngestPaths) and definition.paths; no TFX.
+(IngestPaths), serving.contract and definition.paths; no TFX.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from components.ingest.landing import IngestPaths
 from components.trainer.config import TrainerConfig
 from pipeline.definition.paths import METADATA_FILE, PipelinePaths
+from serving.contract import RECORD_LABEL_KEY
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class PipelineSettings:
 
     pipeline_name: str = "signflow"
     # The JSON key that holds the label in the seed's `examples` lists ("caption" is allowed).
-    label_key: str = "label"
+    label_key: str = RECORD_LABEL_KEY
     # Beam pipeline options for ExampleGen, StatisticsGen and the Evaluator.
     beam_pipeline_args: tuple[str, ...] = ()
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -82,8 +83,8 @@ class PipelineSettings:
 
     @property
     def label_keys(self) -> tuple[str, ...]:
-        """Keys ingestion reads labels from: label_key, then "label" as the fallback."""
-        return (self.label_key,) if self.label_key == "label" else (self.label_key, "label")
+        """Keys ingestion reads labels from: label_key, then RECORD_LABEL_KEY ("label") as the fallback."""
+        return (self.label_key,) if self.label_key == RECORD_LABEL_KEY else (self.label_key, RECORD_LABEL_KEY)
 
     @property
     def all_beam_args(self) -> tuple[str, ...]:

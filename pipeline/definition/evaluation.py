@@ -5,18 +5,17 @@ signature, whose outputs are TF Serving's `classes` (the label vocabulary) and
 `scores`. TFMA maps the string `label` feature onto `classes` itself, so a
 baseline and a candidate with different signer sets are compared fairly.
 
-Layer: definition. May import TFMA and definition.configs.
+Layer: definition. May import TFMA, serving.contract and definition.configs.
 """
 from __future__ import annotations
 
 import tensorflow_model_analysis as tfma
 
 from pipeline.definition.configs import GateConfig
+from serving.contract import CLASSIFY_SIGNATURE, LABEL_FEATURE, SCORES_OUTPUT
 
 # The metric every threshold is set on (TFMA computes it from labels and scores).
 ACCURACY = "sparse_categorical_accuracy"
-LABEL_FEATURE = "label"
-CLASSIFY_SIGNATURE = "classify"
 
 
 def eval_config(gate: GateConfig) -> tfma.EvalConfig:
@@ -25,7 +24,7 @@ def eval_config(gate: GateConfig) -> tfma.EvalConfig:
         # A TF2 SavedModel that is not a Keras model: its compiled metrics are not used.
         model_type=tfma.TF_GENERIC,
         label_key=LABEL_FEATURE,
-        prediction_key="scores",
+        prediction_key=SCORES_OUTPUT,
         preprocessing_function_names=[],
     )
     # NOTE: MetricConfig.threshold would apply to every slice, per-signer ones

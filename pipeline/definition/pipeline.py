@@ -11,8 +11,8 @@
 Runners (pipeline/runners/) decide where this runs and resolve every location
 into one PipelinePaths; this module decides what runs.
 
-Layer: definition. May import components/, TFX and definition's configs, paths
-and evaluation; model code only by module path (the Trainer's run_fn).
+Layer: definition. May import components/, TFX, serving.contract and definition's
+configs, paths and evaluation; model code only by module path (the Trainer's run_fn).
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from components.trainer.config import CUSTOM_CONFIG_KEY, TrainerConfig
 from pipeline.definition import evaluation
 from pipeline.definition.configs import DeliveryConfig, GateConfig
 from pipeline.definition.paths import PipelinePaths
+from serving.contract import RECORD_LABEL_KEY
 
 TRAINER_MODULE = "components.trainer.run"
 
@@ -42,7 +43,7 @@ def create_pipeline(
     trainer_config: TrainerConfig,
     gate: GateConfig,
     delivery: DeliveryConfig,
-    label_keys: Sequence[str] = ("label",),
+    label_keys: Sequence[str] = (RECORD_LABEL_KEY,),
     span_window: int | None = None,
     beam_pipeline_args: Sequence[str] = (),
     enable_cache: bool = False,

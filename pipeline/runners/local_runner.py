@@ -12,7 +12,7 @@ are invalid, 75 (EXIT_BUSY) another run holds the lock. Every outcome is also
 written to --summary-json, a failure as {"result": "failed", "error": reason},
 which is what the scheduler records for the cycle.
 
-Layer: runners. May import definition/, components.ingest.landing, and
+Layer: runners. May import definition/, serving.contract, and
 training_server's run_lock and run_summary; TFX only when running.
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from pipeline.definition.configs import PipelineConfig, load_config, pipeline_arguments
 from pipeline.definition.paths import PipelinePaths
 from pipeline.training_server.run_lock import RUN_LOCK, FileLock, LockHeld
+from serving.contract import write_atomic
 
 if TYPE_CHECKING:
     from pipeline.training_server.run_summary import RunSummary
@@ -135,6 +136,5 @@ def _failed(summary_json: Path | None, reason: str, code: int) -> int:
 
 def _write_json(path: Path | None, document: dict) -> None:
     if path is not None:
-        from components.ingest.landing import write_atomic
-
-        write_atomic(str(path), json.dumps(document, indent=1, default=str))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(document, indent=1, default=str))

@@ -9,8 +9,8 @@ next poll, and the next pipeline run takes that version as its baseline.
     signflow rollback [--to VERSION] [--reason TEXT]   take the newest (or all newer than VERSION) out
     signflow versions [--json]                         what is on disk, what serves, where each came from
 
-Layer: training_server. May import components.pusher, serving.layout and
-definition's paths; ML Metadata only when listing lineage.
+Layer: training_server. May import components.pusher, serving.contract,
+serving.layout and definition's paths; ML Metadata only when listing lineage.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from pathlib import Path
 from components.pusher import records
 from components.pusher.records import ROLLBACK_NOTE_FILE
 from pipeline.definition.paths import METADATA_FILE
+from serving.contract import fsync_dir, write_atomic
 from serving.layout import list_versions, version_path
 
 DEFAULT_MODEL_NAME = "xception"
@@ -75,9 +76,9 @@ def roll_back(model_base_path: str | Path, to: int | None = None, reason: str = 
         destination = target / str(version)
         os.rename(version_path(base, version), destination)
         note = records.new_rollback_note(version, reason, serving_after, records.read_record(base, version))
-        records.write_atomically(destination / ROLLBACK_NOTE_FILE, note.to_json())
-    records.fsync_dir(base)
-    records.fsync_dir(target)
+        write_atomic(destination / ROLLBACK_NOTE_FILE, note.to_json())  # destination: the folder just renamed
+    fsync_dir(base)
+    fsync_dir(target)
     return RollbackResult(rolled_back=doomed, serving=serving_after)
 
 

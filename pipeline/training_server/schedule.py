@@ -34,7 +34,7 @@ scheduler exits 0 (with `--once`, 1: the cycle did not finish). Exit codes: 0
 stopped or `--max-cycles` reached, 1 the `--once` cycle failed, 2 bad
 settings, 75 another scheduler runs this pipeline (or the `--once` cycle was busy).
 
-Layer: training_server. May import definition/, run_lock and
+Layer: training_server. May import definition/, run_lock, serving.contract and
 components.ingest.landing; never a runner (a cycle is a child process).
 """
 from __future__ import annotations
@@ -56,9 +56,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from components.ingest.landing import write_atomic
 from pipeline.definition.configs import PipelineConfig, load_config
 from pipeline.training_server.run_lock import SCHEDULER_LOCK, FileLock, LockHeld
+from serving.contract import write_atomic
 
 log = logging.getLogger("signflow.schedule")
 
@@ -341,10 +341,12 @@ class Scheduler:
     def _set(self, **changes: Any) -> None:
         self.status.update(changes)
         self.status["updated_at"] = time.time()
-        # Readers (the serving server, `signflow status`) see the old file or the new one, never half.
-        write_atomic(str(self.status_file), json.dumps(self.status, indent=1, default=str))
+        # Gauges first: whatever a reader finds in the file is already what Prometheus scrapes.
         if self._on_status:
             self._on_status(self.status)
+        # Readers (the serving server, `signflow status`) see the old file or the new one, never half.
+        self.status_file.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.status_file, json.dumps(self.status, indent=1, default=str))
 
 
 def human_duration(seconds: float) -> str:

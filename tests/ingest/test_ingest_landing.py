@@ -1,7 +1,6 @@
 """Collecting inbox and sample files into spans: once per content, one span per run, restart-safe."""
 from __future__ import annotations
 
-import json
 import os
 
 from components.ingest import landing
@@ -133,11 +132,3 @@ def test_nothing_ever_collected_gives_an_empty_first_span(tmp_path):
     assert landing.landed_files(paths, 0) == []
     _mark_processed(paths, 0)
     assert landing.collect_new_files(paths).new_span is None
-
-
-def test_write_atomic_replaces_whole_file(tmp_path):
-    target = str(tmp_path / "sub" / "f.json")
-    landing.write_atomic(target, json.dumps({"a": 1}))
-    landing.write_atomic(target, json.dumps({"a": 2}))
-    assert json.loads(open(target).read()) == {"a": 2}
-    assert os.listdir(tmp_path / "sub") == ["f.json"]

@@ -157,7 +157,7 @@ def test_rerunning_a_push_killed_after_publishing_adopts_the_version_it_publishe
 
 def test_a_push_that_fails_after_publishing_never_records_its_served_version_as_failed(tmp_path, tiny_model, monkeypatch):
     base = tmp_path / "serving_model" / "xception"
-    fsync_dir = records.fsync_dir
+    fsync_dir = publish.fsync_dir
 
     def fail_on_the_model_folder(path):
         # The one fsync of the model folder itself comes right after the publishing rename.
@@ -165,7 +165,7 @@ def test_a_push_that_fails_after_publishing_never_records_its_served_version_as_
             raise OSError(errno.EIO, "injected I/O error", str(path))
         fsync_dir(path)
 
-    monkeypatch.setattr(records, "fsync_dir", fail_on_the_model_folder)
+    monkeypatch.setattr(publish, "fsync_dir", fail_on_the_model_folder)
     with pytest.raises(OSError, match="injected I/O error"):
         publish.push_model(tiny_model, base, PushRecord(0, "xception", "model-failed-after-rename"), clock=lambda: 1000.0)
     monkeypatch.undo()
