@@ -4,7 +4,7 @@ One run, one machine, one model and one set of images (the committed sample's
 records, half as base64 JSON Lines and half as <label>/<image> files, the two
 shapes data arrives in):
 
-1. Ceiling: the model's serving_default signature called in this process on
+1. Ceiling: the model's predict_label signature (what batch prediction calls) called in this process on
    the same decoded image bytes, in batches of --batch-size (what batch
    prediction could do if reading, validating, Beam and writing cost nothing).
    Measured before and after the pipeline runs; the better figure is kept, so
@@ -110,7 +110,7 @@ def _decoded(folder: Path) -> dict[str, bytes]:
 
 
 def measure_ceiling(signature, images: list[bytes], batch_size: int) -> dict:
-    """serving_default in this process, batch after batch over `images`, warm."""
+    """predict_label in this process, batch after batch over `images`, warm."""
     import tensorflow as tf
 
     batches = [tf.constant(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{sum(map(len, images.values())) // len(images)} bytes on average", flush=True)
 
         loaded = tf.saved_model.load(str(model.path))  # held: its signatures only weakly reference its variables
-        signature = loaded.signatures["serving_default"]
+        signature = loaded.signatures["predict_label"]
         ceiling_before = measure_ceiling(signature, list(images.values()), args.batch_size)
         print(f"ceiling (before): {ceiling_before['images_per_s']:.1f} img/s; first call on the loaded model "
               f"{ceiling_before['first_call_s']:.2f} s, then {ceiling_before['steady_call_s']:.2f} s a call", flush=True)
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "labels_equal_to_ceiling": labels_equal,
         "max_score_diff_to_ceiling": max_score_diff,
     }
-    print(f"\nceiling {ceiling['images_per_s']:.1f} img/s (serving_default in-process, batch {args.batch_size})")
+    print(f"\nceiling {ceiling['images_per_s']:.1f} img/s (predict_label in-process, batch {args.batch_size})")
     for name, r in runs.items():
         print(f"pipeline {name:>6} ({r['images']:>4} images): {r['images_per_s']:7.1f} img/s end to end, "
               f"x{result[f'ratio_end_to_end_{name}']:.2f} of the ceiling")

@@ -160,7 +160,7 @@ def measure_ceiling(signature, images: list[bytes], batch_sizes: list[int], args
             len(latencies) < args.max_requests and time.perf_counter() - start < args.duration
         ):
             t0 = time.perf_counter()
-            signature(image_bytes=batch)["score"].numpy()
+            signature(image_bytes=batch)["probabilities"].numpy()
             latencies.append(time.perf_counter() - t0)
         cells[size] = _cell("in-process", "-", size, latencies, 0, time.perf_counter() - start, size)
         cells[size].server_cpu_ms_per_request = round((time.process_time() - cpu0) * 1000 / (len(latencies) * size), 3)

@@ -3,16 +3,18 @@
 Library:
 
     client = RestClient("http://127.0.0.1:8501", "xception")
-    client.predict([png_bytes])            # serving_default -> [Prediction(label, score)]
+    client.predict([png_bytes])            # `predict_label` signature -> [Prediction(label, score)]
     client.classify([png_bytes], top_k=3)  # `classify` signature -> label, score and top-k
 
     with GrpcClient("127.0.0.1:8500", "xception") as client: ...   # same methods, official stubs
 
 Only the wire formats of TF Serving are used (REST `:predict` / `:classify`,
 gRPC PredictionService), so the same client works against the real
-tensorflow_model_server. `serving_default` returns the top label and its score;
-ranking several labels needs the label order, which only the `classify`
-signature returns (its `classes` output), so top-k goes through Classify.
+tensorflow_model_server. `serving_default` answers `probabilities` only (the
+seed's shape: {"predictions": [[p0, p1, ...]]}, in the order of the version's
+assets/labels.txt); predict() calls the `predict_label` signature, which adds the
+top label and its score. Ranking several labels needs the label names, which the
+`classify` signature returns with its scores, so top-k goes through Classify.
 
 Image sources for the command line: local files (PNG, JPEG, GIF, BMP), base64
 text (a data: URL prefix and the URL-safe alphabet are accepted; it is decoded
@@ -42,9 +44,10 @@ from serving.contract import (
     IMAGE_INPUT,
     INSTANCES_KEY,
     LABEL_OUTPUT,
+    PREDICT_LABEL_SIGNATURE,
     REQUEST_IMAGE_FEATURE,
     SCORE_OUTPUT,
-    SERVING_SIGNATURE,
+    SIGNATURE_NAME_KEY,
 )
 
 DEFAULT_REST_URL = "http://127.0.0.1:8501"
@@ -123,20 +126,24 @@ class RestClient:
         self.session = session or requests.Session()
 
     def predict(self, images: Sequence[bytes]) -> list[Prediction]:
-        """Top label and score per image, from the serving_default signature."""
-        body = {INSTANCES_KEY: [{IMAGE_INPUT: {B64_KEY: base64.b64encode(image).decode("ascii")}} for image in images]}
+        """Top label and score per image, from the predict_label signature."""
+        body = {
+            SIGNATURE_NAME_KEY: PREDICT_LABEL_SIGNATURE,
+            INSTANCES_KEY: [{IMAGE_INPUT: {B64_KEY: base64.b64encode(image).decode("ascii")}} for image in images],
+        }
         predictions = self._post(":predict", body).get("predictions")
         if not isinstance(predictions, list) or len(predictions) != len(images):
             raise ClientError(f"unexpected :predict answer: {str(predictions)[:200]}")
         try:
             return [Prediction(label=str(p[LABEL_OUTPUT]), score=float(p[SCORE_OUTPUT])) for p in predictions]
         except (KeyError, TypeError, ValueError):
-            raise ClientError(f"the model's answer has no label/score outputs: {str(predictions[0])[:200]}") from None
+            raise ClientError(f"the model's {PREDICT_LABEL_SIGNATURE} answer has no label/score outputs: "
+                              f"{str(predictions[0])[:200]}") from None
 
     def classify(self, images: Sequence[bytes], top_k: int = 5) -> list[Prediction]:
         """Label, score and the `top_k` best (label, score) pairs per image, from the classify signature."""
         body = {
-            "signature_name": CLASSIFY_SIGNATURE,
+            SIGNATURE_NAME_KEY: CLASSIFY_SIGNATURE,
             "examples": [{REQUEST_IMAGE_FEATURE: {B64_KEY: base64.b64encode(image).decode("ascii")}} for image in images],
         }
         results = self._post(":classify", body).get("results")
@@ -209,19 +216,20 @@ class GrpcClient:
             raise ServerError(err.code().name, err.details() or "") from None
 
     def predict(self, images: Sequence[bytes]) -> list[Prediction]:
-        """Top label and score per image, from the serving_default signature."""
+        """Top label and score per image, from the predict_label signature."""
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
         request = predict_pb2.PredictRequest()
-        self._model_spec(request.model_spec, SERVING_SIGNATURE)
+        self._model_spec(request.model_spec, PREDICT_LABEL_SIGNATURE)
         request.inputs[IMAGE_INPUT].CopyFrom(tf.make_tensor_proto(list(images), dtype=tf.string))
         response = self._call(self.stub.Predict, request)
         try:
             labels = tf.make_ndarray(response.outputs[LABEL_OUTPUT])
             scores = tf.make_ndarray(response.outputs[SCORE_OUTPUT])
         except (KeyError, ValueError, TypeError):
-            raise ClientError(f"the model's answer has no label/score outputs: {sorted(response.outputs)}") from None
+            raise ClientError(f"the model's {PREDICT_LABEL_SIGNATURE} answer has no label/score outputs: "
+                              f"{sorted(response.outputs)}") from None
         return [Prediction(label=label.decode("utf-8"), score=float(score)) for label, score in zip(labels, scores)]
 
     def classify(self, images: Sequence[bytes], top_k: int = 5) -> list[Prediction]:

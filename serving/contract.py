@@ -34,7 +34,13 @@ SERVE_TAG = "serve"
 """The MetaGraph tag TF Serving loads."""
 
 SERVING_SIGNATURE = "serving_default"
-"""Raw images in, top label out. Also TF Serving's signature when a request names none."""
+"""Raw images in, `probabilities` out (the only output: REST :predict answers {"predictions": [[p0, p1, ...]]}).
+Also TF Serving's signature when a request names none."""
+PREDICT_LABEL_SIGNATURE = "predict_label"
+"""Raw images in, top label, its score and the probabilities out: what signflow's client, CLI,
+batch prediction and serving check call."""
+IMAGE_SIGNATURES = (SERVING_SIGNATURE, PREDICT_LABEL_SIGNATURE)
+"""The signatures of signflow's model that take IMAGE_INPUT: requests to them are image-checked and request-logged."""
 CLASSIFY_SIGNATURE = "classify"
 """Serialized tf.Examples in, every class and its score out (TF Serving's Classify API, the Evaluator)."""
 
@@ -43,13 +49,20 @@ CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 
 IMAGE_INPUT = "image_bytes"
-"""serving_default's input: string [N], raw PNG/JPEG/GIF/BMP file bytes. Requests to it are image-checked."""
+"""serving_default's and predict_label's input: string [N], raw PNG/JPEG/GIF/BMP file bytes. Requests to it are
+image-checked."""
 PROBABILITIES_OUTPUT = "probabilities"
-"""serving_default: float32 [N, K], in the order of the version's assets/labels.txt."""
+"""serving_default and predict_label: float32 [N, K], in the order of the version's assets/labels.txt
+(and of "labels" in assets.extra/signflow_model.json)."""
 LABEL_OUTPUT = "label"
-"""serving_default: string [N], the most likely label."""
+"""predict_label: string [N], the most likely label."""
 SCORE_OUTPUT = "score"
-"""serving_default: float32 [N], that label's probability."""
+"""predict_label: float32 [N], that label's probability."""
+
+MODEL_METADATA_FILE = "assets.extra/signflow_model.json"
+"""A version folder's own description, relative to it: {"labels": [...] in probabilities order, "image_size":
+[height, width], "signatures": {name: {"method", "inputs", "outputs"}}}. TF Serving ignores it (its metadata
+API is unchanged); signflow's tools and people read it."""
 
 # TF Serving's names for classify and regress signatures (tf.saved_model.CLASSIFY_INPUTS, ...).
 CLASSIFY_INPUT = "inputs"
@@ -174,6 +187,8 @@ INSTANCES_KEY = "instances"
 """Row format: a list with one entry per instance (an object of named inputs, or a bare value)."""
 INPUTS_KEY = "inputs"
 """Columnar format: an object of named inputs, each a list with one entry per instance."""
+SIGNATURE_NAME_KEY = "signature_name"
+"""The request body's signature choice (absent: serving_default)."""
 
 
 def columns_to_rows(inputs: Any) -> list[dict]:

@@ -89,13 +89,16 @@ class Handlers:
         settings: Settings,
         executor: Executor,
         *,
-        on_predicted: Callable[[str, int, np.ndarray, Mapping[str, np.ndarray]], None] | None = None,
+        on_predicted: Callable[[str, int, np.ndarray, Mapping[str, np.ndarray], Sequence[str] | None], None]
+        | None = None,
     ):
         """`executor` runs the CPU-bound work of requests (decoding, image checks) off the event loop.
 
-        `on_predicted(model, version, image_bytes, outputs)` hears every answered call of a
-        serving_default with an image_bytes input (the request log). It runs on the event
-        loop, so it must only hand the data off; an error in it is logged, never returned.
+        `on_predicted(model, version, image_bytes, outputs, labels)` hears every answered call of
+        an image signature (contract.IMAGE_SIGNATURES: serving_default, predict_label) with an
+        image_bytes input (the request log); `labels` is the version's labels.txt (None if it has
+        none), the order of `probabilities`. It runs on the event loop, so it must only hand the
+        data off; an error in it is logged, never returned.
         """
         self._registry = registry
         self._settings = settings
@@ -166,14 +169,15 @@ class Handlers:
         _check_predict_inputs(signature, inputs)
         aliases = _check_output_filter(signature, output_filter)
         self._check_batch_size(inputs)
-        image_call = (servable.validates_images and signature_name == contract.SERVING_SIGNATURE
+        image_call = (servable.validates_images and signature_name in contract.IMAGE_SIGNATURES
                       and contract.IMAGE_INPUT in inputs)
         if image_call:
             await self.offload(_check_images, inputs[contract.IMAGE_INPUT], self._settings.max_image_pixels)
         outputs = await self._run(lease, signature_name, inputs)
         if image_call and self._on_predicted is not None:
             try:
-                self._on_predicted(servable.name, lease.version, inputs[contract.IMAGE_INPUT], outputs)
+                self._on_predicted(servable.name, lease.version, inputs[contract.IMAGE_INPUT], outputs,
+                                   servable.labels)
             except Exception:  # the answer is ready: a logging problem must not lose it
                 log.exception("on_predicted hook failed for model %s version %s", servable.name, lease.version)
         return PredictResult(lease.version, signature_name, {alias: outputs[alias] for alias in aliases})

@@ -1,8 +1,12 @@
-"""The optional request log: one JSON line per image answered by signflow's serving signature.
+"""The optional request log: one JSON line per image answered by signflow's image signatures
+(serving_default and predict_label, contract.IMAGE_SIGNATURES).
 
 Each line is `{"time", "model", "version", "sha256", "label", "score"}`: the
 sha256 of the decoded image bytes, never the bytes themselves, so the log can
 be joined with feedback and training data without holding anyone's signature.
+`label` and `score` are predict_label's outputs; for serving_default, which
+answers `probabilities` only, they are the top entry of `probabilities` named
+through the version's labels.txt (the same argmax and max predict_label computes).
 
 The event loop only appends to an in-memory queue (`record`); a writer thread
 hashes, formats and appends. The queue is bounded by the image bytes it holds:
@@ -29,11 +33,11 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import BinaryIO, Callable, Mapping
+from typing import BinaryIO, Callable, Mapping, Sequence
 
 import numpy as np
 
-from serving.contract import LABEL_OUTPUT, SCORE_OUTPUT
+from serving.contract import LABEL_OUTPUT, PROBABILITIES_OUTPUT, SCORE_OUTPUT
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +85,12 @@ class RequestLog:
         self._open()
         self._thread.start()
 
-    def record(self, model: str, version: int, images: np.ndarray, outputs: Mapping[str, np.ndarray]) -> None:
-        """Queue one request's instances (event loop; never blocks, never raises for a full queue)."""
+    def record(self, model: str, version: int, images: np.ndarray, outputs: Mapping[str, np.ndarray],
+               labels: Sequence[str] | None = None) -> None:
+        """Queue one request's instances (event loop; never blocks, never raises for a full queue).
+
+        `labels`: the version's labels.txt, to name the top entry of `probabilities` when the
+        outputs have no `label` (serving_default)."""
         values = [bytes(value) for value in np.asarray(images).reshape(-1)]
         size = sum(len(value) for value in values)
         with self._pending_lock:
@@ -98,9 +106,12 @@ class RequestLog:
                 log.warning("request log %s: writer is behind; dropping entries (counted in "
                             "signflow_serving_request_log_dropped_total)", self.path)
             return
+        top_labels, top_scores = _top(outputs, labels, len(values))
+        label_column = _column(outputs, LABEL_OUTPUT, len(values))
+        score_column = _column(outputs, SCORE_OUTPUT, len(values))
         self._queue.put(_Entry(time.time(), model, version, values,
-                               _column(outputs, LABEL_OUTPUT, len(values)),
-                               _column(outputs, SCORE_OUTPUT, len(values))))
+                               label_column if label_column is not None else top_labels,
+                               score_column if score_column is not None else top_scores))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is written (tests, shutdown). False on timeout."""
@@ -214,6 +225,21 @@ def _column(outputs: Mapping[str, np.ndarray], name: str, rows: int) -> list | N
     if array.ndim != 1 or array.shape[0] != rows:
         return None
     return array.tolist()
+
+
+def _top(outputs: Mapping[str, np.ndarray], labels: Sequence[str] | None, rows: int) -> tuple[list | None, list | None]:
+    """The most probable label and its probability per row, from `probabilities` [rows, K] (None when absent;
+    labels None when `labels` does not have K entries)."""
+    value = outputs.get(PROBABILITIES_OUTPUT)
+    if value is None:
+        return None, None
+    array = np.asarray(value)
+    if array.ndim != 2 or array.shape[0] != rows or array.shape[1] == 0:
+        return None, None
+    scores = array.max(axis=1).tolist()
+    if labels is None or len(labels) != array.shape[1]:
+        return None, scores
+    return [labels[int(index)] for index in np.argmax(array, axis=1)], scores
 
 
 def _lines(entry: _Entry) -> list[bytes]:

@@ -60,6 +60,8 @@ class Servable:
             serving is not None and contract.IMAGE_INPUT in serving.inputs
             and serving.inputs[contract.IMAGE_INPUT].dtype == tf.string.as_datatype_enum)
         """signflow's own model: image_bytes values are checked before they reach the graph."""
+        self.labels = read_labels(path)
+        """The version's assets/labels.txt (the order of `probabilities`), or None if it has none."""
         self._executor: Executor | None = None
         self._on_rows: Callable[[int], None] = lambda _: None
         self._batchers: dict[str, Batcher] = {}
@@ -129,6 +131,16 @@ class Servable:
     async def aclose(self) -> None:
         """After unload(): wait until every batcher has run what it holds and stopped (on the loop)."""
         await asyncio.gather(*(batcher.close() for batcher in self._batchers.values()), return_exceptions=True)
+
+
+def read_labels(path: Path) -> tuple[str, ...] | None:
+    """A version folder's assets/labels.txt, one label per line, or None when it is missing or unreadable."""
+    try:
+        text = (Path(path) / layout.LABELS_FILE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, TypeError):
+        return None
+    labels = tuple(line for line in text.split("\n") if line)
+    return labels or None
 
 
 def _rows(inputs: Mapping[str, np.ndarray]) -> int:

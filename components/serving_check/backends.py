@@ -53,8 +53,11 @@ class InProcessBackend(abc.ABC):
     def predict(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one signature on named input arrays."""
 
-    def predict_rest(self, body: str) -> dict[str, np.ndarray]:
-        """Answer a TF Serving REST predict body, decoding {"b64": ...} as signflow's server does."""
+    def predict_rest(self, body: str, single_output: str | None = None) -> dict[str, np.ndarray]:
+        """Answer a TF Serving REST predict body, decoding {"b64": ...} as signflow's server does.
+
+        `single_output`: the name of the signature's one output when it has only one (serving_default's
+        `probabilities`): TF Serving's REST answer then holds bare values, without the name."""
         signature_name, inputs = decode_rest_request(body)
         return self.predict(signature_name, inputs)
 
@@ -176,13 +179,18 @@ class ModelServerBackend:
         response = self._call(prediction_service_pb2_grpc.PredictionServiceStub(self._channel).Predict, request)
         return {alias: tf.make_ndarray(tensor) for alias, tensor in response.outputs.items()}
 
-    def predict_rest(self, body: str) -> dict[str, np.ndarray]:
+    def predict_rest(self, body: str, single_output: str | None = None) -> dict[str, np.ndarray]:
         url = f"http://127.0.0.1:{self._rest_port}/v1/models/{self._model_name}:predict"
         response = requests.post(url, data=body, timeout=60)
         answer = response.json()
         if response.status_code != 200 or "error" in answer:
             raise BackendError(f"REST predict returned {response.status_code}: {answer.get('error', answer)}")
         rows = answer["predictions"]
+        if rows and not isinstance(rows[0], dict):
+            # A signature with one output: TF Serving answers its values without the output's name.
+            if single_output is None:
+                raise BackendError(f"REST predict answered unnamed values {str(rows)[:120]}; expected named outputs")
+            return {single_output: _json_column(rows)}
         names = rows[0].keys() if rows and isinstance(rows[0], dict) else []
         # JSON has no float32 or bytes: restore the SignatureDef's types (checked separately).
         return {name: _json_column([row[name] for row in rows]) for name in names}

@@ -10,13 +10,20 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from components.trainer.predictions import Prediction
-
-SERVING_SIGNATURE = "serving_default"
-CLASSIFY_SIGNATURE = "classify"
-PREDICT_METHOD = "tensorflow/serving/predict"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-IMAGE_INPUT = "image_bytes"
-CLASSIFY_INPUT = "inputs"
+from serving.contract import (
+    CLASSES_OUTPUT,
+    CLASSIFY_INPUT,
+    CLASSIFY_METHOD,
+    CLASSIFY_SIGNATURE,
+    IMAGE_INPUT,
+    LABEL_OUTPUT,
+    PREDICT_LABEL_SIGNATURE,
+    PREDICT_METHOD,
+    PROBABILITIES_OUTPUT,
+    SCORE_OUTPUT,
+    SCORES_OUTPUT,
+    SERVING_SIGNATURE,
+)
 
 # DataType enum values from tensorflow/core/framework/types.proto.
 DT_FLOAT = 1
@@ -24,9 +31,16 @@ DT_STRING = 7
 
 # name -> (inputs {alias: dtype}, outputs {alias: dtype}, method)
 SIGNATURE_CONTRACT = {
-    SERVING_SIGNATURE: ({IMAGE_INPUT: DT_STRING}, {"probabilities": DT_FLOAT, "label": DT_STRING, "score": DT_FLOAT}, PREDICT_METHOD),
-    CLASSIFY_SIGNATURE: ({CLASSIFY_INPUT: DT_STRING}, {"classes": DT_STRING, "scores": DT_FLOAT}, CLASSIFY_METHOD),
+    # The seed's answer shape: one output, so REST :predict answers {"predictions": [[p0, p1, ...]]}.
+    SERVING_SIGNATURE: ({IMAGE_INPUT: DT_STRING}, {PROBABILITIES_OUTPUT: DT_FLOAT}, PREDICT_METHOD),
+    PREDICT_LABEL_SIGNATURE: (
+        {IMAGE_INPUT: DT_STRING},
+        {LABEL_OUTPUT: DT_STRING, SCORE_OUTPUT: DT_FLOAT, PROBABILITIES_OUTPUT: DT_FLOAT},
+        PREDICT_METHOD,
+    ),
+    CLASSIFY_SIGNATURE: ({CLASSIFY_INPUT: DT_STRING}, {CLASSES_OUTPUT: DT_STRING, SCORES_OUTPUT: DT_FLOAT}, CLASSIFY_METHOD),
 }
+IMAGE_SIGNATURES = (SERVING_SIGNATURE, PREDICT_LABEL_SIGNATURE)
 
 # Softmax in float32 sums to 1 within a few ulps per class.
 SUM_TOLERANCE = 1e-3
@@ -51,21 +65,42 @@ def check_signature_defs(signature_defs: Mapping, num_labels: int) -> list[str]:
             for alias, dtype in expected.items():
                 if actual[alias].dtype != dtype:
                     problems.append(f"signature {name!r} {kind} {alias!r} has dtype enum {actual[alias].dtype}, expected {dtype}")
-        if name == SERVING_SIGNATURE and "probabilities" in signature.outputs:
-            dims = [d.size for d in signature.outputs["probabilities"].tensor_shape.dim]
+        if name in IMAGE_SIGNATURES and PROBABILITIES_OUTPUT in signature.outputs:
+            dims = [d.size for d in signature.outputs[PROBABILITIES_OUTPUT].tensor_shape.dim]
             if len(dims) != 2 or dims[1] not in (-1, num_labels):
-                problems.append(f"output 'probabilities' has shape {dims}, expected [-1, {num_labels}] (labels.txt)")
+                problems.append(f"signature {name!r} output 'probabilities' has shape {dims}, "
+                                f"expected [-1, {num_labels}] (labels.txt)")
     return problems
 
 
+def check_probabilities(outputs: Mapping[str, np.ndarray], count: int, labels: Sequence[str], where: str) -> list[str]:
+    """serving_default's answer to `count` images: `probabilities` only, a distribution over labels.txt per row."""
+    if set(outputs) != {PROBABILITIES_OUTPUT}:
+        return [f"{where}: outputs are {sorted(outputs)}, serving_default answers {[PROBABILITIES_OUTPUT]} only"]
+    return _check_distribution(np.asarray(outputs[PROBABILITIES_OUTPUT]), count, len(labels), where, PROBABILITIES_OUTPUT)
+
+
+def check_same_probabilities(served: Mapping[str, np.ndarray], labelled: Mapping[str, np.ndarray], where: str) -> list[str]:
+    """serving_default's probabilities against predict_label's for the same images (the same graph: equal up
+    to rounding)."""
+    first = np.asarray(served[PROBABILITIES_OUTPUT], dtype=np.float32)
+    second = np.asarray(labelled[PROBABILITIES_OUTPUT], dtype=np.float32)
+    if first.shape != second.shape:
+        return [f"{where}: serving_default answered {list(first.shape)} probabilities, predict_label {list(second.shape)}"]
+    worst = float(np.max(np.abs(first - second))) if first.size else 0.0
+    if worst > SCORE_CONSISTENCY_TOLERANCE:
+        return [f"{where}: serving_default's probabilities differ from predict_label's by up to {worst:.6f}"]
+    return []
+
+
 def check_predict(outputs: Mapping[str, np.ndarray], count: int, labels: Sequence[str], where: str) -> list[str]:
-    """serving_default's answer to `count` images: keys, shapes, dtypes, probabilities, label, score."""
-    expected = {"probabilities", "label", "score"}
+    """predict_label's answer to `count` images: keys, shapes, dtypes, probabilities, label, score."""
+    expected = {PROBABILITIES_OUTPUT, LABEL_OUTPUT, SCORE_OUTPUT}
     if not expected <= set(outputs):
         return [f"{where}: outputs {sorted(outputs)} lack {sorted(expected - set(outputs))}"]
-    probabilities = np.asarray(outputs["probabilities"])
-    label = np.asarray(outputs["label"])
-    score = np.asarray(outputs["score"])
+    probabilities = np.asarray(outputs[PROBABILITIES_OUTPUT])
+    label = np.asarray(outputs[LABEL_OUTPUT])
+    score = np.asarray(outputs[SCORE_OUTPUT])
     problems = _check_distribution(probabilities, count, len(labels), where, "probabilities")
     if label.shape != (count,):
         problems.append(f"{where}: 'label' has shape {label.shape}, expected ({count},)")

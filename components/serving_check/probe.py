@@ -141,18 +141,22 @@ def _exercise(backend, labels: list[str], warmup: list[prediction_log_pb2.Predic
         signature = predict.model_spec.signature_name or checks.SERVING_SIGNATURE
         inputs = {alias: tf.make_ndarray(tensor) for alias, tensor in predict.inputs.items()}
         outputs = attempt(f"warmup request {index}", lambda: backend.predict(signature, inputs))
+        count = len(next(iter(inputs.values()))) if inputs else 0
         if outputs is not None and signature == checks.SERVING_SIGNATURE:
-            count = len(next(iter(inputs.values()))) if inputs else 0
+            result.problems += checks.check_probabilities(outputs, count, labels, f"{name} warmup request {index}")
+        elif outputs is not None and signature == checks.PREDICT_LABEL_SIGNATURE:
             result.problems += checks.check_predict(outputs, count, labels, f"{name} warmup request {index}")
 
-    # Base64 requests in TF Serving's REST shape: all images in one batch, then one alone.
+    # Base64 requests in TF Serving's REST shape, on predict_label (labels): all images in one batch, then one
+    # alone; then the seed's request (no signature_name: serving_default, probabilities only) on the batch.
     served_labels = None
+    labelled = None
     for batch in (images, images[:1]):
         body = json.dumps({
-            "signature_name": checks.SERVING_SIGNATURE,
+            "signature_name": checks.PREDICT_LABEL_SIGNATURE,
             "instances": [{checks.IMAGE_INPUT: {"b64": base64.b64encode(item.image).decode("ascii")}} for item in batch],
         })
-        where = f"{name} b64 predict of {len(batch)}"
+        where = f"{name} b64 predict_label of {len(batch)}"
         outputs = attempt(where, lambda: backend.predict_rest(body))
         if outputs is None:
             continue
@@ -160,12 +164,13 @@ def _exercise(backend, labels: list[str], warmup: list[prediction_log_pb2.Predic
         result.problems += problems
         if problems or batch is not images:
             continue
-        served_labels = [checks.as_text(value) for value in outputs["label"]]
+        labelled = outputs
+        served_labels = [checks.as_text(value) for value in outputs[checks.LABEL_OUTPUT]]
         if expected is not None:
             compared, mismatches = checks.compare_with_eval_predictions(
                 [hashlib.sha256(item.image).hexdigest() for item in images],
                 served_labels,
-                [float(value) for value in outputs["score"]],
+                [float(value) for value in outputs[checks.SCORE_OUTPUT]],
                 expected,
                 tolerance,
                 name,
@@ -174,6 +179,17 @@ def _exercise(backend, labels: list[str], warmup: list[prediction_log_pb2.Predic
             result.problems += mismatches
             if compared == 0:
                 result.problems.append(f"{name}: none of the {len(images)} eval images is in the Trainer's eval_predictions.jsonl")
+
+    body = json.dumps({
+        "instances": [{checks.IMAGE_INPUT: {"b64": base64.b64encode(item.image).decode("ascii")}} for item in images],
+    })
+    where = f"{name} b64 predict of {len(images)} (serving_default)"
+    outputs = attempt(where, lambda: backend.predict_rest(body, single_output=checks.PROBABILITIES_OUTPUT))
+    if outputs is not None:
+        problems = checks.check_probabilities(outputs, len(images), labels, where)
+        if not problems and labelled is not None:
+            problems = checks.check_same_probabilities(outputs, labelled, where)
+        result.problems += problems
 
     # Classify: the seed's shape (image bytes under "image") and ExampleGen's examples as they are.
     seed_examples = [_image_example(item.image) for item in images]
@@ -186,7 +202,7 @@ def _exercise(backend, labels: list[str], warmup: list[prediction_log_pb2.Predic
         result.problems += problems
         if not problems and served_labels is not None and checks.top_classes(outputs) != served_labels:
             result.problems.append(f"{name}: {what} ranks first {checks.top_classes(outputs)}, "
-                                   f"serving_default said {served_labels}")
+                                   f"predict_label said {served_labels}")
 
 
 def _check_saved_model_file(path: Path, num_labels: int) -> list[str]:

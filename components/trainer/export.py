@@ -4,13 +4,20 @@ Layout written under `export_dir` (TF Serving's version folder contents):
 
     saved_model.pb, variables/
     assets/labels.txt                          one signer id per line, in `probabilities` order
+    assets.extra/signflow_model.json           the model's metadata: labels (in `probabilities` order),
+                                               image size, signatures (contract.MODEL_METADATA_FILE)
     assets.extra/tf_serving_warmup_requests    TF Serving's warmup log (PredictionLog TFRecord)
 
 Signatures (tf.functions: TF 2.16 has no Estimator export):
 
     serving_default  (tensorflow/serving/predict)
         image_bytes: string [N]  raw PNG/JPEG/GIF/BMP file bytes
-        -> probabilities: float32 [N, K], label: string [N], score: float32 [N]
+        -> probabilities: float32 [N, K]
+           (the only output, so REST :predict answers {"predictions": [[p0, p1, ...]]}, one list per image)
+    predict_label    (tensorflow/serving/predict, what signflow's client, CLI, batch prediction and serving
+                      check call)
+        image_bytes: string [N]
+        -> label: string [N], score: float32 [N] (max of the row), probabilities: float32 [N, K]
     classify         (tensorflow/serving/classify, for TF Serving's Classify API and the Evaluator)
         inputs: string [N]  serialized tf.Example, image bytes under "image" (the
                             seed's classify request) or "image_raw" (ExampleGen's)
@@ -23,6 +30,7 @@ another client's request.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -34,18 +42,33 @@ from tensorflow.python.saved_model import fingerprinting_utils
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from components.trainer.preprocess import image_to_model_input
+from serving.contract import (
+    CLASSES_OUTPUT,
+    CLASSIFY_INPUT,
+    CLASSIFY_METHOD,
+    CLASSIFY_SIGNATURE,
+    IMAGE_FEATURE,
+    IMAGE_INPUT,
+    LABEL_OUTPUT,
+    MODEL_METADATA_FILE,
+    PREDICT_LABEL_SIGNATURE,
+    PREDICT_METHOD,
+    PROBABILITIES_OUTPUT,
+    REQUEST_IMAGE_FEATURE,
+    SCORE_OUTPUT,
+    SCORES_OUTPUT,
+    SERVING_SIGNATURE,
+    write_atomic,
+)
 from serving.layout import LABELS_FILE, SAVED_MODEL_FILE, WARMUP_FILE
 
-SERVING_SIGNATURE = "serving_default"
-CLASSIFY_SIGNATURE = "classify"
-IMAGE_INPUT = "image_bytes"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
+METADATA_FORMAT = 1
 # TF Serving replays at most 1000 warmup records; a handful makes the first request fast.
 MAX_WARMUP_REQUESTS = 8
 
 
 class _ServingModule(tf.Module):
-    """What gets saved: the Keras model, its labels, and the two serving functions."""
+    """What gets saved: the Keras model, its labels, and the three serving functions."""
 
     def __init__(self, model: tf.keras.Model, labels: Sequence[str], image_size: tuple[int, int], labels_file: str):
         super().__init__()
@@ -65,26 +88,31 @@ class _ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_INPUT)])
     def serve(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {PROBABILITIES_OUTPUT: self.probabilities(image_bytes)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_INPUT)])
+    def predict_label(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities = self.probabilities(image_bytes)
         return {
-            "probabilities": probabilities,
-            "label": tf.gather(self.labels, tf.argmax(probabilities, axis=1)),
-            "score": tf.reduce_max(probabilities, axis=1),
+            LABEL_OUTPUT: tf.gather(self.labels, tf.argmax(probabilities, axis=1)),
+            SCORE_OUTPUT: tf.reduce_max(probabilities, axis=1),
+            PROBABILITIES_OUTPUT: probabilities,
         }
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=CLASSIFY_INPUT)])
     def classify(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
         features = tf.io.parse_example(
             inputs,
             {
-                "image": tf.io.FixedLenFeature([], tf.string, default_value=""),
-                "image_raw": tf.io.FixedLenFeature([], tf.string, default_value=""),
+                REQUEST_IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string, default_value=""),
+                IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string, default_value=""),
             },
         )
-        images = tf.where(tf.strings.length(features["image"]) > 0, features["image"], features["image_raw"])
+        images = tf.where(tf.strings.length(features[REQUEST_IMAGE_FEATURE]) > 0,
+                          features[REQUEST_IMAGE_FEATURE], features[IMAGE_FEATURE])
         scores = self.probabilities(images)
         classes = tf.tile(tf.expand_dims(self.labels, 0), [tf.shape(scores)[0], 1])
-        return {"classes": classes, "scores": scores}
+        return {CLASSES_OUTPUT: classes, SCORES_OUTPUT: scores}
 
 
 def export_serving_model(
@@ -108,9 +136,14 @@ def export_serving_model(
         tf.saved_model.save(
             module,
             str(export_dir),
-            signatures={SERVING_SIGNATURE: module.serve, CLASSIFY_SIGNATURE: module.classify},
+            signatures={
+                SERVING_SIGNATURE: module.serve,
+                PREDICT_LABEL_SIGNATURE: module.predict_label,
+                CLASSIFY_SIGNATURE: module.classify,
+            },
         )
     _mark_classify_signature(export_dir)
+    write_model_metadata(export_dir, labels, image_size)
     if warmup_images:
         write_warmup_requests(export_dir, warmup_images[:MAX_WARMUP_REQUESTS])
     return export_dir
@@ -133,14 +166,50 @@ def _mark_classify_signature(export_dir: Path) -> None:
     fingerprinting_utils.write_fingerprint(str(export_dir))
 
 
+def model_metadata(labels: Sequence[str], image_size: tuple[int, int]) -> dict:
+    """What assets.extra/signflow_model.json holds: the label order of `probabilities` and the signatures."""
+    image = {IMAGE_INPUT: "string [N]"}
+    return {
+        "format": METADATA_FORMAT,
+        "labels": [str(label) for label in labels],
+        "image_size": [int(image_size[0]), int(image_size[1])],
+        "signatures": {
+            SERVING_SIGNATURE: {"method": PREDICT_METHOD, "inputs": image,
+                                "outputs": {PROBABILITIES_OUTPUT: "float32 [N, K]"}},
+            PREDICT_LABEL_SIGNATURE: {"method": PREDICT_METHOD, "inputs": image,
+                                      "outputs": {LABEL_OUTPUT: "string [N]", SCORE_OUTPUT: "float32 [N]",
+                                                  PROBABILITIES_OUTPUT: "float32 [N, K]"}},
+            CLASSIFY_SIGNATURE: {"method": CLASSIFY_METHOD, "inputs": {CLASSIFY_INPUT: "string [N] (tf.Example)"},
+                                 "outputs": {CLASSES_OUTPUT: "string [N, K]", SCORES_OUTPUT: "float32 [N, K]"}},
+        },
+    }
+
+
+def write_model_metadata(export_dir: str | os.PathLike, labels: Sequence[str], image_size: tuple[int, int]) -> Path:
+    """Write assets.extra/signflow_model.json (contract.MODEL_METADATA_FILE)."""
+    path = Path(export_dir) / MODEL_METADATA_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(model_metadata(labels, image_size), indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_model_metadata(version_dir: str | os.PathLike) -> dict:
+    """The JSON write_model_metadata wrote (OSError / ValueError when absent or unreadable)."""
+    return json.loads((Path(version_dir) / MODEL_METADATA_FILE).read_text(encoding="utf-8"))
+
+
 def write_warmup_requests(export_dir: str | os.PathLike, images: Sequence[bytes]) -> Path:
-    """Write TF Serving's warmup file: one predict request per image on serving_default."""
+    """Write TF Serving's warmup file: one predict request per image on serving_default, then the first image on
+    predict_label (so both image signatures are traced before the first request)."""
     path = Path(export_dir) / WARMUP_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    requests = [(SERVING_SIGNATURE, image) for image in images]
+    if images:
+        requests.append((PREDICT_LABEL_SIGNATURE, images[0]))
     with tf.io.TFRecordWriter(str(path)) as writer:
-        for image in images:
+        for signature_name, image in requests:
             request = predict_pb2.PredictRequest(
-                model_spec=model_pb2.ModelSpec(signature_name=SERVING_SIGNATURE),
+                model_spec=model_pb2.ModelSpec(signature_name=signature_name),
             )
             request.inputs[IMAGE_INPUT].CopyFrom(tf.make_tensor_proto([image], dtype=tf.string))
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))

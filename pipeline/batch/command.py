@@ -7,8 +7,9 @@ Inputs are read exactly as ingestion reads them (components.ingest.records):
 JSON Lines, TF Serving row/columnar `.json` bodies, `examples` lists, image
 files, and <label>/<image> folders (a folder is walked like the inbox). The
 model is the newest version folder under --model (TF Serving's rule, via
-serving.layout) or --version, and is called through its `serving_default`
-signature, so a batch prediction is what the server would have answered.
+serving.layout) or --version, and is called through its `predict_label`
+signature (label, score, probabilities: serving_default's probabilities with
+their top label), so a batch prediction is what the server would have answered.
 
 Outputs, one JSON object per line; every record read lands in exactly one:
 

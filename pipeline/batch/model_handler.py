@@ -10,7 +10,7 @@ from typing import Any, Iterable, Sequence
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from pipeline.batch.signature import SERVING_SIGNATURE, Scores, call_signature
+from pipeline.batch.signature import SIGNATURE, Scores, call_signature
 
 # Shared with RunInference's own metrics (model load and batch latencies), which job.py reads back.
 METRICS_NAMESPACE = "signflow.batch_predict"
@@ -24,7 +24,7 @@ class InferenceFailure:
 
 
 class ServingSignatureHandler(ModelHandler[bytes, PredictionResult, Any]):
-    """Calls a SavedModel's `serving_default(image_bytes: string[N])` on each batch RunInference forms.
+    """Calls a SavedModel's `predict_label(image_bytes: string[N])` on each batch RunInference forms.
 
     Neither library handler fits this export: tfx_bsl's predict handler fails on
     a rank-1 string output (`label`: it calls `.dtype` on a Python `bytes`), and
@@ -46,7 +46,7 @@ class ServingSignatureHandler(ModelHandler[bytes, PredictionResult, Any]):
     def run_inference(
         self, batch: Sequence[bytes], model: Any, inference_args: dict[str, Any] | None = None
     ) -> Iterable[PredictionResult]:
-        signature = model.signatures[SERVING_SIGNATURE]
+        signature = model.signatures[SIGNATURE]
         try:
             scores: list[Scores | InferenceFailure] = list(call_signature(signature, batch))
         except tf.errors.InvalidArgumentError:

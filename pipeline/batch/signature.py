@@ -1,12 +1,13 @@
 """The serving signature batch prediction calls: its contract, checked on disk before any worker starts, and the
 call itself on a batch of images.
 
-`serving_default(image_bytes: string[N]) -> {label: string[N], score: float[N],
+`predict_label(image_bytes: string[N]) -> {label: string[N], score: float[N],
 probabilities: float[N, K]}`, K the lines of assets/labels.txt; the export
 (components/trainer/export.py) writes it and the model server serves it, so a
-batch prediction is what the server would have answered.
+batch prediction is what the server would have answered (predict_label's
+probabilities are serving_default's: the same graph).
 
-Layer: batch. May import TensorFlow, serving.layout and errors.
+Layer: batch. May import TensorFlow, serving.contract (the names), serving.layout and errors.
 """
 from __future__ import annotations
 
@@ -20,15 +21,16 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from pipeline.batch.errors import BatchPredictError
 from serving import layout
+from serving.contract import IMAGE_INPUT, LABEL_OUTPUT, PREDICT_LABEL_SIGNATURE, PROBABILITIES_OUTPUT, SCORE_OUTPUT
 
-SERVING_SIGNATURE = "serving_default"
-IMAGE_INPUT = "image_bytes"
-OUTPUTS = ("label", "score", "probabilities")
+SIGNATURE = PREDICT_LABEL_SIGNATURE
+"""The signature batch prediction calls."""
+OUTPUTS = (LABEL_OUTPUT, SCORE_OUTPUT, PROBABILITIES_OUTPUT)
 
 
 @dataclass(frozen=True)
 class Scores:
-    """The serving_default outputs for one image."""
+    """The predict_label outputs for one image."""
 
     label: str
     score: float
@@ -36,25 +38,26 @@ class Scores:
 
 
 def check_signature(path: Path, num_labels: int) -> None:
-    """Refuse a version folder whose serving_default is not the contract above (BatchPredictError)."""
+    """Refuse a version folder whose predict_label is not the contract above (BatchPredictError)."""
     saved_model = saved_model_pb2.SavedModel()
     try:
         saved_model.ParseFromString((path / layout.SAVED_MODEL_FILE).read_bytes())
     except (OSError, ValueError) as err:  # protobuf's DecodeError is a ValueError
         raise BatchPredictError(f"cannot read {path / layout.SAVED_MODEL_FILE}: {err}") from None
     signature = next(
-        (g.signature_def[SERVING_SIGNATURE] for g in saved_model.meta_graphs if SERVING_SIGNATURE in g.signature_def),
+        (g.signature_def[SIGNATURE] for g in saved_model.meta_graphs if SIGNATURE in g.signature_def),
         None,
     )
     if signature is None:
-        raise BatchPredictError(f"{path} has no {SERVING_SIGNATURE} signature")
+        raise BatchPredictError(
+            f"{path} has no {SIGNATURE} signature (a model exported before it existed: export it again)")
     image_input = signature.inputs.get(IMAGE_INPUT)
     if image_input is None or image_input.dtype != tf.string.as_datatype_enum:
-        raise BatchPredictError(f"{path}: {SERVING_SIGNATURE} does not take {IMAGE_INPUT}: string[batch]")
+        raise BatchPredictError(f"{path}: {SIGNATURE} does not take {IMAGE_INPUT}: string[batch]")
     missing = set(OUTPUTS) - set(signature.outputs)
     if missing:
-        raise BatchPredictError(f"{path}: {SERVING_SIGNATURE} lacks the outputs {', '.join(sorted(missing))}")
-    dims = signature.outputs["probabilities"].tensor_shape.dim
+        raise BatchPredictError(f"{path}: {SIGNATURE} lacks the outputs {', '.join(sorted(missing))}")
+    dims = signature.outputs[PROBABILITIES_OUTPUT].tensor_shape.dim
     if dims and dims[-1].size not in (-1, num_labels):
         raise BatchPredictError(
             f"{path}: the model outputs {dims[-1].size} probabilities but {layout.LABELS_FILE} has {num_labels} labels"
@@ -62,12 +65,12 @@ def check_signature(path: Path, num_labels: int) -> None:
 
 
 def call_signature(signature: Any, images: Sequence[bytes]) -> Iterator[Scores]:
-    """serving_default on one batch: one Scores per image, in order."""
+    """predict_label on one batch: one Scores per image, in order."""
     outputs = signature(**{IMAGE_INPUT: tf.constant(list(images), dtype=tf.string)})
-    labels = outputs["label"].numpy()
-    score = outputs["score"].numpy()
-    probabilities = outputs["probabilities"].numpy()
+    labels = outputs[LABEL_OUTPUT].numpy()
+    score = outputs[SCORE_OUTPUT].numpy()
+    probabilities = outputs[PROBABILITIES_OUTPUT].numpy()
     if not (len(labels) == len(score) == len(probabilities) == len(images)):
-        raise ValueError(f"{SERVING_SIGNATURE} answered {len(labels)} rows for {len(images)} images")
+        raise ValueError(f"{SIGNATURE} answered {len(labels)} rows for {len(images)} images")
     for i in range(len(images)):
         yield Scores(labels[i].decode("utf-8"), float(score[i]), probabilities[i])

@@ -152,7 +152,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _served(version_dir: Path, images: list[bytes]) -> list[tuple[str, float, list[float]]]:
     """The serving signature called directly, in one batch: (label, score, probabilities) per image."""
-    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    signature = tf.saved_model.load(str(version_dir)).signatures["predict_label"]
     outputs = signature(image_bytes=tf.constant(images))
     return [
         (label.decode(), float(score), probabilities.tolist())
@@ -300,6 +300,23 @@ def test_missing_model_folder_and_version(tmp_path, tiny_model: Path):
     (tmp_path / "xception" / "2" / "assets" / "labels.txt").write_text("signer_00\nsigner_01\n", encoding="utf-8")
     run = run_command("--model", str(tmp_path / "xception"), *common)
     assert run.status == 1 and "outputs 3 probabilities but assets/labels.txt has 2 labels" in run.stderr
+
+
+def test_a_model_without_predict_label_is_refused(tmp_path, tiny_model: Path):
+    """Batch prediction needs labels: a model exported before predict_label existed is refused before the
+    pipeline starts, with what to do about it."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    (tmp_path / "in").mkdir()
+    version = tmp_path / "xception" / "1"
+    shutil.copytree(tiny_model, version)
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((version / "saved_model.pb").read_bytes())
+    del proto.meta_graphs[0].signature_def["predict_label"]
+    (version / "saved_model.pb").write_bytes(proto.SerializeToString())
+    run = run_command("--model", str(tmp_path / "xception"), "--input", str(tmp_path / "in"),
+                      "--output", str(tmp_path / "p.jsonl"))
+    assert run.status == 1 and "has no predict_label signature" in run.stderr and "export it again" in run.stderr
 
 
 def test_bad_usage_exits_2(tmp_path, tiny_model: Path):

@@ -70,7 +70,7 @@ def test_push_writes_a_tf_serving_version_that_loads(pipeline, tiny_model):
     for part in (SAVED_MODEL_FILE, "variables/variables.index", str(LABELS_FILE), str(WARMUP_FILE)):
         assert (folder / part).is_file()
     loaded = tf.saved_model.load(str(folder))
-    assert set(loaded.signatures) == {"serving_default", "classify"}
+    assert set(loaded.signatures) == {"serving_default", "predict_label", "classify"}
     # Nothing but the version is visible to a server; no staging left behind.
     assert sorted(p.name for p in base.iterdir()) == sorted([str(version), ".pushes"])
 

@@ -54,8 +54,8 @@ def image_files(tmp_path_factory) -> dict[str, Path]:
 
 
 def signature_caller(model_path: Path):
-    """A SavedModel's serving signature called directly: the answers a server of it must give."""
-    signature = tf.saved_model.load(str(model_path)).signatures["serving_default"]
+    """A SavedModel's predict_label signature called directly: the answers a server of it must give."""
+    signature = tf.saved_model.load(str(model_path)).signatures["predict_label"]
 
     def call(images: list[bytes]) -> tuple[list[str], np.ndarray, np.ndarray]:
         out = signature(image_bytes=tf.constant(images))
@@ -159,17 +159,19 @@ def web(image_files):
 # -- the seed's own client, unchanged but for the URL ---------------------------------------------
 
 
-def test_the_seeds_client_code_works_unchanged(signflow_server, image_files):
+def test_the_seeds_client_code_works_unchanged(signflow_server, image_files, in_process):
     SERVER_URL = f"{signflow_server.rest_url}/v1/models/{MODEL}:predict"
     path = str(image_files["png"])
     response = requests.post(SERVER_URL, json={"instances": [{"image_bytes": {"b64": base64.b64encode(open(path,"rb").read()).decode()}}]})
     predictions = response.json()["predictions"]
 
+    # The seed's answer shape: serving_default's one output, {"predictions": [[p0, p1, p2]]}.
     assert response.status_code == 200
-    assert len(predictions) == 1
-    assert predictions[0]["label"] in DEFAULT_LABELS
-    assert len(predictions[0]["probabilities"]) == len(DEFAULT_LABELS)
-    assert predictions[0]["score"] == pytest.approx(max(predictions[0]["probabilities"]))
+    assert len(predictions) == 1 and len(predictions[0]) == len(DEFAULT_LABELS)
+    labels, scores, probabilities = in_process([image_files["png"].read_bytes()])
+    assert predictions[0] == pytest.approx(probabilities[0].tolist(), abs=1e-6)
+    assert DEFAULT_LABELS[int(np.argmax(predictions[0]))] == labels[0]
+    assert max(predictions[0]) == pytest.approx(float(scores[0]), abs=1e-6)
 
 
 # -- library: REST and gRPC ------------------------------------------------------------------------

@@ -146,11 +146,22 @@ def metadata_of(version: str) -> Callable:
 
 
 def signflow_prediction(response: requests.Response) -> bool:
+    """serving_default: the seed's shape, {"predictions": [[p0, p1, p2]]} (its one output, unnamed)."""
+    assert set(response.json()) == {"predictions"}
+    (probabilities,) = response.json()["predictions"]
+    assert len(probabilities) == 3 and all(isinstance(p, float) for p in probabilities)
+    assert abs(sum(probabilities) - 1.0) < 1e-5
+    return True
+
+
+def signflow_labelled(response: requests.Response) -> bool:
+    """predict_label: {"predictions": [{"label", "score", "probabilities"}]}."""
     (prediction,) = response.json()["predictions"]
     assert set(prediction) == {"label", "probabilities", "score"}
     assert len(prediction["probabilities"]) == 3
     assert prediction["score"] == max(prediction["probabilities"])
-    assert prediction["label"].startswith("signer_")
+    assert prediction["label"] == ["signer_00", "signer_01", "signer_02"][
+        prediction["probabilities"].index(max(prediction["probabilities"]))]
     return True
 
 
@@ -373,6 +384,13 @@ REST_CASES = {
                              expect=signflow_prediction, version="1"),
     "signflow named input": Rest("POST", "/v1/models/sig:predict", {"instances": [{"image_bytes": {"b64": IMAGE_B64}}]},
                                  expect=signflow_prediction),
+    "signflow predict_label": Rest("POST", "/v1/models/sig:predict",
+                                   {"signature_name": "predict_label", "instances": [{"b64": IMAGE_B64}]},
+                                   expect=signflow_labelled, version="1"),
+    "signflow predict_label not an image": Rest("POST", "/v1/models/sig:predict",
+                                                {"signature_name": "predict_label",
+                                                 "instances": [{"b64": IMAGE_B64}, {"b64": NOT_IMAGE_B64}]}, 400,
+                                                "element 1: not an acceptable image"),
     "signflow not an image": Rest("POST", "/v1/models/sig:predict", {"instances": [{"b64": NOT_IMAGE_B64}]}, 400,
                                   "Input image_bytes, element 0: not an acceptable image (not_an_image"),
     "signflow decompression bomb": Rest("POST", "/v1/models/sig:predict", {"instances": [{"b64": BOMB_B64}]}, 400,
@@ -623,7 +641,16 @@ GRPC_CASES = {
     "status unknown model": Rpc("GetModelStatus", status(name="nope"), grpc.StatusCode.NOT_FOUND,
                                 "Could not find any versions of model nope"),
     "signflow predict": Rpc("Predict", predict({"image_bytes": np.array([IMAGE], dtype=object)}, name="sig"),
-                            expect=lambda r: r.outputs["label"].string_val[0].startswith(b"signer_")),
+                            expect=lambda r: set(r.outputs) == {"probabilities"}
+                            and list(r.outputs["probabilities"].tensor_shape.dim[1:2])[0].size == 3),
+    "signflow predict_label": Rpc("Predict", predict({"image_bytes": np.array([IMAGE], dtype=object)}, name="sig",
+                                                     signature="predict_label"),
+                                  expect=lambda r: set(r.outputs) == {"label", "score", "probabilities"}
+                                  and r.outputs["label"].string_val[0].startswith(b"signer_")),
+    "signflow predict_label not an image": Rpc("Predict", predict({"image_bytes": np.array([b"nope"], dtype=object)},
+                                                                  name="sig", signature="predict_label"),
+                                               grpc.StatusCode.INVALID_ARGUMENT,
+                                               "Input image_bytes, element 0: not an acceptable image"),
     "signflow not an image": Rpc("Predict", predict({"image_bytes": np.array([b"nope"], dtype=object)}, name="sig"),
                                  grpc.StatusCode.INVALID_ARGUMENT, "Input image_bytes, element 0: not an acceptable image"),
     "signflow decompression bomb": Rpc("Predict", predict({"image_bytes": np.array([bomb_png()], dtype=object)},

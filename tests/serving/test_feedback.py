@@ -94,8 +94,10 @@ def post_feedback(server: ServerThread, document, model: str = SIGNFLOW_MODEL, *
     return requests.post(f"{server.rest_url}/v1/models/{model}/feedback", data=data, timeout=60, **kwargs)
 
 
-def predict(server: ServerThread, images: list[bytes]) -> requests.Response:
+def predict(server: ServerThread, images: list[bytes], signature: str | None = None) -> requests.Response:
     body = {"instances": [{"image_bytes": b64(image)} for image in images]}
+    if signature is not None:
+        body["signature_name"] = signature
     return requests.post(f"{server.rest_url}/v1/models/{SIGNFLOW_MODEL}:predict", json=body, timeout=60)
 
 
@@ -307,7 +309,7 @@ def test_predict_still_serves_after_feedback(open_server, inbox):
     post_feedback(open_server, {"instances": [instance()]})
     response = predict(open_server, [make_image_bytes(seed=5)])
     assert response.status_code == 200
-    assert response.json()["predictions"][0]["label"] in DEFAULT_LABELS
+    assert len(response.json()["predictions"][0]) == len(DEFAULT_LABELS)
 
 
 def test_token_is_required_when_configured(served_model, tmp_path):
@@ -525,20 +527,27 @@ def test_request_log_records_each_image_and_respects_the_cap(served_model, tmp_p
                                         request_log_file=str(log_file), request_log_max_bytes=cap))
     request_log = server.server.request_log
     images = [make_image_bytes(seed=1), make_image_bytes("JPEG", seed=2)]
-    response = predict(server, images)
+    # Both image signatures are logged with label and score: predict_label answers them; for
+    # serving_default (probabilities only) they are its top probability, named through labels.txt.
+    response = predict(server, images, signature="predict_label")
     assert response.status_code == 200
     predictions = response.json()["predictions"]
+    default = predict(server, images)
+    assert default.status_code == 200
     assert predict(server, [b"not an image"]).status_code == 400  # refused requests are not logged
+    assert predict(server, [b"not an image"], signature="predict_label").status_code == 400
     assert request_log.flush()
 
     entries = read_log(log_file)
-    assert len(entries) == 2
-    for entry, image, prediction in zip(entries, images, predictions):
+    assert len(entries) == 4
+    for entry, image, prediction in zip(entries, images + images, predictions + predictions):
         assert set(entry) == {"time", "model", "version", "sha256", "label", "score"}
         assert entry["sha256"] == hashlib.sha256(image).hexdigest()
         assert (entry["model"], entry["version"]) == (SIGNFLOW_MODEL, 1)
         assert entry["label"] == prediction["label"] and entry["score"] == prediction["score"]
         assert entry["time"].endswith("Z")
+    for entry, probabilities in zip(entries[2:], default.json()["predictions"]):
+        assert entry["label"] == DEFAULT_LABELS[int(np.argmax(probabilities))] and entry["score"] == max(probabilities)
     assert base64.b64encode(images[0]).decode()[:40] not in log_file.read_text()
 
     for seed in range(10):

@@ -26,7 +26,7 @@ def eval_images() -> list[tuple[bytes, str]]:
 def trainer_predictions(tiny_model, eval_images) -> list[dict]:
     """eval_predictions.jsonl lines as the Trainer writes them, computed by running the model."""
     loaded = tf.saved_model.load(str(tiny_model))
-    outputs = loaded.signatures["serving_default"](image_bytes=tf.constant([image for image, _ in eval_images]))
+    outputs = loaded.signatures["predict_label"](image_bytes=tf.constant([image for image, _ in eval_images]))
     return [
         {"sha256": hashlib.sha256(image).hexdigest(), "label": label, "predicted": predicted.decode(), "score": float(score)}
         for (image, label), predicted, score in zip(eval_images, outputs["label"].numpy(), outputs["score"].numpy())

@@ -100,12 +100,31 @@ def test_signature_defs_are_checked_as_tf_serving_reads_them(tiny_model):
 
     # TF Serving's Classify API refuses a classify signature saved with the predict method.
     signatures["classify"].method_name = "tensorflow/serving/predict"
-    signatures["serving_default"].outputs["score"].dtype = 2  # DT_DOUBLE
+    signatures["predict_label"].outputs["score"].dtype = 2  # DT_DOUBLE
     problems = check_signature_defs(signatures, num_labels=4)
 
     assert any("'classify' has method_name 'tensorflow/serving/predict'" in problem for problem in problems)
-    assert any("output 'score' has dtype enum 2" in problem for problem in problems)
-    assert any("expected [-1, 4] (labels.txt)" in problem for problem in problems)
+    assert any("'predict_label' output 'score' has dtype enum 2" in problem for problem in problems)
+    assert any("'serving_default' output 'probabilities' has shape [-1, 3], expected [-1, 4] (labels.txt)" in problem
+               for problem in problems)
+
+
+def test_serving_default_answers_probabilities_only_and_predict_label_exists(tiny_model):
+    """Issue 12 item 8: the seed's answer shape. A serving_default with extra outputs (REST would then answer
+    {"predictions": [{"probabilities": ...}]}) or a model without predict_label is refused."""
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((tiny_model / "saved_model.pb").read_bytes())
+    signatures = proto.meta_graphs[0].signature_def
+    assert set(signatures["serving_default"].outputs) == {"probabilities"}
+    assert set(signatures["predict_label"].outputs) == {"label", "score", "probabilities"}
+
+    signatures["serving_default"].outputs["label"].CopyFrom(signatures["predict_label"].outputs["label"])
+    del signatures["predict_label"]
+    problems = check_signature_defs(signatures, num_labels=3)
+
+    assert any("signature 'serving_default' outputs are ['label', 'probabilities'], the contract says ['probabilities']"
+               in problem for problem in problems)
+    assert any("signature 'predict_label' missing" in problem for problem in problems)
 
 
 def test_disagreeing_with_trainer_predictions_is_not_blessed(candidate, trainer_predictions):

@@ -10,6 +10,7 @@ from tfx.types import standard_artifacts
 
 from components.trainer import model as model_lib, train
 from components.trainer.config import CUSTOM_CONFIG_KEY, TrainerConfig
+from serving.contract import MODEL_METADATA_FILE
 from serving.layout import LABELS_FILE, WARMUP_FILE
 from tests.trainer.helpers import generator, rendered_items, write_splits
 
@@ -73,14 +74,17 @@ def first_model(first_run):
 
 def test_trainer_exports_a_saved_model_that_serves_png_jpeg_and_gif(first_run, first_model):
     loaded = first_model
-    assert set(loaded.signatures) == {"serving_default", "classify"}
+    assert set(loaded.signatures) == {"serving_default", "predict_label", "classify"}
     gen = generator()
     images = [gen.render_signature(7, 1, 20, fmt) for fmt in ("png", "jpg", "gif")]
-    out = loaded.signatures["serving_default"](image_bytes=tf.constant(images))
+    default = loaded.signatures["serving_default"](image_bytes=tf.constant(images))
+    assert set(default) == {"probabilities"}  # the seed's answer shape: {"predictions": [[p0, p1, p2], ...]}
+    out = loaded.signatures["predict_label"](image_bytes=tf.constant(images))
     assert set(out) == {"probabilities", "label", "score"}
     assert out["probabilities"].shape == (3, 3) and out["probabilities"].dtype == tf.float32
     assert out["label"].shape == (3,) and out["label"].dtype == tf.string
     assert out["score"].shape == (3,) and out["score"].dtype == tf.float32
+    np.testing.assert_allclose(out["probabilities"].numpy(), default["probabilities"].numpy(), atol=1e-6)
     np.testing.assert_allclose(tf.reduce_sum(out["probabilities"], axis=1).numpy(), 1.0, rtol=1e-5)
     np.testing.assert_allclose(out["score"].numpy(), tf.reduce_max(out["probabilities"], axis=1).numpy())
 
@@ -90,6 +94,8 @@ def test_label_vocabulary_is_the_sorted_training_labels(first_run):
     assert labels == sorted({label for _, label in first_run["splits"]["train"]}) == [
         "signer_00", "signer_01", "signer_02"]
     assert (first_run["serving"] / WARMUP_FILE).stat().st_size > 0
+    metadata = json.loads((first_run["serving"] / MODEL_METADATA_FILE).read_text())
+    assert metadata["labels"] == labels
 
 
 def test_report_predictions_and_tensorboard_logs_are_written_beside_the_model(first_run, first_model):
@@ -97,7 +103,7 @@ def test_report_predictions_and_tensorboard_logs_are_written_beside_the_model(fi
     lines = (run_dir / "eval_predictions.jsonl").read_text().splitlines()
     eval_items = first_run["splits"]["eval"]
     assert len(lines) == len(eval_items)
-    served = first_model.signatures["serving_default"](
+    served = first_model.signatures["predict_label"](
         image_bytes=tf.constant([image for image, _ in eval_items]))
     for line, (_, label), served_label, served_score in zip(lines, eval_items, served["label"].numpy(),
                                                              served["score"].numpy()):
