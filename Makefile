@@ -5,9 +5,6 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PY := .venv/bin/python
-# Every entry point runs Keras 2 through tf-keras (TFX 1.16 needs it); this must
-# be set before anything imports TensorFlow.
-export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 # Beam's multi-processing workers import the pipeline's modules by name.

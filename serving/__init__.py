@@ -11,10 +11,6 @@ Layers, bottom up (a module imports only from its own layer or below):
     server, cli, __main__                                           wiring and entry points
 
 client.py talks to a server over the wire and imports only contract and images.
-Nothing in serving/ imports pipeline/ or components/.
+Nothing in serving/ imports pipeline/ or components/, nor Keras: a SavedModel is loaded
+with tf.saved_model, so the Keras switch of the training side's entry points is not needed.
 """
-import os as _os
-
-# Keras 2 (tf-keras) everywhere: TFX 1.16 needs it, and TFT/TFMA pick the Keras
-# mode when they are first imported, so this must precede any TensorFlow import.
-_os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

@@ -36,6 +36,10 @@ settings, 75 another scheduler runs this pipeline (or the `--once` cycle was bus
 
 Layer: training_server. May import definition/, run_lock, serving.contract and
 components.ingest.landing; never a runner (a cycle is a child process).
+
+Over 450 lines because the loop, the child's lifecycle (process group, stop,
+leftovers) and the status file must agree on every state a cycle can end in;
+split apart they would each restate those states.
 """
 from __future__ import annotations
 

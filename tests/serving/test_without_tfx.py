@@ -2,7 +2,8 @@
 
 The process runs with tests/serving/no_tfx first on PYTHONPATH, whose sitecustomize makes
 TFX, TFMA, TFDV, Beam, ML Metadata and this project's pipeline/ and components/ packages
-unimportable, as on a machine that installed only `.[serving]`.
+unimportable, as on a machine that installed only `.[serving]`. The training side's Keras
+switch (TF_USE_LEGACY_KERAS) is left out too: serving loads SavedModels without Keras.
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ def _free_port() -> int:
 
 def _serving_process(tmp_path: Path, *argv: str) -> tuple[subprocess.Popen, Path]:
     refused = tmp_path / "refused_imports.txt"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(NO_TFX), str(ROOT)]),
-           "SIGNFLOW_REFUSED_IMPORTS": str(refused)}
+    env = {key: value for key, value in os.environ.items() if key != "TF_USE_LEGACY_KERAS"}
+    env.update(PYTHONPATH=os.pathsep.join([str(NO_TFX), str(ROOT)]), SIGNFLOW_REFUSED_IMPORTS=str(refused))
     process = subprocess.Popen([sys.executable, "-m", "serving", *argv], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return process, refused
