@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -114,18 +115,19 @@ def adopt_published_versions(model_base_path: str | Path) -> list[int]:
     means the push died before writing `live`. TF Serving already serves such a
     version, so it is adopted, not removed. A push still running (in another
     live process, or in this one) is about to write its own record and is left
-    alone (pids: one host only, as for staging folders).
+    alone. A pid names a process on one host only: a record written on another
+    host (a pod sharing the volume may even have our pid) is left as it is.
     """
     base = Path(model_base_path)
     adopted = []
     for version in list_versions(base):
         record = records.read_record(base, version)
-        if record is None or record.state != records.STAGING:
+        if record is None or record.state != records.STAGING or not _owner_is_gone(base, version, record):
             continue
-        if record.pid == os.getpid():
-            if (str(base.resolve()), version) in _publishing:
-                continue
-        elif record.pid is not None and _process_alive(record.pid):
+        # Read again now that the owner is known to be gone: it may have written `live`
+        # just before it ended, and that record must not be overwritten with a stale copy.
+        record = records.read_record(base, version)
+        if record is None or record.state != records.STAGING:
             continue
         record.state = records.LIVE
         record.adopted_at = time.time()
@@ -211,6 +213,7 @@ def _reserve_version(base: Path, record: PushRecord, clock: Clock) -> int:
     version = max(int(now), highest_used_version(base) + 1)
     record.reserved_at = now
     record.pid = os.getpid()
+    record.host = socket.gethostname()
     while True:
         record.version = version
         record.state = records.STAGING
@@ -263,6 +266,15 @@ def _parse_owned(name: str) -> tuple[int | None, int | None]:
             version_text, _, pid_text = name[len(prefix):].rpartition("-")
             return parse_version(version_text), parse_version(pid_text)
     return None, None
+
+
+def _owner_is_gone(base: Path, version: int, record: PushRecord) -> bool:
+    """Whether the push that reserved `version` can no longer write its record."""
+    if record.host is not None and record.host != socket.gethostname():
+        return False
+    if record.pid == os.getpid():
+        return (str(base.resolve()), version) not in _publishing
+    return record.pid is None or not _process_alive(record.pid)
 
 
 def _process_alive(pid: int) -> bool:

@@ -52,8 +52,9 @@ class PushRecord:
     reserved_at: float | None = None
     pushed_at: float | None = None
     removed_at: float | None = None
-    # The process that reserved the number: tells a push that died from one still running.
+    # The process that reserved the number, and its host: tells a push that died from one still running.
     pid: int | None = None
+    host: str | None = None
     # Set instead of pushed_at when the push died after publishing and a later push adopted the version.
     adopted_at: float | None = None
     eval_metrics: dict[str, float] = field(default_factory=dict)

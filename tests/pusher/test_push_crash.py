@@ -140,6 +140,19 @@ def test_push_killed_after_publishing_serves_a_complete_version_that_the_next_pu
         1001: "serving", 1000: "live"}
 
 
+def test_a_version_reserved_on_another_host_is_not_adopted(tmp_path, tiny_model):
+    """A pid means nothing across hosts (a pod sharing the volume may have ours): leave that record alone."""
+    base = tmp_path / "serving_model" / "xception"
+    run_until_killed(PUSH_KILLED_AFTER_RENAME, tiny_model, base, "model-on-another-host")
+    record = records.read_record(base, 1000)
+    assert record.host is not None and record.pid is not None
+    record.host, record.pid = "another-host", os.getpid()
+    records.update_record(base, record)
+
+    assert publish.recover_interrupted_pushes(base).adopted == []
+    assert records.read_record(base, 1000).state == records.STAGING
+
+
 def test_rerunning_a_push_killed_after_publishing_adopts_the_version_it_published(pipeline):
     model = pipeline.model()
     base = pipeline.serving_dir / "xception"
