@@ -48,6 +48,9 @@ import numpy as np
 
 from serving.settings import BatchingOptions
 
+# close() tasks started by close_soon from other threads, held until they finish.
+_CLOSING: set[asyncio.Task] = set()
+
 RunBatch = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
@@ -291,9 +294,15 @@ class Batcher:
                 self._executor.shutdown(wait=False)
             return
         try:
-            loop.call_soon_threadsafe(lambda: loop.create_task(self.close()))
+            loop.call_soon_threadsafe(self._start_close, loop)
         except RuntimeError:  # the loop closed meanwhile: the server is gone, and so is the queue
             pass
+
+    def _start_close(self, loop: asyncio.AbstractEventLoop) -> None:
+        # The loop keeps only weak references to tasks: hold this one until it is done.
+        task = loop.create_task(self.close())
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
 
     # -- queue (runs on the event loop only) ----------------------------------
 

@@ -239,7 +239,10 @@ class _ParseErrorsAreInvalidArgument(grpc.GenericRpcHandler):
         if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
             return handler
         parse, behaviour = handler.request_deserializer, handler.unary_unary
-        message_type = parse.__self__.DESCRIPTOR.full_name  # parse is <Request class>.FromString
+        # parse is <Request class>.FromString: a classmethod in the C and upb protobufs, a
+        # staticmethod (no __self__) in the pure-Python one.
+        descriptor = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+        message_type = descriptor.full_name if descriptor is not None else "request message"
 
         async def unary_unary(data: bytes, context):
             try:
