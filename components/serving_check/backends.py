@@ -33,6 +33,7 @@ from tensorflow_serving.apis import (
 )
 
 from components.serving_check.checks import CLASSIFY_SIGNATURE, SERVING_SIGNATURE
+from serving.contract import call_signature
 from serving.images import decode_b64, inspect_image
 
 
@@ -116,10 +117,9 @@ class ObjectBackend(InProcessBackend):
         if signature_name not in signatures:
             raise BackendError(f"no signature {signature_name!r} (has {sorted(signatures)})")
         try:
-            outputs = signatures[signature_name](**{alias: tf.constant(value) for alias, value in inputs.items()})
+            return call_signature(signatures[signature_name], inputs)
         except (tf.errors.OpError, TypeError, ValueError) as err:
             raise BackendError(str(err).splitlines()[0]) from None
-        return {alias: tensor.numpy() for alias, tensor in outputs.items()}
 
 
 class ModelServerBackend:

@@ -17,10 +17,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
 from pipeline.batch.errors import BatchPredictError
-from serving import layout
+from serving import contract, layout
 from serving.contract import IMAGE_INPUT, LABEL_OUTPUT, PREDICT_LABEL_SIGNATURE, PROBABILITIES_OUTPUT, SCORE_OUTPUT
 
 SIGNATURE = PREDICT_LABEL_SIGNATURE
@@ -66,10 +67,8 @@ def check_signature(path: Path, num_labels: int) -> None:
 
 def call_signature(signature: Any, images: Sequence[bytes]) -> Iterator[Scores]:
     """predict_label on one batch: one Scores per image, in order."""
-    outputs = signature(**{IMAGE_INPUT: tf.constant(list(images), dtype=tf.string)})
-    labels = outputs[LABEL_OUTPUT].numpy()
-    score = outputs[SCORE_OUTPUT].numpy()
-    probabilities = outputs[PROBABILITIES_OUTPUT].numpy()
+    outputs = contract.call_signature(signature, {IMAGE_INPUT: list(images)}, {IMAGE_INPUT: types_pb2.DT_STRING})
+    labels, score, probabilities = outputs[LABEL_OUTPUT], outputs[SCORE_OUTPUT], outputs[PROBABILITIES_OUTPUT]
     if not (len(labels) == len(score) == len(probabilities) == len(images)):
         raise ValueError(f"{SIGNATURE} answered {len(labels)} rows for {len(images)} images")
     for i in range(len(images)):
