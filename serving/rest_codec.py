@@ -329,12 +329,7 @@ def _fill(value, level: int, shape: list[int], dtype: int, out: list) -> None:
             raise errors.InvalidArgument(
                 f"JSON Value: {_dump(value)} found at incorrect level: {level + 1} in the JSON DOM. "
                 f"Expected at level: {rank}")
-        if isinstance(value, dict):
-            if dtype != types_pb2.DT_STRING:
-                raise _type_error(value, dtype)
-            out.append(_decode_b64_object(value))
-        else:
-            out.append(_scalar(value, dtype))
+        out.append(_leaf(value, dtype))
         return
     if level >= rank:
         raise errors.InvalidArgument(f"Encountered list at unexpected level: {level} expected < {rank}")
@@ -346,15 +341,19 @@ def _fill(value, level: int, shape: list[int], dtype: int, out: list) -> None:
         for item in value:
             if isinstance(item, list):
                 raise errors.InvalidArgument(f"Encountered list at unexpected level: {level + 1} expected < {rank}")
-            if isinstance(item, dict):
-                if dtype != types_pb2.DT_STRING:
-                    raise _type_error(item, dtype)
-                out.append(_decode_b64_object(item))
-            else:
-                out.append(_scalar(item, dtype))
+            out.append(_leaf(item, dtype))
         return
     for item in value:
         _fill(item, level + 1, shape, dtype, out)
+
+
+def _leaf(value, dtype: int):
+    """One value of a tensor: {"b64": ...} for a string tensor, else a scalar of `dtype`."""
+    if isinstance(value, dict):
+        if dtype != types_pb2.DT_STRING:
+            raise _type_error(value, dtype)
+        return _decode_b64_object(value)
+    return _scalar(value, dtype)
 
 
 _INT_RANGES = {
