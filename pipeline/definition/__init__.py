@@ -1,5 +1,6 @@
-"""What runs: the typed config (configs.py), where it reads and writes (paths.py), the pipeline (pipeline.py) and
-its quality gate (evaluation.py).
+"""What runs: the typed config (configs.py), where it reads and writes (paths.py), the pipeline (pipeline.py),
+its quality gate (evaluation.py) and the gate's own TFMA metrics (signer_metrics.py: top-1 accuracy that counts a
+label unknown to a model as wrong, and the Wilson upper bound of each signer's accuracy).
 
 May import components/ and TFX; never runners/, training_server/ or batch/. Decides nothing about where the
 pipeline runs: the runners resolve the paths and choose the orchestrator.

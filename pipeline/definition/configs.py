@@ -29,14 +29,31 @@ from serving.contract import RECORD_LABEL_KEY
 
 @dataclass(frozen=True)
 class GateConfig:
-    """When a candidate is good enough to serve (the Evaluator's thresholds)."""
+    """When a candidate is good enough to serve (the Evaluator's thresholds, docs/delivery.md#the-gate-evaluator)."""
 
     # Top-1 accuracy on the eval split that every candidate must reach.
     min_accuracy: float = 0.9
     # How much worse than the version serving now a candidate may be (absolute accuracy).
     max_accuracy_drop: float = 0.02
-    # Top-1 accuracy every single signer must reach: blocks a model that ruins one signer.
+    # The floor for every single signer, put on the upper end of the Wilson interval of its top-1 accuracy:
+    # a signer holds the model back only when even that optimistic end is below it (blocks a model that
+    # ruins one signer, not one that missed 1 of a signer's 2 eval images).
     min_signer_accuracy: float = 0.6
+    # z of that interval: 1.96 is a two-sided 95% interval (its upper end alone, a 97.5% one-sided bound);
+    # larger is more lenient, 0 puts the floor on the plain accuracy.
+    signer_confidence_z: float = 1.96
+    # A signer with fewer eval examples is not judged (the run summary lists it). 3 is the smallest slice
+    # the defaults can fail at all: 0 right of 2 still has an upper bound of 0.66, 0 of 3 has 0.56 < 0.6.
+    min_signer_examples: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("min_accuracy", "max_accuracy_drop", "min_signer_accuracy"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"gate.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.signer_confidence_z < 0:
+            raise ValueError(f"gate.signer_confidence_z must be >= 0, got {self.signer_confidence_z}")
+        if self.min_signer_examples < 1:
+            raise ValueError(f"gate.min_signer_examples must be >= 1, got {self.min_signer_examples}")
 
 
 @dataclass(frozen=True)

@@ -3,19 +3,40 @@
 The Evaluator feeds serialized eval tf.Examples to the model's `classify`
 signature, whose outputs are TF Serving's `classes` (the label vocabulary) and
 `scores`. TFMA maps the string `label` feature onto `classes` itself, so a
-baseline and a candidate with different signer sets are compared fairly.
+baseline and a candidate with different signer sets are compared fairly: an
+eval example of a signer a model does not know is a wrong answer of that model
+(signer_metrics.TopOneAccuracy; TFMA's own SparseCategoricalAccuracy crashes
+on it).
 
-Layer: definition. May import TFMA, serving.contract and definition.configs.
+Three bounds, each on its own slices:
+- overall top-1 accuracy (signer_metrics.TopOneAccuracy) >= gate.min_accuracy;
+- overall accuracy no more than gate.max_accuracy_drop below the version serving
+  now (only when there is one);
+- per signer (slice `label`), the upper end of the Wilson interval of its accuracy
+  (signer_metrics.SignerAccuracyBound) >= gate.min_signer_accuracy, for signers
+  with at least gate.min_signer_examples eval examples: a signer holds the model
+  back only when its slice shows it is really under the floor, not because 1 of
+  its 2 eval images was wrong. Plain per-signer accuracy is still computed, for
+  the run summary.
+
+Layer: definition. May import TFMA, serving.contract, definition.configs and definition.signer_metrics.
 """
 from __future__ import annotations
 
+import json
+
 import tensorflow_model_analysis as tfma
 
+from pipeline.definition import signer_metrics
 from pipeline.definition.configs import GateConfig
 from serving.contract import CLASSIFY_SIGNATURE, LABEL_FEATURE, SCORES_OUTPUT
 
-# The metric every threshold is set on (TFMA computes it from labels and scores).
-ACCURACY = "sparse_categorical_accuracy"
+# The overall bounds are set on it; per signer it is reported only. Named as TFMA's SparseCategoricalAccuracy was.
+ACCURACY = signer_metrics.ACCURACY
+# The per-signer bound is set on it.
+SIGNER_BOUND = signer_metrics.UPPER_BOUND
+# Its companion key: the correct answers it counted, per slice.
+SIGNER_CORRECT = signer_metrics.correct_key_name(SIGNER_BOUND)
 
 
 def eval_config(gate: GateConfig) -> tfma.EvalConfig:
@@ -46,9 +67,23 @@ def eval_config(gate: GateConfig) -> tfma.EvalConfig:
             value_threshold=tfma.GenericValueThreshold(lower_bound={"value": gate.min_signer_accuracy})
         ),
     )
+    accuracy = tfma.MetricConfig(
+        class_name=signer_metrics.TopOneAccuracy.__name__,
+        module=signer_metrics.__name__,  # imported by the Evaluator wherever it runs
+        config=json.dumps({"name": ACCURACY}),
+        per_slice_thresholds=[overall],
+    )
+    signer_bound = tfma.MetricConfig(
+        class_name=signer_metrics.SignerAccuracyBound.__name__,
+        module=signer_metrics.__name__,
+        config=json.dumps({"name": SIGNER_BOUND, "z": gate.signer_confidence_z,
+                           "min_examples": gate.min_signer_examples}),
+        per_slice_thresholds=[per_signer],
+    )
     metrics = tfma.MetricsSpec(
         metrics=[
-            tfma.MetricConfig(class_name="SparseCategoricalAccuracy", per_slice_thresholds=[overall, per_signer]),
+            accuracy,
+            signer_bound,
             tfma.MetricConfig(class_name="ExampleCount"),
         ]
     )

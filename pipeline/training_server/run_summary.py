@@ -2,15 +2,19 @@
 
 The runner prints this after every run: spans and record counts from ingestion,
 the Evaluator's metrics and verdict (with the failing metric, value and
-threshold when a model is not blessed), the serving check's verdict, the version
-pushed, and how long each component took.
+threshold when a model is not blessed), the weakest signers and those with too
+few eval examples to be judged (from the Evaluator's per-signer slices), the
+serving check's verdict (or that it did not run), the version pushed, and how
+long each component took.
 
-Layer: training_server. May import ML Metadata, and TFMA when a run has an evaluation.
+Layer: training_server. May import ML Metadata, and TFMA and definition.evaluation when a run has an
+evaluation.
 """
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,38 @@ PIPELINE_RUN_CONTEXT = "pipeline_run"
 # The counts of ingest_summary.json, in the order of its invariant: read = the rest.
 INGEST_COUNTS = ("records_read", "examples", "duplicates", "unlabelled", "quarantined")
 NODE_CONTEXT = "node"
+# Signers printed as the weakest, lowest accuracy first.
+WEAKEST_SIGNERS = 3
+# What `serving_check` says: ServingCheck's verdict, or that it skipped a model the Evaluator did not bless.
+CHECK_PASSED, CHECK_FAILED, CHECK_NOT_RUN = "passed", "failed", "not run"
+
+
+@dataclass(frozen=True)
+class SignerResult:
+    """One signer's eval slice, as the Evaluator measured the candidate on it."""
+
+    signer: str
+    correct: int
+    examples: int
+    accuracy: float
+    # Upper end of the Wilson interval the per-signer floor is put on (1.0 when the slice is too small to judge).
+    upper_bound: float | None
+    # False when the slice has fewer than the gate's min_signer_examples: the gate did not judge it.
+    judged: bool = True
+
+    def describe(self) -> str:
+        detail = f"upper bound {self.upper_bound:.2f}" if self.judged and self.upper_bound is not None else "not judged"
+        return f"{self.signer} {self.correct}/{self.examples} ({detail})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"signer": self.signer, "correct": self.correct, "examples": self.examples,
+                "accuracy": self.accuracy, "upper_bound": self.upper_bound, "judged": self.judged}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SignerResult:
+        """The inverse of to_json (what the scheduler's status file holds)."""
+        return cls(data["signer"], data["correct"], data["examples"], data["accuracy"], data.get("upper_bound"),
+                   data.get("judged", True))
 
 
 @dataclass
@@ -34,10 +70,26 @@ class RunSummary:
     metrics: dict[str, float] = field(default_factory=dict)
     blessed: bool | None = None
     not_blessed_reasons: list[str] = field(default_factory=list)
+    # Per-signer slices of the candidate, in the Evaluator's order; min_signer_examples is the gate's, as run.
+    signers: list[SignerResult] = field(default_factory=list)
+    min_signer_examples: int | None = None
+    # None when ServingCheck did not run or skipped the model (serving_check then says which).
     infra_blessed: bool | None = None
     infra_reason: str = ""
+    serving_check: str | None = None  # a CHECK_* value, or None when there is no ServingCheck output
     pushed_version: str | None = None
     pushed_path: str | None = None
+
+    @property
+    def weakest_signers(self) -> list[SignerResult]:
+        """The WEAKEST_SIGNERS signers with the lowest accuracy (on a tie, the one with more evidence first)."""
+        ranked = sorted(self.signers, key=lambda s: (s.accuracy, -s.examples, s.signer))
+        return ranked[:WEAKEST_SIGNERS]
+
+    @property
+    def signers_too_few_examples(self) -> list[SignerResult]:
+        """Signers whose eval slice was too small for the gate to judge."""
+        return [s for s in self.signers if not s.judged]
 
     @property
     def result(self) -> str:
@@ -57,6 +109,10 @@ class RunSummary:
             "result": self.result,
             "blessed": self.blessed,
             "not_blessed_reasons": self.not_blessed_reasons,
+            "weakest_signers": [s.to_json() for s in self.weakest_signers],
+            "signers_too_few_examples": [s.to_json() for s in self.signers_too_few_examples],
+            "min_signer_examples": self.min_signer_examples,
+            "serving_check": self.serving_check,
             "infra_blessed": self.infra_blessed,
             "infra_reason": self.infra_reason,
             "pushed_version": self.pushed_version,
@@ -79,8 +135,8 @@ class RunSummary:
             out.append("blessed: yes")
         elif self.blessed is False:
             out.append("not blessed: " + ("; ".join(self.not_blessed_reasons) or "see the Evaluator's output"))
-        if self.infra_blessed is not None:
-            out.append("serving check: passed" if self.infra_blessed else f"serving check: failed: {self.infra_reason}")
+        out += signer_lines(self.weakest_signers, self.signers_too_few_examples, self.min_signer_examples)
+        out += serving_check_lines(self.serving_check, self.infra_reason)
         if self.pushed_version:
             out.append(f"pushed: version {self.pushed_version} -> {self.pushed_path}")
         else:
@@ -88,6 +144,25 @@ class RunSummary:
         for node, seconds in self.timings.items():
             out.append(f"  {node:<24} {self.states.get(node, ''):<9} {seconds:7.1f} s")
         return out
+
+
+def signer_lines(weakest: Sequence[SignerResult], too_few: Sequence[SignerResult],
+                 min_examples: int | None) -> list[str]:
+    """The weakest signers and those with too few eval examples to judge: for the run summary and `signflow status`."""
+    out = []
+    if weakest:
+        out.append("weakest signers: " + ", ".join(s.describe() for s in weakest))
+    if too_few:
+        out.append(f"too few eval examples to judge (< {min_examples}): "
+                   + ", ".join(f"{s.signer} {s.correct}/{s.examples}" for s in too_few))
+    return out
+
+
+def serving_check_lines(serving_check: str | None, infra_reason: str | None) -> list[str]:
+    """The serving check's verdict (nothing when there was no ServingCheck output)."""
+    if serving_check == CHECK_FAILED:
+        return [f"serving check: failed: {infra_reason}"]
+    return [f"serving check: {serving_check}"] if serving_check is not None else []
 
 
 def open_store(metadata_path: str | os.PathLike) -> mlmd.MetadataStore:
@@ -120,10 +195,15 @@ def summarize(metadata_path: str | os.PathLike, run_id: str | None = None) -> Ru
         for event in output_events:
             key = f"{node}.{event.path.steps[0].key}" if event.path.steps else node
             summary.outputs.setdefault(key, []).append(artifacts[event.artifact_id])
+    read_outputs(summary)
+    return summary
+
+
+def read_outputs(summary: RunSummary) -> None:
+    """Fill the ingestion, evaluation and delivery parts of `summary` from its output artifacts."""
     _read_ingest(summary)
     _read_evaluation(summary)
     _read_delivery(summary)
-    return summary
 
 
 def _node_id(store: mlmd.MetadataStore, execution_id: int) -> str:
@@ -157,30 +237,69 @@ def _read_evaluation(summary: RunSummary) -> None:
     if blessings:
         summary.blessed = _custom(blessings[0], "blessed") == 1
     evaluations = _outputs(summary, "Evaluator.evaluation")
-    if not evaluations:
-        return
-    import tensorflow_model_analysis as tfma  # heavy; only when there is an evaluation
+    if evaluations:
+        _read_evaluation_folder(summary, evaluations[0].uri)
 
-    uri = evaluations[0].uri
+
+def _read_evaluation_folder(summary: RunSummary, uri: str | os.PathLike) -> None:
+    """Fill `summary` from the Evaluator's output folder: overall metrics, per-signer slices, failed thresholds."""
+    import tensorflow_model_analysis as tfma  # heavy; only when there is an evaluation
+    from tensorflow_model_analysis.writers.eval_config_writer import load_eval_run
+
+    from pipeline.definition.evaluation import ACCURACY, LABEL_FEATURE, SIGNER_BOUND, SIGNER_CORRECT
+    from pipeline.definition.signer_metrics import SignerAccuracyBound
+
+    uri = str(uri)
+    eval_config = load_eval_run(uri)[0]
+    summary.min_signer_examples = _metric_setting(eval_config, SignerAccuracyBound.__name__, "min_examples")
+    per_signer: dict[str, dict[str, float]] = {}
     for sliced in tfma.load_metrics(uri):
-        if sliced.slice_key.single_slice_keys:  # overall slice only here
+        keys = sliced.slice_key.single_slice_keys
+        if len(keys) > 1 or (keys and keys[0].column != LABEL_FEATURE):
             continue
+        values = {}
         for key_and_value in sliced.metric_keys_and_values:
             key = key_and_value.key
             if key.model_name in ("", "candidate") and not key.is_diff:
                 value = key_and_value.value
                 if value.HasField("double_value"):
-                    summary.metrics[key.name] = value.double_value.value
+                    values[key.name] = value.double_value.value
+        if keys:
+            per_signer[_slice_name(sliced.slice_key)] = values
+        else:  # the overall slice; the signer bound belongs to the per-signer slices
+            summary.metrics.update({k: v for k, v in values.items() if k not in (SIGNER_BOUND, SIGNER_CORRECT)})
+    counts = {}  # slice name -> " (3/4 right)"
+    for where, values in per_signer.items():
+        if ACCURACY not in values or "example_count" not in values:
+            continue
+        examples = round(values["example_count"])
+        # Evaluations from before the signer bound have no correct count of their own.
+        correct = round(values.get(SIGNER_CORRECT, values[ACCURACY] * examples))
+        judged = summary.min_signer_examples is None or examples >= summary.min_signer_examples
+        signer = where.partition("=")[2]
+        summary.signers.append(
+            SignerResult(signer, correct, examples, values[ACCURACY], values.get(SIGNER_BOUND), judged))
+        counts[where] = f" ({correct}/{examples} right)"
     result = tfma.load_validation_result(uri)
     for failure in result.metric_validations_per_slice:
         where = _slice_name(failure.slice_key)
         for failed in failure.failures:
             summary.not_blessed_reasons.append(
                 f"{failed.metric_key.name}{' (change vs serving)' if failed.metric_key.is_diff else ''}"
-                f" on {where}: {failed.metric_value.double_value.value:.4f}, threshold {_threshold(failed.metric_threshold)}"
+                f" on {where}: {failed.metric_value.double_value.value:.4f}{counts.get(where, '')},"
+                f" threshold {_threshold(failed.metric_threshold)}"
             )
     if result.missing_thresholds or result.missing_slices:
         summary.not_blessed_reasons.append("some thresholds could not be checked (missing slices or metrics)")
+
+
+def _metric_setting(eval_config: Any, class_name: str, name: str) -> Any:
+    """A setting of the first metric of class `class_name` in `eval_config` (None when there is none)."""
+    for spec in eval_config.metrics_specs if eval_config else ():
+        for metric in spec.metrics:
+            if metric.class_name == class_name and metric.config:
+                return json.loads(metric.config).get(name)
+    return None
 
 
 def _slice_name(slice_key: Any) -> str:
@@ -200,8 +319,14 @@ def _threshold(threshold: Any) -> str:
 def _read_delivery(summary: RunSummary) -> None:
     infra = _outputs(summary, "ServingCheck.infra_blessing")
     if infra:
-        summary.infra_blessed = _custom(infra[0], "blessed") == 1
-        summary.infra_reason = _custom(infra[0], "reason") or ""
+        if summary.blessed is False:
+            # NOTE: ServingCheck serves nothing when the Evaluator did not bless the model; the not-blessed
+            # InfraBlessing it writes then is a skip, not a verdict (components/serving_check/component.py).
+            summary.serving_check = CHECK_NOT_RUN
+        else:
+            summary.infra_blessed = _custom(infra[0], "blessed") == 1
+            summary.infra_reason = _custom(infra[0], "reason") or ""
+            summary.serving_check = CHECK_PASSED if summary.infra_blessed else CHECK_FAILED
     for pushed in _outputs(summary, "Pusher.pushed_model"):
         if _custom(pushed, "pushed") == 1:
             summary.pushed_version = str(_custom(pushed, "pushed_version"))

@@ -5,7 +5,7 @@ scheduler and a run are alive, and counts the inbox itself, so the answer is
 right even when no scheduler runs.
 
 Layer: training_server. May import definition.configs, schedule, run_lock,
-components.ingest.landing and serving.layout.
+run_summary (how a cycle's signers and serving check read), components.ingest.landing and serving.layout.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline.definition.configs import load_config
 from pipeline.training_server.run_lock import RUN_LOCK, holder
+from pipeline.training_server.run_summary import SignerResult, serving_check_lines, signer_lines
 from pipeline.training_server.schedule import human_duration, read_status, scheduler_lock_path, status_path
 
 
@@ -78,6 +79,11 @@ def status_lines(report: dict[str, Any]) -> list[str]:
             out.append(f"  reason: {last['error']}")
         for reason in last.get("not_blessed_reasons") or []:
             out.append(f"  not blessed: {reason}")
+        signers = [[SignerResult.from_json(s) for s in last.get(key) or []]
+                   for key in ("weakest_signers", "signers_too_few_examples")]
+        details = signer_lines(*signers, last.get("min_signer_examples"))
+        details += serving_check_lines(last.get("serving_check"), last.get("infra_reason"))
+        out += [f"  {line}" for line in details]
     else:
         out.append("last cycle: none recorded")
     if status.get("next_due_at") and report["scheduler_alive"]:

@@ -28,8 +28,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from components.ingest.landing import IngestPaths, collect_new_files, waiting
 from pipeline.definition.configs import PipelineConfig
 from pipeline.training_server.run_lock import RUN_LOCK, FileLock, LockHeld, holder
+from pipeline.training_server.run_summary import CHECK_FAILED, RunSummary, SignerResult
 from pipeline.training_server.schedule import (BUSY, FAILED, STOP_GRACE_SECONDS, CycleResult, Scheduler, ScheduleSettings,
                                parse_duration, read_status, scheduler_lock_path, status_path)
+from pipeline.training_server.status import status_lines
 from tests.fixtures.tiny_model import make_image_bytes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -268,6 +270,31 @@ def test_status_command_reports_waiting_records_and_the_last_cycle(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=60, env=env, check=True).stdout)
     assert report["records_waiting"] == 3 and report["scheduler_alive"] is False
     assert report["status"]["last_cycle"]["trigger"] == "once"
+
+
+def test_status_shows_the_last_cycles_signers_and_serving_check(tmp_path):
+    config = _config(tmp_path)
+    signers = [SignerResult("signer_00", 1, 2, 0.5, 1.0, judged=False),
+               SignerResult("signer_01", 5, 8, 0.625, 0.88), SignerResult("signer_02", 8, 8, 1.0, 1.0)]
+    summary = RunSummary(run_id="run-1", blessed=True, signers=signers, min_signer_examples=3,
+                         infra_blessed=False, infra_reason="version 3 did not load", serving_check=CHECK_FAILED)
+
+    def cycle(summary_json: Path, stop: threading.Event) -> CycleResult:
+        return CycleResult(summary.result, 0, summary.to_json())  # what `signflow run --summary-json` writes
+
+    Scheduler(config, ScheduleSettings(once=True), run_cycle=cycle).run()
+    status = read_status(status_path(config))
+    last = status["last_cycle"]
+    assert [s["signer"] for s in last["weakest_signers"]] == ["signer_00", "signer_01", "signer_02"]
+    assert [s["signer"] for s in last["signers_too_few_examples"]] == ["signer_00"]
+    assert (last["serving_check"], last["infra_reason"]) == (CHECK_FAILED, "version 3 did not load")
+    report = {"status": status, "scheduler": None, "scheduler_alive": False, "run_in_progress": None,
+              "records_waiting": 0, "files_waiting": 0, "served_versions": []}
+    lines = status_lines(report)
+    assert "  weakest signers: signer_00 1/2 (not judged), signer_01 5/8 (upper bound 0.88), " \
+           "signer_02 8/8 (upper bound 1.00)" in lines
+    assert "  too few eval examples to judge (< 3): signer_00 1/2" in lines
+    assert "  serving check: failed: version 3 did not load" in lines
 
 
 # -- `signflow schedule` as a process ------------------------------------------------------------

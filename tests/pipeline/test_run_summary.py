@@ -1,0 +1,71 @@
+"""What the run summary says about the gate and the serving check, from the artifacts' own properties.
+
+The artifacts carry the properties the Evaluator, ServingCheck and Pusher write
+(ServingCheck's skip of a model the Evaluator did not bless included); the
+per-signer lines are read from a real evaluation in test_signer_gate.py.
+"""
+from __future__ import annotations
+
+import pytest
+from ml_metadata.proto import metadata_store_pb2
+
+from pipeline.training_server.run_summary import CHECK_NOT_RUN, RunSummary, SignerResult, read_outputs
+
+
+def _artifact(**properties) -> metadata_store_pb2.Artifact:
+    artifact = metadata_store_pb2.Artifact()
+    for name, value in properties.items():
+        if isinstance(value, int):
+            artifact.custom_properties[name].int_value = value
+        else:
+            artifact.custom_properties[name].string_value = value
+    return artifact
+
+
+def _summary(blessed: int, infra_blessed: int, infra_reason: str = "", pushed: int = 0) -> RunSummary:
+    pushed_model = _artifact(pushed=pushed, **({"pushed_version": "7", "pushed_destination": "/s/xception/7"}
+                                                if pushed else {}))
+    summary = RunSummary(run_id="test", outputs={
+        "Evaluator.blessing": [_artifact(blessed=blessed)],
+        "ServingCheck.infra_blessing": [_artifact(blessed=infra_blessed, reason=infra_reason)],
+        "Pusher.pushed_model": [pushed_model],
+    })
+    read_outputs(summary)
+    return summary
+
+
+def test_a_model_the_evaluator_did_not_bless_was_not_served_by_the_serving_check():
+    # What ServingCheck writes for a model that is not blessed (components/serving_check/component.py).
+    summary = _summary(blessed=0, infra_blessed=0, infra_reason="skipped: the Evaluator did not bless this model")
+    lines = summary.lines()
+    assert "serving check: not run" in lines
+    assert not [line for line in lines if "skipped" in line or "failed" in line]
+    assert summary.result == "not_blessed"
+    data = summary.to_json()
+    assert (data["serving_check"], data["infra_blessed"], data["infra_reason"]) == (CHECK_NOT_RUN, None, "")
+
+
+@pytest.mark.parametrize(
+    "infra_blessed, pushed, line, result",
+    [
+        (1, 1, "serving check: passed", "pushed"),
+        (0, 0, "serving check: failed: tf-serving-session: failed to load", "serving_check_failed"),
+    ],
+)
+def test_a_blessed_model_gets_the_serving_checks_verdict(infra_blessed, pushed, line, result):
+    summary = _summary(blessed=1, infra_blessed=infra_blessed, pushed=pushed,
+                       infra_reason="" if infra_blessed else "tf-serving-session: failed to load")
+    assert line in summary.lines()
+    assert summary.result == result
+    assert summary.to_json()["serving_check"] == line.split(": ")[1]
+
+
+def test_the_weakest_signers_are_the_least_accurate_with_more_evidence_first():
+    summary = RunSummary(run_id="test", min_signer_examples=3, signers=[
+        SignerResult("a", 9, 10, 0.9, 0.98), SignerResult("b", 1, 2, 0.5, 1.0, judged=False),
+        SignerResult("c", 2, 4, 0.5, 0.85), SignerResult("d", 4, 4, 1.0, 1.0),
+        SignerResult("e", 0, 1, 0.0, 1.0, judged=False),
+    ])
+    assert [s.signer for s in summary.weakest_signers] == ["e", "c", "b"]
+    assert "weakest signers: e 0/1 (not judged), c 2/4 (upper bound 0.85), b 1/2 (not judged)" in summary.lines()
+    assert "too few eval examples to judge (< 3): b 1/2, e 0/1" in summary.lines()
