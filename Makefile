@@ -18,7 +18,7 @@ VENV_KEY := $(shell cat requirements.lock | sha256sum | cut -c1-16)
 VENV_STORE ?= $(HOME)/.cache/signflow/venvs
 VENV_DIR := $(VENV_STORE)/$(VENV_KEY)
 
-.PHONY: help venv run-local test test-fast serve schedule status rollback versions ingest lock clean
+.PHONY: help venv run-local test test-fast serve schedule status rollback versions ingest weights lock clean
 
 help:
 	@echo "make run-local             set up, then run the pipeline once on the committed sample"
@@ -30,6 +30,7 @@ help:
 	@echo "make versions              list the served versions and their lineage"
 	@echo "make rollback [VERSION=N]  take the newest version (or all newer than N) out of service"
 	@echo "make ingest                ingest data/inbox into a new span only"
+	@echo "make weights WEIGHTS=FILE  check and install Xception's pretrained no-top weights (offline sites)"
 	@echo "make venv                  only set up the project's interpreter (.venv)"
 
 venv: .venv/.ready-$(VENV_KEY)
@@ -73,6 +74,13 @@ rollback: venv
 
 ingest: venv
 	$(PY) -m pipeline.cli ingest
+
+# Pretrained backbone weights for machines that cannot download them: checked, then placed
+# where the Trainer finds them (docs/trainer.md#pretrained-weights-offline).
+WEIGHTS ?=
+weights: venv
+	@test -n "$(WEIGHTS)" || { echo 'usage: make weights WEIGHTS=/path/to/xception_weights_tf_dim_ordering_tf_kernels_notop.h5' >&2; exit 2; }
+	$(PY) -m pipeline.cli weights import "$(WEIGHTS)"
 
 test: venv
 	$(PY) -m pytest -q

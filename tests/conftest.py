@@ -8,6 +8,19 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_imported_weights(tmp_path_factory):
+    """An empty weights store: weights imported on this machine (signflow weights import) must not change what
+    weights="auto" resolves to in tests."""
+    previous = os.environ.get("SIGNFLOW_WEIGHTS_DIR")
+    os.environ["SIGNFLOW_WEIGHTS_DIR"] = str(tmp_path_factory.mktemp("weights-store"))
+    yield
+    if previous is None:
+        os.environ.pop("SIGNFLOW_WEIGHTS_DIR", None)
+    else:
+        os.environ["SIGNFLOW_WEIGHTS_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny SavedModel from the real export code, built once per test session."""

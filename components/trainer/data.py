@@ -84,24 +84,67 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return max(1, math.ceil(num_examples / batch_size))
 
 
+def _in_validation(example: dict[str, tf.Tensor], fraction: float) -> tf.Tensor:
+    """Whether an example belongs to the validation share of the train split, decided by its sha256.
+
+    The same image always falls on the same side, whatever else is in the span or
+    in what order the files are read.
+    """
+    bucket = tf.strings.to_hash_bucket_fast(_sha256_of(example), 10_000)
+    return bucket < int(round(fraction * 10_000))
+
+
+def _sha256_of(example: dict[str, tf.Tensor]) -> tf.Tensor:
+    return tf.where(tf.strings.length(example[SHA256_FEATURE]) > 0, example[SHA256_FEATURE],
+                    _hex_sha256(example[IMAGE_FEATURE]))
+
+
+def _train_part(files: Sequence[str], config: TrainerConfig) -> tf.data.Dataset:
+    examples = read_examples(files)
+    if config.validation_fraction > 0:
+        examples = examples.filter(lambda ex: tf.logical_not(_in_validation(ex, config.validation_fraction)))
+    return examples
+
+
 def training_dataset(files: Sequence[str], labels: Sequence[str], config: TrainerConfig,
-                     *, augment: bool | None = None) -> tf.data.Dataset:
+                     *, augment: bool | None = None, num_examples: int | None = None) -> tf.data.Dataset:
     """Endless shuffled batches of (images [B, H, W, 3] float32, label ids [B] int32).
 
-    Examples whose label is not in `labels` are dropped. `augment` defaults to
-    `config.augment`.
+    The validation share of the split (`config.validation_fraction`) is left out;
+    so are examples whose label is not in `labels`. `augment` defaults to
+    `config.augment`. With `num_examples` (the split's size) the preprocessed
+    images are kept in memory after the first pass when they fit in
+    `config.cache_mib`.
     """
     augment = config.augment if augment is None else augment
     table = label_table(labels)
-    dataset = read_examples(files).shuffle(config.shuffle_buffer, seed=config.seed).repeat()
-    dataset = dataset.map(lambda ex: _to_model_input(ex, table, config), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = _train_part(files, config).map(lambda ex: _to_model_input(ex, table, config),
+                                             num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.filter(lambda image, label: label >= 0)
+    if num_examples is not None and num_examples * _bytes_per_input(config) <= config.cache_mib * 2**20:
+        dataset = dataset.cache()
+    dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed).repeat()
     # Full batches only: a 1-example batch would give BatchNorm a degenerate variance.
     dataset = dataset.batch(config.batch_size, drop_remainder=True)
     if augment:
         dataset = dataset.map(lambda images, ids: (augment_batch(images, config), ids),
                               num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _bytes_per_input(config: TrainerConfig) -> int:
+    return config.image_height * config.image_width * 3 * 4
+
+
+def validation_dataset(files: Sequence[str], labels: Sequence[str], config: TrainerConfig) -> tf.data.Dataset | None:
+    """One ordered pass over the validation share of the train split, or None when there is none."""
+    if config.validation_fraction <= 0:
+        return None
+    table = label_table(labels)
+    examples = read_examples(files).filter(lambda ex: _in_validation(ex, config.validation_fraction))
+    dataset = examples.map(lambda ex: _to_model_input(ex, table, config), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.filter(lambda image, label: label >= 0)
+    return dataset.batch(config.batch_size).cache().prefetch(tf.data.AUTOTUNE)
 
 
 def evaluation_dataset(files: Sequence[str], labels: Sequence[str], config: TrainerConfig) -> tf.data.Dataset:
@@ -116,12 +159,10 @@ def evaluation_dataset(files: Sequence[str], labels: Sequence[str], config: Trai
 def prediction_dataset(files: Sequence[str], config: TrainerConfig) -> tf.data.Dataset:
     """One ordered pass over every example: dicts of image (model input), label and sha256 strings."""
     def convert(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        sha256 = tf.where(tf.strings.length(example[SHA256_FEATURE]) > 0, example[SHA256_FEATURE],
-                          _hex_sha256(example[IMAGE_FEATURE]))
         return {
-            "image": image_to_model_input(example[IMAGE_FEATURE], config.image_height, config.image_width),
+            "image": model_input(example[IMAGE_FEATURE], config),
             LABEL_FEATURE: example[LABEL_FEATURE],
-            SHA256_FEATURE: sha256,
+            SHA256_FEATURE: _sha256_of(example),
         }
 
     return read_examples(files).map(convert, num_parallel_calls=tf.data.AUTOTUNE).batch(
@@ -134,10 +175,14 @@ def _hex_sha256(data: tf.Tensor) -> tf.Tensor:
                              stateful=False)
 
 
+def model_input(image_bytes: tf.Tensor, config: TrainerConfig) -> tf.Tensor:
+    """One image's model input under `config` (size and preprocessing mode), as the export computes it."""
+    return image_to_model_input(image_bytes, config.image_height, config.image_width, config.preprocessing)
+
+
 def _to_model_input(example: dict[str, tf.Tensor], table: tf.lookup.StaticHashTable,
                     config: TrainerConfig) -> tuple[tf.Tensor, tf.Tensor]:
-    image = image_to_model_input(example[IMAGE_FEATURE], config.image_height, config.image_width)
-    return image, table.lookup(example[LABEL_FEATURE])
+    return model_input(example[IMAGE_FEATURE], config), table.lookup(example[LABEL_FEATURE])
 
 
 def augment_batch(images: tf.Tensor, config: TrainerConfig) -> tf.Tensor:

@@ -41,6 +41,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.saved_model import fingerprinting_utils
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from components.trainer.config import PREPROCESS_SCAN
 from components.trainer.preprocess import image_to_model_input
 from serving.contract import (
     CLASSES_OUTPUT,
@@ -70,17 +71,19 @@ MAX_WARMUP_REQUESTS = 8
 class _ServingModule(tf.Module):
     """What gets saved: the Keras model, its labels, and the three serving functions."""
 
-    def __init__(self, model: tf.keras.Model, labels: Sequence[str], image_size: tuple[int, int], labels_file: str):
+    def __init__(self, model: tf.keras.Model, labels: Sequence[str], image_size: tuple[int, int], labels_file: str,
+                 preprocessing: str):
         super().__init__()
         self.model = model
         self.labels = tf.constant(list(labels), dtype=tf.string)
         # Tracked so SavedModel copies it into assets/ under its own name.
         self.labels_asset = tf.saved_model.Asset(labels_file)
         self._height, self._width = image_size
+        self._preprocessing = preprocessing
 
     def probabilities(self, image_bytes: tf.Tensor) -> tf.Tensor:
         inputs = tf.map_fn(
-            lambda one: image_to_model_input(one, self._height, self._width),
+            lambda one: image_to_model_input(one, self._height, self._width, self._preprocessing),
             image_bytes,
             fn_output_signature=tf.TensorSpec([self._height, self._width, 3], tf.float32),
         )
@@ -121,8 +124,13 @@ def export_serving_model(
     image_size: tuple[int, int],
     export_dir: str | os.PathLike,
     warmup_images: Sequence[bytes] = (),
+    preprocessing: str = PREPROCESS_SCAN,
 ) -> Path:
-    """Write the serving SavedModel for `model` (softmax over `labels`) into `export_dir`."""
+    """Write the serving SavedModel for `model` (softmax over `labels`) into `export_dir`.
+
+    `preprocessing` is the mode of preprocess.image_to_model_input the model was
+    trained with; it becomes part of every image signature's graph.
+    """
     labels = [str(label) for label in labels]
     if not labels:
         raise ValueError("cannot export a classifier with no labels")
@@ -132,7 +140,7 @@ def export_serving_model(
     with tempfile.TemporaryDirectory() as scratch:
         labels_file = Path(scratch) / LABELS_FILE.name
         labels_file.write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
-        module = _ServingModule(model, labels, image_size, str(labels_file))
+        module = _ServingModule(model, labels, image_size, str(labels_file), preprocessing)
         tf.saved_model.save(
             module,
             str(export_dir),
@@ -143,7 +151,7 @@ def export_serving_model(
             },
         )
     _mark_classify_signature(export_dir)
-    write_model_metadata(export_dir, labels, image_size)
+    write_model_metadata(export_dir, labels, image_size, preprocessing)
     if warmup_images:
         write_warmup_requests(export_dir, warmup_images[:MAX_WARMUP_REQUESTS])
     return export_dir
@@ -166,13 +174,14 @@ def _mark_classify_signature(export_dir: Path) -> None:
     fingerprinting_utils.write_fingerprint(str(export_dir))
 
 
-def model_metadata(labels: Sequence[str], image_size: tuple[int, int]) -> dict:
+def model_metadata(labels: Sequence[str], image_size: tuple[int, int], preprocessing: str = PREPROCESS_SCAN) -> dict:
     """What assets.extra/signflow_model.json holds: the label order of `probabilities` and the signatures."""
     image = {IMAGE_INPUT: "string [N]"}
     return {
         "format": METADATA_FORMAT,
         "labels": [str(label) for label in labels],
         "image_size": [int(image_size[0]), int(image_size[1])],
+        "preprocessing": preprocessing,
         "signatures": {
             SERVING_SIGNATURE: {"method": PREDICT_METHOD, "inputs": image,
                                 "outputs": {PROBABILITIES_OUTPUT: "float32 [N, K]"}},
@@ -185,11 +194,13 @@ def model_metadata(labels: Sequence[str], image_size: tuple[int, int]) -> dict:
     }
 
 
-def write_model_metadata(export_dir: str | os.PathLike, labels: Sequence[str], image_size: tuple[int, int]) -> Path:
+def write_model_metadata(export_dir: str | os.PathLike, labels: Sequence[str], image_size: tuple[int, int],
+                         preprocessing: str = PREPROCESS_SCAN) -> Path:
     """Write assets.extra/signflow_model.json (contract.MODEL_METADATA_FILE)."""
     path = Path(export_dir) / MODEL_METADATA_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(model_metadata(labels, image_size), indent=2, ensure_ascii=False) + "\n")
+    metadata = model_metadata(labels, image_size, preprocessing)
+    write_atomic(path, json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
     return path
 
 

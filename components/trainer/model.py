@@ -1,8 +1,9 @@
 """The classifier: a Keras 2 (tf-keras) Xception backbone and a new softmax head over the signers.
 
-Also where the backbone's starting weights come from (ImageNet, a local .h5, or
-random init) and how a previous export's weights are brought into a new model
-(warm start), including when the set of signers changed.
+Also where the backbone's starting weights come from (ImageNet, a file imported
+with `signflow weights import`, a local .h5, or random init) and how a previous
+export's weights are brought into a new model (warm start), including when the
+set of signers changed.
 """
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from components.trainer import weights_store
 from components.trainer.config import WEIGHTS_AUTO, WEIGHTS_IMAGENET, WEIGHTS_NONE
+from components.trainer.weights_store import XCEPTION_NOTOP_FILE, XCEPTION_NOTOP_MD5, XCEPTION_NOTOP_URL
 from serving.layout import LABELS_FILE
 
 # TF_USE_LEGACY_KERAS=1 (set by the process entry point) makes tf.keras this tf-keras (Keras 2).
@@ -27,11 +30,6 @@ log = logging.getLogger(__name__)
 BACKBONE_NAME = "xception"
 HEAD_NAME = "signer_probabilities"
 
-# What keras.applications.Xception(weights="imagenet", include_top=False) fetches.
-XCEPTION_NOTOP_FILE = "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
-XCEPTION_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/xception/"
-                      + XCEPTION_NOTOP_FILE)
-XCEPTION_NOTOP_MD5 = "b0042744bf5b25fce3cb969f33bebb97"
 # urllib waits forever on a silent network; the 88 MB file itself needs far less than this
 # per socket operation.
 DOWNLOAD_TIMEOUT_S = 30.0
@@ -39,10 +37,16 @@ DOWNLOAD_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True)
 class BackboneWeights:
-    """Where the backbone's initial weights come from: `path` to a .h5 file, or None for random init."""
+    """Where the backbone's initial weights come from: `path` to a .h5 file, or None for random init.
+
+    `source`: "imagenet" (Keras' cache or download), "imported" (`signflow weights
+    import`), "h5" (a path in the config) or "random". `sha256` is the file's.
+    """
 
     path: str | None
-    source: str  # "imagenet", "h5" or "random"
+    source: str
+    # NOTE: derived from the file at `path`, so it does not take part in equality.
+    sha256: str | None = field(default=None, compare=False)
 
     @property
     def pretrained(self) -> bool:
@@ -50,34 +54,52 @@ class BackboneWeights:
 
 
 def resolve_backbone_weights(spec: str, *, origin: str = XCEPTION_NOTOP_URL, cache_dir: str | None = None,
+                             store: str | os.PathLike | None = None,
                              timeout_s: float = DOWNLOAD_TIMEOUT_S) -> BackboneWeights:
     """Turn `TrainerConfig.weights` into a weights file (or None).
 
     "imagenet" uses Keras' own cache and download (keras.utils.get_file, md5-checked)
-    and raises RuntimeError when the file is neither cached nor downloadable; "auto"
-    does the same but logs one line and falls back to random init instead. "none" is
-    random init; anything else must be an existing .h5 weights file.
+    and raises RuntimeError when the file is neither cached nor downloadable. "auto"
+    tries the same, then the file `signflow weights import` placed in the weights
+    store (`store`, see weights_store.store_dir), then logs one line and falls back
+    to random init. "none" is random init; anything else must be an existing .h5
+    weights file.
     """
     if spec == WEIGHTS_NONE:
         return BackboneWeights(None, "random")
     if spec in (WEIGHTS_AUTO, WEIGHTS_IMAGENET):
         try:
-            return BackboneWeights(_fetch_imagenet_weights(origin, cache_dir, timeout_s), "imagenet")
+            path = _fetch_imagenet_weights(origin, cache_dir, timeout_s)
         except Exception as err:  # get_file raises a bare Exception for URL failures
             if spec == WEIGHTS_IMAGENET:
                 raise RuntimeError(
                     f"ImageNet weights for Xception are not in the Keras cache and could not be downloaded "
-                    f"from {origin} ({err}). Put {XCEPTION_NOTOP_FILE} into ~/.keras/models/, pass a local "
-                    f'.h5 path as weights, or use weights="auto"/"none" to train from random init.'
+                    f"from {origin} ({err}). Import the file with `signflow weights import FILE` (or put "
+                    f"{XCEPTION_NOTOP_FILE} into ~/.keras/models/), pass a local .h5 path as weights, or use "
+                    f'weights="auto"/"none" to train from random init.'
                 ) from err
-            log.warning("ImageNet weights unavailable (%s: %s); training Xception from random init",
-                        type(err).__name__, err)
-            return BackboneWeights(None, "random")
+            return _imported_or_random(store, f"{type(err).__name__}: {err}")
+        return BackboneWeights(path, "imagenet", weights_store.sha256_of(path))
     path = Path(spec).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f'backbone weights file {path} does not exist (weights must be "auto", '
                                 f'"imagenet", "none" or a path to a .h5 file)')
-    return BackboneWeights(str(path), "h5")
+    return BackboneWeights(str(path), "h5", weights_store.sha256_of(path))
+
+
+def _imported_or_random(store: str | os.PathLike | None, unavailable: str) -> BackboneWeights:
+    """weights="auto" without ImageNet weights: the imported file if there is one, else random init."""
+    try:
+        imported = weights_store.imported_weights(store)
+    except weights_store.WeightsRefused as err:
+        raise RuntimeError(f"the imported backbone weights cannot be used: {err}") from err
+    if imported is not None:
+        log.info("ImageNet weights unavailable (%s); using the weights imported %s from %s (sha256 %s)",
+                 unavailable, imported.imported_at, imported.source_path, imported.sha256)
+        return BackboneWeights(imported.path, "imported", imported.sha256)
+    log.warning("ImageNet weights unavailable (%s) and none imported (signflow weights import); training "
+                "Xception from random init", unavailable)
+    return BackboneWeights(None, "random")
 
 
 def _fetch_imagenet_weights(origin: str, cache_dir: str | None, timeout_s: float) -> str:
@@ -138,13 +160,14 @@ def freeze_backbone(model: keras.Model) -> None:
     backbone_of(model).trainable = False
 
 
-def unfreeze_top_blocks(model: keras.Model, from_block: int) -> int:
-    """Make Xception blocks >= `from_block` trainable, except BatchNorm; returns the layer count.
+def unfreeze_top_blocks(model: keras.Model, from_block: int, *, train_batchnorm: bool = False) -> int:
+    """Make Xception blocks >= `from_block` trainable; returns the count of trainable layers with weights.
 
     Layers are in topological order and each block's shortcut convolution sits
     between the block's first and last layer, so "from the first layer named
-    block<N>_ on" covers whole blocks. BatchNorm stays frozen (inference mode): a
-    few small batches would otherwise overwrite statistics the frozen layers rely on.
+    block<N>_ on" covers whole blocks. Unless `train_batchnorm`, BatchNorm stays
+    frozen (inference mode): when only the top blocks train, a few small batches
+    would otherwise overwrite statistics the frozen layers rely on.
     """
     backbone = backbone_of(model)
     backbone.trainable = True
@@ -154,7 +177,8 @@ def unfreeze_top_blocks(model: keras.Model, from_block: int) -> int:
         raise ValueError(f"Xception has no block {from_block} (blocks are 1..14)")
     unfrozen = 0
     for index, layer in enumerate(backbone.layers):
-        layer.trainable = index >= start and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = index >= start and (train_batchnorm
+                                              or not isinstance(layer, keras.layers.BatchNormalization))
         unfrozen += layer.trainable and bool(layer.weights)
     return unfrozen
 

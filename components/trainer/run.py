@@ -45,13 +45,17 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     result = train.train(config, train_files, eval_files, log_dir=fn_args.model_run_dir,
                          base_model_dir=fn_args.base_model, total_steps=fn_args.train_steps)
     export_serving_model(result.model, result.labels, config.image_size, fn_args.serving_model_dir,
-                         warmup_images=data.sample_images(eval_files, MAX_WARMUP_REQUESTS))
+                         warmup_images=data.sample_images(eval_files, MAX_WARMUP_REQUESTS),
+                         preprocessing=config.preprocessing)
     report.write_report(fn_args.model_run_dir, result.history, result.eval_predictions, result.labels, {
         "keras_version": version,
         "tensorflow_version": tf.__version__,
         "labels": result.labels,
         "schedule": result.schedule,
         "init": result.init,
+        # The backbone's starting file and its checksum (None for random init and warm start).
+        "init_weights_file": result.init_weights.path if result.init_weights else None,
+        "init_weights_sha256": result.init_weights.sha256 if result.init_weights else None,
         "base_model": fn_args.base_model,
         "carried_labels": result.carried_labels,
         "best_epoch": result.best_epoch,

@@ -11,11 +11,14 @@ Schedules (see TrainerConfig):
   follow within ~10 steps), and after training the moving statistics are recomputed
   from unaugmented training batches with the final weights (what eval and serving see).
 - "two_phase", when the backbone has useful weights (ImageNet, a local .h5, or the
-  previous model): first the head alone on the frozen backbone, then the top blocks
-  unfrozen at a lower learning rate. BatchNorm stays frozen in both phases.
+  previous model): first the head alone on the frozen backbone, then the network
+  from block `fine_tune_from_block` up (by default all of it, BatchNorm included)
+  at a lower learning rate with cosine decay.
 
-Every epoch is evaluated on the eval split; with `restore_best_epoch` the weights
-of the best epoch are kept (before BatchNorm recalibration).
+With a validation split (`validation_fraction`, carved out of the train split by
+sha256) every epoch is evaluated on it and, with `restore_best_epoch`, the best
+epoch's weights are kept. The eval split is the gate's: training never reads it;
+it is only predicted once at the end, for the report and the serving check.
 """
 from __future__ import annotations
 
@@ -49,8 +52,10 @@ class TrainingResult:
     model: keras.Model
     labels: list[str]
     schedule: str
-    # "warm_start", "imagenet", "h5" or "random".
+    # "warm_start", "imagenet", "imported", "h5" or "random".
     init: str
+    # The backbone's starting file and its sha256 (None: random init or warm start).
+    init_weights: model_lib.BackboneWeights | None = None
     # One dict per epoch: phase, epoch, loss, accuracy, val_loss, val_accuracy, learning_rate, seconds.
     history: list[dict] = field(default_factory=list)
     best_epoch: int | None = None
@@ -93,7 +98,7 @@ def train(config: TrainerConfig, train_files: Sequence[str], eval_files: Sequenc
     log.info("train: %d examples, %d labels; eval: %d examples", train_summary.num_examples, len(labels),
              eval_summary.num_examples)
 
-    classifier, init, carried = initial_model(config, labels, base_model_dir)
+    classifier, init, carried, init_weights = initial_model(config, labels, base_model_dir)
     schedule = SCHEDULE_FROM_SCRATCH if init == "random" else SCHEDULE_TWO_PHASE
     phases = _phases(config, schedule)
     epochs = sum(phase.epochs for phase in phases)
@@ -104,10 +109,10 @@ def train(config: TrainerConfig, train_files: Sequence[str], eval_files: Sequenc
     log.info("init=%s schedule=%s: %s, %d steps/epoch of %d", init, schedule,
              ", ".join(f"{p.name} {p.epochs} epochs" for p in phases), steps, config.batch_size)
 
-    train_ds = data.training_dataset(train_files, labels, config)
-    eval_ds = data.evaluation_dataset(eval_files, labels, config)
+    train_ds = data.training_dataset(train_files, labels, config, num_examples=train_summary.num_examples)
+    validation_ds = data.validation_dataset(train_files, labels, config)
     best = _BestEpoch()
-    callbacks: list[keras.callbacks.Callback] = [best]
+    callbacks: list[keras.callbacks.Callback] = [best] if validation_ds is not None else []
     if log_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir), profile_batch=0))
     history: list[dict] = []
@@ -119,16 +124,18 @@ def train(config: TrainerConfig, train_files: Sequence[str], eval_files: Sequenc
         compile_classifier(classifier, phase.learning_rate(steps), config.label_smoothing)
         timer = _EpochTimer()
         fit = classifier.fit(train_ds, epochs=epoch + phase.epochs, initial_epoch=epoch, steps_per_epoch=steps,
-                             validation_data=eval_ds, callbacks=[*callbacks, timer], verbose=2)
+                             validation_data=validation_ds, callbacks=[*callbacks, timer], verbose=2)
         for i, index in enumerate(fit.epoch):
             history.append({"phase": phase.name, "epoch": index + 1, "seconds": timer.seconds[i],
                             **{key: float(values[i]) for key, values in fit.history.items()}})
         epoch += phase.epochs
 
-    if config.restore_best_epoch and best.weights is not None:
-        log.info("restoring epoch %d (eval accuracy %.4f)", best.epoch, best.accuracy)
+    restored = config.restore_best_epoch and best.weights is not None
+    if restored:
+        log.info("restoring epoch %d (validation accuracy %.4f)", best.epoch, best.accuracy)
         classifier.set_weights(best.weights)
-    if schedule == SCHEDULE_FROM_SCRATCH and config.bn_recalibration_batches:
+    trained_batchnorm = schedule == SCHEDULE_FROM_SCRATCH or config.fine_tune_batchnorm
+    if trained_batchnorm and config.bn_recalibration_batches:
         clean = data.training_dataset(train_files, labels, config, augment=False)
         recalibrate_batchnorm(classifier, clean, config.bn_recalibration_batches)
 
@@ -139,16 +146,18 @@ def train(config: TrainerConfig, train_files: Sequence[str], eval_files: Sequenc
     predictions = predict(final, eval_files, labels, config)
     log.info("final eval accuracy %.4f on %d examples", accuracy(predictions), len(predictions))
     return TrainingResult(
-        model=final, labels=labels, schedule=schedule, init=init, history=history,
-        best_epoch=best.epoch if config.restore_best_epoch else None, eval_predictions=predictions,
+        model=final, labels=labels, schedule=schedule, init=init, init_weights=init_weights, history=history,
+        best_epoch=best.epoch if restored else None, eval_predictions=predictions,
         num_train_examples=train_summary.num_examples, num_eval_examples=eval_summary.num_examples,
         carried_labels=carried, seconds=time.monotonic() - started,
     )
 
 
 def initial_model(config: TrainerConfig, labels: list[str],
-                  base_model_dir: str | os.PathLike | None) -> tuple[keras.Model, str, int]:
-    """The classifier training starts from, how it was initialised, and how many labels' head weights it carries.
+                  base_model_dir: str | os.PathLike | None
+                  ) -> tuple[keras.Model, str, int, model_lib.BackboneWeights | None]:
+    """The classifier training starts from, how it was initialised, how many labels' head weights it carries,
+    and the weights file the backbone started from (None for a warm start).
 
     Warm start (`base_model_dir` and `config.warm_start`): the previous export's
     backbone, and its head columns for the labels still present. Otherwise the
@@ -165,13 +174,13 @@ def initial_model(config: TrainerConfig, labels: list[str],
         carried = model_lib.transfer_weights(previous, previous_labels, classifier, labels)
         log.info("warm start from %s: backbone and %d of %d labels' head weights carried over (previous "
                  "model had %d labels)", base_model_dir, carried, len(labels), len(previous_labels))
-        return classifier, "warm_start", carried
+        return classifier, "warm_start", carried, None
     if base_model_dir:
         log.info("warm_start is off: not starting from %s", base_model_dir)
     weights = model_lib.resolve_backbone_weights(config.weights)
     classifier = model_lib.build_classifier(len(labels), config.image_size, weights_path=weights.path,
                                             dropout=config.dropout)
-    return classifier, weights.source, 0
+    return classifier, weights.source, 0, weights
 
 
 @dataclass
@@ -209,8 +218,12 @@ def _phases(config: TrainerConfig, schedule: str) -> list[_Phase]:
         model_lib.freeze_backbone(classifier)
 
     def top_blocks(classifier: keras.Model) -> None:
-        count = model_lib.unfreeze_top_blocks(classifier, config.fine_tune_from_block)
-        log.info("fine-tuning %d backbone layers (blocks >= %d)", count, config.fine_tune_from_block)
+        count = model_lib.unfreeze_top_blocks(classifier, config.fine_tune_from_block,
+                                              train_batchnorm=config.fine_tune_batchnorm)
+        if config.fine_tune_batchnorm:
+            model_lib.set_batchnorm_momentum(classifier, config.scratch_bn_momentum)
+        log.info("fine-tuning %d backbone layers (blocks >= %d, BatchNorm %s)", count, config.fine_tune_from_block,
+                 "trained" if config.fine_tune_batchnorm else "frozen")
 
     return [
         _Phase("head", config.head_epochs, config.head_learning_rate, 0, head_only),
@@ -239,7 +252,7 @@ def _smoothed_sparse_crossentropy(num_classes: int, label_smoothing: float):
 
 
 class _BestEpoch(keras.callbacks.Callback):
-    """Remembers the weights of the epoch with the highest eval accuracy (ties: the later one)."""
+    """Remembers the weights of the epoch with the highest validation accuracy (ties: the later one)."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -25,13 +25,41 @@ def _identity_export(path, config):
     height, width = config.image_size
     inputs = tf.keras.Input((height, width, 3))
     model = tf.keras.Model(inputs, tf.keras.layers.Reshape((height * width * 3,))(inputs))
-    return export_serving_model(model, [f"px{i}" for i in range(height * width * 3)], config.image_size, path)
+    return export_serving_model(model, [f"px{i}" for i in range(height * width * 3)], config.image_size, path,
+                                preprocessing=config.preprocessing)
 
 
-@pytest.mark.parametrize("fmt", ["png", "jpg", "gif"])
-def test_training_pipeline_and_serving_signature_give_the_same_model_input(tmp_path, fmt):
-    config = CONFIG.replace(image_height=71, image_width=142, batch_size=1)
-    image = generator().render_signature(7, 2, 3, fmt)
+def _as_mode(image: bytes, mode: str) -> bytes:
+    """The same signature as a PNG in Pillow `mode` (L grey, LA grey + alpha, P palette, RGBA with a transparent
+    background, as a browser canvas sends)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image)) as original:
+        rgb = original.convert("RGB")
+    if mode == "RGBA":
+        converted = rgb.convert("RGBA")
+        alpha = Image.eval(rgb.convert("L"), lambda v: 255 - v)  # ink opaque, paper transparent
+        converted.putalpha(alpha)
+    elif mode == "LA":
+        converted = rgb.convert("LA")
+    else:
+        converted = rgb.convert(mode)
+    buffer = io.BytesIO()
+    converted.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt, preprocessing", [
+    *((fmt, "scan") for fmt in ("png", "jpg", "gif", "L", "LA", "P", "RGBA")),
+    ("png", "fit"), ("RGBA", "fit"),
+])
+def test_training_pipeline_and_serving_signature_give_the_same_model_input(tmp_path, fmt, preprocessing):
+    config = CONFIG.replace(image_height=71, image_width=142, batch_size=1, preprocessing=preprocessing)
+    image = generator().render_signature(7, 2, 3, fmt if fmt in ("png", "jpg", "gif") else "png")
+    if fmt not in ("png", "jpg", "gif"):
+        image = _as_mode(image, fmt)
     files = [str(write_records(tmp_path / "one.gz", [(image, "signer_02")]))]
     trained_on, ids = next(iter(data.training_dataset(files, ["signer_02"], config, augment=False)))
 

@@ -25,4 +25,4 @@ def test_from_scratch_training_beats_chance_by_far(tmp_path):
     assert len(splits["eval"]) == SIGNERS * 3
     assert result.eval_accuracy >= 2.5 * chance, (
         f"eval accuracy {result.eval_accuracy:.2f} is near chance ({chance:.2f}): the from-scratch schedule "
-        f"does not learn; history: {[round(h['val_accuracy'], 2) for h in result.history]}")
+        f"does not learn; history: {[round(h['accuracy'], 2) for h in result.history]}")

@@ -115,6 +115,7 @@ def test_report_predictions_and_tensorboard_logs_are_written_beside_the_model(fi
     summary = json.loads((run_dir / "report" / "summary.json").read_text())
     assert summary["keras_version"].startswith("2.")
     assert summary["init"] == "random" and summary["schedule"] == train.SCHEDULE_FROM_SCRATCH
+    assert summary["init_weights_file"] is None and summary["init_weights_sha256"] is None
     assert [h["phase"] for h in summary["history"]] == ["from_scratch"] * CONFIG.scratch_epochs
     for png in ("curves.png", "confusion_matrix.png"):
         assert (run_dir / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -129,7 +130,7 @@ def test_warm_start_begins_from_the_previous_weights_and_grows_the_head_for_a_ne
 
     # The model training starts from holds the previous export's weights, read here straight
     # from its variables/ checkpoint (by shape: these three shapes occur once each).
-    start, _, carried = train.initial_model(CONFIG, labels, first_run["serving"])
+    start, _, carried, _ = train.initial_model(CONFIG, labels, first_run["serving"])
     reader = tf.train.load_checkpoint(str(first_run["serving"] / "variables" / "variables"))
     by_shape = {}
     for key, shape in reader.get_variable_to_shape_map().items():
