@@ -12,6 +12,7 @@ It holds:
   export writes them and the server, the serving check and batch prediction read them;
 - the tf.Example feature keys of an ingested record and the JSON record keys of
   the inbox and the feedback endpoint;
+- the names of the Evaluator's metrics that the Pusher records with each version;
 - the label rule, with a lenient mode (ingestion) and a strict one (feedback);
 - TF Serving's request-body shapes: row "instances" and columnar "inputs";
 - the reason codes for refused images and records;
@@ -94,6 +95,23 @@ B64_KEY = "b64"
 """TF Serving's binary value: {"b64": "<standard base64>"}."""
 RECORD_LABEL_KEY = "label"
 """Key of a JSON record holding the label."""
+
+# -- the Evaluator's metrics -----------------------------------------------------------------
+# Computed by the gate (pipeline/definition/signer_metrics.py, TFMA's ExampleCount) on the
+# overall slice and on each signer's slice (LABEL_FEATURE), read back by the Pusher
+# (components/pusher/evaluation.py) into the push record that the dashboard shows.
+
+ACCURACY_METRIC = "sparse_categorical_accuracy"
+"""Top-1 accuracy, overall and per signer: the overall bounds of the gate are put on it. Named as TFMA's
+SparseCategoricalAccuracy, whose values older push records hold."""
+SIGNER_BOUND_METRIC = "signer_accuracy_upper_bound"
+"""Per signer: the upper end of the Wilson interval of the accuracy, which the per-signer floor is put on.
+Computed on the overall slice too, where it means nothing."""
+SIGNER_CORRECT_SUFFIX = "/correct"
+"""The bound's second key, `<bound name>/correct`: the slice's correct top-1 answers."""
+SIGNER_CORRECT_METRIC = SIGNER_BOUND_METRIC + SIGNER_CORRECT_SUFFIX
+EXAMPLE_COUNT_METRIC = "example_count"
+"""TFMA's ExampleCount: the examples in a slice."""
 
 # -- reason codes --------------------------------------------------------------------------------
 # Short, stable codes written to the quarantine, to feedback answers and to batch prediction's
