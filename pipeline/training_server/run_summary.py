@@ -67,6 +67,8 @@ class RunSummary:
     states: dict[str, str] = field(default_factory=dict)  # component id -> COMPLETE / FAILED / CACHED ...
     outputs: dict[str, list[metadata_store_pb2.Artifact]] = field(default_factory=dict)  # "Node.key" -> artifacts
     ingest: dict[str, Any] = field(default_factory=dict)
+    # From the Trainer's report/summary.json: init, init_weights_sha256, schedule, eval_accuracy, examples.
+    training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     blessed: bool | None = None
     not_blessed_reasons: list[str] = field(default_factory=list)
@@ -118,6 +120,7 @@ class RunSummary:
             "pushed_version": self.pushed_version,
             "pushed_path": self.pushed_path,
             "ingest": self.ingest,
+            "training": self.training,
             "metrics": self.metrics,
             "timings": self.timings,
             "states": self.states,
@@ -129,6 +132,8 @@ class RunSummary:
             counts = ", ".join(f"{self.ingest[k]} {k.replace('_', ' ')}" for k in INGEST_COUNTS if k in self.ingest)
             splits = ", ".join(f"{n} {split}" for split, n in self.ingest.get("splits", {}).items())
             out.append(f"ingested span {self.ingest.get('span', '?')}: {counts}" + (f" ({splits})" if splits else ""))
+        if self.training:
+            out.append(training_line(self.training))
         if self.metrics:
             out.append("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(self.metrics.items())))
         if self.blessed is True:
@@ -202,6 +207,7 @@ def summarize(metadata_path: str | os.PathLike, run_id: str | None = None) -> Ru
 def read_outputs(summary: RunSummary) -> None:
     """Fill the ingestion, evaluation and delivery parts of `summary` from its output artifacts."""
     _read_ingest(summary)
+    _read_training(summary)
     _read_evaluation(summary)
     _read_delivery(summary)
 
@@ -230,6 +236,30 @@ def _read_ingest(summary: RunSummary) -> None:
         if report.exists():
             summary.ingest = json.loads(report.read_text())
         summary.ingest.setdefault("span", _custom(examples, "span"))
+
+
+# What the run summary keeps of the Trainer's report/summary.json (components/trainer/report.py).
+TRAINING_KEYS = ("init", "init_weights_sha256", "schedule", "best_epoch", "eval_accuracy", "num_train_examples",
+                 "num_eval_examples", "train_seconds")
+
+
+def _read_training(summary: RunSummary) -> None:
+    for model_run in _outputs(summary, "Trainer.model_run"):
+        report = Path(model_run.uri) / "report" / "summary.json"
+        if report.exists():
+            values = json.loads(report.read_text())
+            summary.training = {key: values.get(key) for key in TRAINING_KEYS}
+
+
+def training_line(training: dict[str, Any]) -> str:
+    """One line: how the backbone started (with the weights file's checksum) and what training gave."""
+    init = training.get("init") or "?"
+    if training.get("init_weights_sha256"):
+        init += f" (weights sha256 {training['init_weights_sha256'][:12]}...)"
+    accuracy = training.get("eval_accuracy")
+    return (f"trained: init {init}, schedule {training.get('schedule') or '?'}, "
+            f"{training.get('num_train_examples', '?')} train examples"
+            + (f", eval accuracy {accuracy:.4f}" if isinstance(accuracy, (int, float)) else ""))
 
 
 def _read_evaluation(summary: RunSummary) -> None:

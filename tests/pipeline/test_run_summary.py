@@ -6,6 +6,8 @@ per-signer lines are read from a real evaluation in test_signer_gate.py.
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 
@@ -69,3 +71,20 @@ def test_the_weakest_signers_are_the_least_accurate_with_more_evidence_first():
     assert [s.signer for s in summary.weakest_signers] == ["e", "c", "b"]
     assert "weakest signers: e 0/1 (not judged), c 2/4 (upper bound 0.85), b 1/2 (not judged)" in summary.lines()
     assert "too few eval examples to judge (< 3): b 1/2, e 0/1" in summary.lines()
+
+
+def test_the_summary_says_how_the_backbone_started_from_the_trainers_report(tmp_path):
+    # What components/trainer/report.py writes beside the model (report/summary.json), trimmed.
+    report = tmp_path / "model_run" / "report"
+    report.mkdir(parents=True)
+    (report / "summary.json").write_text(json.dumps({
+        "init": "imported", "init_weights_sha256": "ab" * 32, "schedule": "two_phase", "best_epoch": None,
+        "eval_accuracy": 0.9643, "num_train_examples": 479, "num_eval_examples": 112, "train_seconds": 405.2,
+        "history": [{"epoch": 1}]}))
+    model_run = metadata_store_pb2.Artifact(uri=str(tmp_path / "model_run"))
+    summary = RunSummary(run_id="test", outputs={"Trainer.model_run": [model_run]})
+    read_outputs(summary)
+    assert ("trained: init imported (weights sha256 abababababab...), schedule two_phase, 479 train examples, "
+            "eval accuracy 0.9643") in summary.lines()
+    assert summary.to_json()["training"]["init"] == "imported"
+    assert "history" not in summary.to_json()["training"]
