@@ -35,8 +35,24 @@ are numpy code; the encoders get fixed options and no metadata. So the same
 arguments give byte-identical files (for the same numpy and Pillow versions,
 which MANIFEST.json records).
 
+Skilled forgeries
+-----------------
+A *forgery* of signer T by writer F (`render_forgery`) is T's name written in
+F's hand while imitating T (`forged_style`): the forger copies what can be seen
+(T's letters, capitals, word breaks, pen lifts, i-dots and t-bars, letter
+proportions and kind of flourish) but not exactly how T forms them: each
+letter's quirks, the slant, baseline tilt and bend and the ascender and
+descender sizes are F's own, pulled towards T's by the forger's `skill`; the pen
+(width ratio, usual ink) is F's, and slow, careful copying adds a fine tremor to
+the stroke. The forger may be any writer index, inside the signer set or not;
+`generate(..., forgeries_per_signer=N)` uses writers outside it, a different one
+for every forgery, and writes them as `images/<label>_forg/` files or as
+`forgeries.jsonl` records with "genuine": false (both are ingestion's forgery
+conventions). Without forgeries, nothing of the output changes.
+
 The file is importable by path (`data` is not a package); the API is
-`generate`, `render_signature`, `render_array` and `make_contact_sheet`.
+`generate`, `render_signature`, `render_array`, `render_forgery`,
+`forged_style` and `make_contact_sheet`.
 """
 
 import argparse
@@ -47,7 +63,7 @@ import json
 import math
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -61,6 +77,12 @@ DEFAULT_PER_SIGNER = 30
 # Samples 0..DEFAULT_JSONL_PER_SIGNER-1 of each signer go to signatures.jsonl (base64),
 # the rest to images/<label>/ as plain files: both ways data reaches the pipeline.
 DEFAULT_JSONL_PER_SIGNER = 20
+# How closely a forger imitates the signer's hand: 0 writes the name in their own hand, 1 copies it exactly.
+DEFAULT_FORGERY_SKILL = 0.5
+# Where generate() puts forgeries: image files in images/<label>_forg/, or records in forgeries.jsonl.
+FORGERIES_IN = ("images", "jsonl")
+FORGERY_FOLDER_SUFFIX = "_forg"
+FORGERIES_JSONL = "forgeries.jsonl"
 
 # File extension -> Pillow's format name.
 PIL_FORMAT = {"png": "PNG", "jpg": "JPEG", "gif": "GIF"}
@@ -74,6 +96,10 @@ _FORMAT_CYCLE = ("jpg", "png", "jpg", "gif")
 _STYLE_STREAM = 0
 _SAMPLE_STREAM = 1
 _ENCODE_STREAM = 2
+# Forgeries: the forger's imitation of a signer (per target, forger), its signings and their encoding.
+_FORGERY_STYLE_STREAM = 3
+_FORGERY_SAMPLE_STREAM = 4
+_FORGERY_ENCODE_STREAM = 5
 
 Point = tuple[float, float]
 
@@ -173,6 +199,8 @@ _PAPER_TONES = np.array([
 class Letter:
     """One letter of a signer's name, as this signer writes it."""
 
+    key: str  # which letter: a key of _LOWER, or of _CAPITAL when `capital`
+    capital: bool
     shape: np.ndarray  # (n, 2) keypoints in the letter's cell: the model shape plus the signer's quirks
     extra: np.ndarray | None  # the i-dot or t-bar, if this signer draws it here
     width: float  # x-heights
@@ -196,6 +224,7 @@ class Style:
     flourish_size: float
     pen_ratio: float  # pen radius / x-height
     ink_family: int  # index into _INK_FAMILIES: the signer's usual pen
+    tremor: float = 0.0  # x-heights of fine shake across the stroke: slow, careful copying (forgeries)
 
 
 FLOURISHES = ("none", "underline", "loop", "tail", "bar")
@@ -248,6 +277,8 @@ def signer_style(seed: int, signer: int) -> Style:
             quirk[0] = 0.0  # keep the entry on the baseline so letters still join
             has_extra = key in _EXTRA and not capital and rng.random() < 0.8
             letters.append(Letter(
+                key=key,
+                capital=capital,
                 shape=model + quirk,
                 extra=np.array(_EXTRA[key]) + rng.normal(0.0, 0.1, (2, 2)) if has_extra else None,
                 width=natural * letter_width * rng.uniform(0.8, 1.2),
@@ -346,6 +377,13 @@ def _flourish(style: Style, end: np.ndarray, length: float) -> tuple[np.ndarray,
     return none, none
 
 
+def _tremble(path: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    """A fine shake of the pen across a path in letter space: `amount` x-heights, a few waves per x-height."""
+    seg = np.linalg.norm(np.diff(path, axis=0), axis=1)
+    s = np.concatenate([[0.0], np.cumsum(seg)])
+    return path + amount * np.column_stack([_wave(s, rng, (0.15, 0.45)), _wave(s, rng, (0.15, 0.45))])
+
+
 def _spline(points: np.ndarray, per_unit: float = 24.0) -> np.ndarray:
     """Centripetal Catmull-Rom curve through `points`, ~`per_unit` samples per x-height.
 
@@ -420,9 +458,73 @@ def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
 
 def render_array(seed: int, signer: int, sample: int) -> np.ndarray:
     """One signing by `signer`, as an RGB uint8 array (height, width, 3)."""
-    style = signer_style(seed, signer)
-    rng = _rng(seed, _SAMPLE_STREAM, signer, sample)
+    return _render(signer_style(seed, signer), _rng(seed, _SAMPLE_STREAM, signer, sample))
 
+
+@lru_cache(maxsize=256)
+def forged_style(seed: int, target: int, forger: int, skill: float = DEFAULT_FORGERY_SKILL) -> Style:
+    """How writer `forger` writes signer `target`'s signature when imitating it: a skilled forgery's style.
+
+    Copied from the target: the letters and capitals, word breaks and pen lifts,
+    i-dots and t-bars, the initial's full stop, the letter proportions (roughly:
+    the forger measures by eye) and the kind of flourish. The forger's own hand,
+    pulled towards the target's by `skill` (0: none of it, 1: all of it): each
+    letter's quirks, slant, baseline tilt and bend, ascender and descender sizes,
+    flourish size. The forger's: the pen (width ratio, usual ink) and a tremor
+    that shrinks as skill grows. Drawn from (seed, target, forger) only.
+    """
+    if not 0.0 <= skill <= 1.0:
+        raise ValueError(f"skill must be in [0, 1], got {skill}")
+    if forger == target:
+        raise ValueError(f"writer {forger} cannot forge their own signature")
+    model, hand = signer_style(seed, target), signer_style(seed, forger)
+    rng = _rng(seed, _FORGERY_STYLE_STREAM, target, forger)
+    loose = 1.0 - skill
+    quirk_size = rng.uniform(0.04, 0.09)
+    letters = []
+    for letter in model.letters:
+        shape = np.array(_CAPITAL[letter.key] if letter.capital else _LOWER[letter.key])
+        own = rng.standard_normal(shape.shape) * quirk_size
+        own[0] = 0.0  # letters still join on the baseline
+        # The same number of draws whatever the letter and skill, so a style depends on (seed, target, forger) only.
+        extra_noise, size_noise = rng.standard_normal((2, 2)), rng.standard_normal(3)
+        letters.append(replace(
+            letter,
+            shape=shape + skill * (letter.shape - shape) + loose * own,
+            extra=None if letter.extra is None else letter.extra + 0.1 * loose * extra_noise,
+            width=letter.width * (1.0 + 0.08 * size_noise[0]),
+            height=letter.height * (1.0 + 0.05 * size_noise[1]),
+            gap=max(0.0, letter.gap * (1.0 + 0.15 * size_noise[2])),
+        ))
+
+    def blend(copied: float, own_habit: float) -> float:
+        return skill * copied + loose * own_habit
+
+    return Style(
+        letters=tuple(letters),
+        initial_dot=model.initial_dot,
+        slant=blend(model.slant, hand.slant),
+        tilt=blend(model.tilt, hand.tilt),
+        bend=blend(model.bend, hand.bend),
+        ascender=blend(model.ascender, hand.ascender),
+        descender=blend(model.descender, hand.descender),
+        flourish=model.flourish,
+        flourish_size=blend(model.flourish_size, hand.flourish_size),
+        pen_ratio=hand.pen_ratio,
+        ink_family=hand.ink_family,
+        tremor=0.006 + 0.012 * loose,
+    )
+
+
+def render_forgery_array(seed: int, target: int, forger: int, sample: int,
+                         skill: float = DEFAULT_FORGERY_SKILL) -> np.ndarray:
+    """One forgery of `target`'s signature by writer `forger`, as an RGB uint8 array (height, width, 3)."""
+    style = forged_style(seed, target, forger, skill)
+    return _render(style, _rng(seed, _FORGERY_SAMPLE_STREAM, target, forger, sample))
+
+
+def _render(style: Style, rng: np.random.Generator) -> np.ndarray:
+    """One signing in `style`, every random draw from `rng`."""
     # 1. The pen path in letter space, with this signing's wobble: independent
     #    keypoint noise plus a smooth elastic field over the whole name.
     amp = rng.uniform(0.04, 0.09, size=4)
@@ -433,7 +535,9 @@ def render_array(seed: int, signer: int, sample: int) -> np.ndarray:
         p = stroke.points + rng.normal(0.0, 1.0, stroke.points.shape) * stroke.jitter[:, None]
         # Elastic field: dx and dy are each a sinusoid of x plus one of y.
         waves = amp * np.sin(2 * np.pi * p[:, [0, 1, 0, 1]] / lam + phase)
-        paths.append(_spline(p + np.column_stack([waves[:, 0] + waves[:, 1], waves[:, 2] + waves[:, 3]])))
+        path = _spline(p + np.column_stack([waves[:, 0] + waves[:, 1], waves[:, 2] + waves[:, 3]]))
+        # NOTE: only styles with a tremor draw for it, so genuine signings keep their draws (and bytes).
+        paths.append(_tremble(path, style.tremor, rng) if style.tremor > 0 else path)
 
     # 2. Slant, baseline bend, tilt and aspect: the signer's habit plus this signing's deviation.
     slant = style.slant + rng.normal(0.0, 0.06)
@@ -558,14 +662,32 @@ def render_signature(seed: int, signer: int, sample: int, fmt: str | None = None
     return encode(render_array(seed, signer, sample), fmt, quality)
 
 
+def render_forgery(seed: int, target: int, forger: int, sample: int, fmt: str | None = None,
+                   skill: float = DEFAULT_FORGERY_SKILL) -> bytes:
+    """One forgery of `target`'s signature by writer `forger`, encoded as `fmt` (default: by sample index)."""
+    fmt = fmt or format_for(sample)
+    quality = int(_rng(seed, _FORGERY_ENCODE_STREAM, target, forger, sample).integers(85, 93))
+    return encode(render_forgery_array(seed, target, forger, sample, skill), fmt, quality)
+
+
+def forger_for(signers: int, signer: int, forgery: int, forgeries_per_signer: int) -> int:
+    """The writer of forgery `forgery` of `signer` in generate(): a different writer outside the signer set for
+    every forgery (indices from `signers` up), so no forger's hand is shared by two forgeries."""
+    return signers + signer * forgeries_per_signer + forgery
+
+
 def label_for(signer: int) -> str:
     """The class label of a signer: signer_00, signer_01, ..."""
     return f"signer_{signer:02d}"
 
 
-def record_line(data: bytes, label: str) -> str:
-    """One line of signatures.jsonl (without the newline): the image as standard base64, and its label."""
-    return json.dumps({"image": {"b64": base64.b64encode(data).decode("ascii")}, "label": label})
+def record_line(data: bytes, label: str, genuine: bool = True) -> str:
+    """One line of signatures.jsonl (without the newline): the image as standard base64, and its label;
+    forgeries (of forgeries.jsonl) also carry "genuine": false."""
+    record = {"image": {"b64": base64.b64encode(data).decode("ascii")}, "label": label}
+    if not genuine:
+        record["genuine"] = False
+    return json.dumps(record)
 
 
 def _sha256(path: Path) -> str:
@@ -573,20 +695,34 @@ def _sha256(path: Path) -> str:
 
 
 def generate(seed: int, signers: int, per_signer: int, out_dir: Path,
-             jsonl_per_signer: int = DEFAULT_JSONL_PER_SIGNER) -> dict:
+             jsonl_per_signer: int = DEFAULT_JSONL_PER_SIGNER, forgeries_per_signer: int = 0,
+             forgeries_in: str = "images") -> dict:
     """Write the sample set into `out_dir` and return its manifest (also written as MANIFEST.json).
 
     signatures.jsonl holds samples 0..jsonl_per_signer-1 of every signer, ordered
     sample-major (sample 0 of every signer, then sample 1, ...) so any prefix of
     the file covers all signers. images/<label>/ holds the remaining samples.
-    Earlier outputs (signatures.jsonl, images/) are replaced; other files in
-    `out_dir` are left alone.
+
+    With `forgeries_per_signer` N > 0, N skilled forgeries of every signer, each
+    by its own writer (forger_for), go to images/<label>_forg/<label>_forg_<NN>.<ext>
+    (`forgeries_in="images"`) or to forgeries.jsonl (`"jsonl"`, sample-major,
+    "genuine": false); the manifest's args then name both settings. With none,
+    the output is what it was before forgeries existed.
+
+    Earlier outputs (signatures.jsonl, forgeries.jsonl, images/) are replaced;
+    other files in `out_dir` are left alone.
     """
+    if forgeries_in not in FORGERIES_IN:
+        raise ValueError(f"forgeries_in must be one of {FORGERIES_IN}, got {forgeries_in!r}")
+    if forgeries_per_signer < 0:
+        raise ValueError(f"forgeries_per_signer must be >= 0, got {forgeries_per_signer}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images_dir = out_dir / "images"
     if images_dir.exists():
         shutil.rmtree(images_dir)
+    forgeries_jsonl = out_dir / FORGERIES_JSONL
+    forgeries_jsonl.unlink(missing_ok=True)
 
     in_jsonl = min(jsonl_per_signer, per_signer)
     with open(out_dir / "signatures.jsonl", "w", encoding="ascii", newline="\n") as f:
@@ -600,10 +736,31 @@ def generate(seed: int, signers: int, per_signer: int, out_dir: Path,
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(render_signature(seed, signer, sample))
 
+    def forgery(signer: int, index: int) -> bytes:
+        return render_forgery(seed, signer, forger_for(signers, signer, index, forgeries_per_signer), index)
+
+    if forgeries_per_signer and forgeries_in == "jsonl":
+        with open(forgeries_jsonl, "w", encoding="ascii", newline="\n") as f:
+            for index in range(forgeries_per_signer):
+                for signer in range(signers):
+                    f.write(record_line(forgery(signer, index), label_for(signer), genuine=False) + "\n")
+    elif forgeries_per_signer:
+        for signer in range(signers):
+            folder = label_for(signer) + FORGERY_FOLDER_SUFFIX
+            for index in range(forgeries_per_signer):
+                path = images_dir / folder / f"{folder}_{index:02d}.{format_for(index)}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(forgery(signer, index))
+
     files = [out_dir / "signatures.jsonl", *(p for p in images_dir.rglob("*") if p.is_file())]
+    if forgeries_jsonl.exists():
+        files.append(forgeries_jsonl)
+    args = {"seed": seed, "signers": signers, "per_signer": per_signer, "jsonl_per_signer": in_jsonl}
+    if forgeries_per_signer:
+        args.update(forgeries_per_signer=forgeries_per_signer, forgeries_in=forgeries_in)
     manifest = {
         "generator": "data/generate_signatures.py",
-        "args": {"seed": seed, "signers": signers, "per_signer": per_signer, "jsonl_per_signer": in_jsonl},
+        "args": args,
         # Byte-identical output is promised for the same versions of these.
         "versions": {"numpy": np.__version__, "pillow": PIL.__version__},
         "files": dict(sorted((p.relative_to(out_dir).as_posix(), _sha256(p)) for p in files)),
@@ -613,17 +770,23 @@ def generate(seed: int, signers: int, per_signer: int, out_dir: Path,
 
 
 def read_samples(out_dir: Path) -> dict[str, list[tuple[int, bytes]]]:
-    """Every sample in a generated folder: label -> [(sample index, encoded bytes)] in sample order."""
+    """Every sample in a generated folder: label -> [(sample index, encoded bytes)] in sample order.
+
+    Forgeries are listed apart, under "<label>_forg" (from images/<label>_forg/ or forgeries.jsonl).
+    """
     out_dir = Path(out_dir)
     samples: dict[str, list[tuple[int, bytes]]] = {}
     counts: dict[str, int] = {}
-    with open(out_dir / "signatures.jsonl", encoding="ascii") as f:
-        for line in f:
-            record = json.loads(line)
-            label = record["label"]
-            index = counts.get(label, 0)
-            counts[label] = index + 1
-            samples.setdefault(label, []).append((index, base64.b64decode(record["image"]["b64"])))
+    for name in ("signatures.jsonl", FORGERIES_JSONL):
+        if name == FORGERIES_JSONL and not (out_dir / name).exists():
+            continue
+        with open(out_dir / name, encoding="ascii") as f:
+            for line in f:
+                record = json.loads(line)
+                label = record["label"] + ("" if record.get("genuine", True) else FORGERY_FOLDER_SUFFIX)
+                index = counts.get(label, 0)
+                counts[label] = index + 1
+                samples.setdefault(label, []).append((index, base64.b64decode(record["image"]["b64"])))
     for path in sorted((out_dir / "images").glob("*/*.*")):
         index = int(path.stem.rsplit("_", 1)[1])
         samples.setdefault(path.parent.name, []).append((index, path.read_bytes()))
@@ -666,12 +829,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-signer", type=int, default=DEFAULT_PER_SIGNER, help=f"default {DEFAULT_PER_SIGNER}")
     parser.add_argument("--jsonl-per-signer", type=int, default=DEFAULT_JSONL_PER_SIGNER,
                         help=f"samples per signer written to signatures.jsonl (default {DEFAULT_JSONL_PER_SIGNER})")
+    parser.add_argument("--forgeries-per-signer", type=int, default=0,
+                        help="skilled forgeries of each signer, each by another writer (default 0)")
+    parser.add_argument("--forgeries-in", choices=FORGERIES_IN, default="images",
+                        help="images/<label>_forg/ files (default) or forgeries.jsonl records with \"genuine\": false")
     parser.add_argument("--out", type=Path, default=Path("data/sample"))
     parser.add_argument("--contact-sheet", type=Path, help="also write a preview grid PNG here")
     args = parser.parse_args(argv)
-    if args.seed < 0 or args.signers < 1 or args.per_signer < 1 or args.jsonl_per_signer < 0:
-        parser.error("--seed must be >= 0, --signers and --per-signer >= 1, --jsonl-per-signer >= 0")
-    manifest = generate(args.seed, args.signers, args.per_signer, args.out, args.jsonl_per_signer)
+    if (args.seed < 0 or args.signers < 1 or args.per_signer < 1 or args.jsonl_per_signer < 0
+            or args.forgeries_per_signer < 0):
+        parser.error("--seed must be >= 0, --signers and --per-signer >= 1, --jsonl-per-signer and "
+                     "--forgeries-per-signer >= 0")
+    manifest = generate(args.seed, args.signers, args.per_signer, args.out, args.jsonl_per_signer,
+                        args.forgeries_per_signer, args.forgeries_in)
     print(f"wrote {len(manifest['files'])} files to {args.out}", file=sys.stderr)
     if args.contact_sheet:
         print(f"wrote {make_contact_sheet(args.out, args.contact_sheet)}", file=sys.stderr)

@@ -72,6 +72,20 @@ SCORES_OUTPUT = "scores"
 REGRESS_INPUT = "inputs"
 REGRESS_OUTPUT = "outputs"
 
+VERIFY_SIGNATURE = "verify"
+"""Raw images and the signer each one claims to be in; a calibrated score and the verdict out (writer-dependent
+SVMs on the classifier's pooled features, docs/trainer.md#verification). Exported when the Trainer fitted
+verification; the version's MODEL_METADATA_FILE then holds "verification" with the threshold and the signers."""
+CLAIMED_SIGNER_INPUT = "claimed_signer"
+"""verify: string [N], the label each image claims. A signer the version does not verify fails the whole
+request with INVALID_ARGUMENT naming it."""
+VERIFY_SCORE_OUTPUT = "score"
+"""verify: float32 [N], the calibrated score: one threshold means the same for every signer."""
+GENUINE_OUTPUT = "genuine"
+"""verify: bool [N], score >= threshold."""
+THRESHOLD_OUTPUT = "threshold"
+"""verify: float32 [N], the threshold `genuine` was decided with (the same on every row)."""
+
 # -- records -----------------------------------------------------------------------------------
 
 IMAGE_FEATURE = "image_raw"
@@ -80,6 +94,9 @@ LABEL_FEATURE = "label"
 """tf.Example feature holding the label (UTF-8)."""
 SHA256_FEATURE = "sha256"
 """tf.Example feature holding the hex sha256 of the image bytes (the split and de-duplication key)."""
+GENUINE_FEATURE = "genuine"
+"""tf.Example feature, int64: 1 for a genuine signature of the labelled signer, 0 for a forgery claimed as that
+signer. Examples ingested before forgeries were recorded lack it: read it with default 1."""
 
 REQUEST_IMAGE_FEATURE = "image"
 """The feature a Classify request puts the image under (the seed's requests)."""
@@ -95,6 +112,9 @@ B64_KEY = "b64"
 """TF Serving's binary value: {"b64": "<standard base64>"}."""
 RECORD_LABEL_KEY = "label"
 """Key of a JSON record holding the label."""
+GENUINE_KEY = "genuine"
+"""Key of a JSON record saying whether the image is a genuine signature of the labelled signer: a JSON boolean,
+true when absent or null; false marks a forgery claimed as that signer."""
 
 # -- the Evaluator's metrics -----------------------------------------------------------------
 # Computed by the gate (pipeline/definition/signer_metrics.py, TFMA's ExampleCount) on the
@@ -130,6 +150,9 @@ MISSING_IMAGE = "missing_image"
 INVALID_IMAGE_FIELD = "invalid_image_field"
 MISSING_LABEL = "missing_label"
 INVALID_LABEL = "invalid_label"
+INVALID_GENUINE = "invalid_genuine"
+"""A "genuine" that is not a JSON boolean (the string "false" is the usual mistake), or one put on a whole request
+body instead of on each record."""
 UNKNOWN_JSON_SHAPE = "unknown_json_shape"
 INVALID_COLUMNS = "invalid_columns"
 UNREADABLE_FILE = "unreadable_file"

@@ -48,6 +48,7 @@ EXAMPLES_PROPERTY = "ingest_examples"
 DUPLICATES_PROPERTY = "ingest_duplicates"
 UNLABELLED_PROPERTY = "ingest_unlabelled"
 QUARANTINED_PROPERTY = "ingest_quarantined"
+FORGERIES_PROPERTY = "ingest_forgeries"  # of the examples, those marked as forgeries
 
 _SIDE = "side"
 
@@ -58,9 +59,9 @@ class _SpanPlan:
 
     span: int
     files: list[LandedFile]
-    # sha256 -> (span, label) of the examples of earlier spans. Held in memory:
-    # ~100 bytes an image, so a million images cost ~100 MB.
-    prior: dict[str, tuple[int, str]]
+    # sha256 -> (span, label, genuine) of the examples of earlier spans. Held in
+    # memory: ~100 bytes an image, so a million images cost ~100 MB.
+    prior: dict[str, tuple[int, str, bool]]
     staging: str
     ingested_at: int
     label_keys: tuple[str, ...]
@@ -106,13 +107,16 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
             (DUPLICATES_PROPERTY, "duplicates"),
             (UNLABELLED_PROPERTY, "unlabelled"),
             (QUARANTINED_PROPERTY, "quarantined"),
+            (FORGERIES_PROPERTY, "forgeries"),
         ):
             examples.set_int_custom_property(prop, summary[key])
         log.info(
-            "ingest span %d: %d records read = %d examples + %d duplicates + %d unlabelled + %d quarantined",
+            "ingest span %d: %d records read = %d examples (%d forgeries) + %d duplicates + %d unlabelled"
+            " + %d quarantined",
             span,
             summary["records_read"],
             summary["examples"],
+            summary["forgeries"],
             summary["duplicates"],
             summary["unlabelled"],
             summary["quarantined"],
@@ -239,47 +243,67 @@ def _side_line(item: Rejected | _FileRead, span: int) -> str:
     return json.dumps({"kind": "quarantine", **item.to_json(span)}, ensure_ascii=False)
 
 
-def _deduplicate(item: tuple[str, Iterable[Accepted]], prior: dict[str, tuple[int, str]], span: int):
+def _deduplicate(item: tuple[str, Iterable[Accepted]], prior: dict[str, tuple[int, str, bool]], span: int):
     """One image (sha256): keep the first labelled record of this span unless an earlier span has it."""
     sha256, records = item
     new = sorted(records, key=lambda a: (a.label is None, a.order))
     if sha256 in prior:
-        first_span, first_label = prior[sha256]
+        first_span, first_label, first_genuine = prior[sha256]
         for a in new:
-            yield beam.pvalue.TaggedOutput(_SIDE, _duplicate(a, f"span-{first_span}", first_label))
+            yield beam.pvalue.TaggedOutput(_SIDE, _duplicate(a, f"span-{first_span}", first_label, first_genuine))
         return
     kept = new[0]
     if kept.label is None:
         yield beam.pvalue.TaggedOutput(_SIDE, json.dumps({"kind": "unlabelled", **unlabelled_entry(kept, span)}))
     else:
-        yield beam.pvalue.TaggedOutput(_SIDE, json.dumps({"kind": "example", "sha256": sha256, "label": kept.label}))
+        yield beam.pvalue.TaggedOutput(_SIDE, json.dumps(
+            {"kind": "example", "sha256": sha256, "label": kept.label, "genuine": kept.genuine}))
         yield kept
     for a in new[1:]:
-        yield beam.pvalue.TaggedOutput(_SIDE, _duplicate(a, kept.source, kept.label))
+        yield beam.pvalue.TaggedOutput(_SIDE, _duplicate(a, kept.source, kept.label, kept.genuine))
 
 
-def _duplicate(a: Accepted, duplicate_of: str, kept_label: str | None) -> str:
+def _duplicate(a: Accepted, duplicate_of: str, kept_label: str | None, kept_genuine: bool) -> str:
+    # The same image as a genuine signature of a signer and as a forgery claimed as
+    # that signer is as contradictory as two signers: both are label conflicts.
+    conflict = a.label is not None and kept_label is not None and (a.label, a.genuine) != (kept_label, kept_genuine)
     entry = {
         "kind": "duplicate",
         "source": a.source,
         "sha256": a.info.sha256,
         "label": a.label,
+        "genuine": a.genuine,
         "duplicate_of": duplicate_of,
         "kept_label": kept_label,
-        "label_conflict": a.label is not None and kept_label is not None and a.label != kept_label,
+        "kept_genuine": kept_genuine,
+        "label_conflict": conflict,
     }
     return json.dumps(entry, ensure_ascii=False)
 
 
-def _read_prior(paths: landing.IngestPaths, span: int) -> dict[str, tuple[int, str]]:
-    """sha256 -> (first span, label) of every example of the processed spans before `span`."""
-    prior: dict[str, tuple[int, str]] = {}
+def _ledger_line(sha256: str, label: str, genuine: bool) -> str:
+    return f"{sha256}\t{label}\t{1 if genuine else 0}"
+
+
+def _parse_ledger_line(line: str) -> tuple[str, str, bool]:
+    """(sha256, label, genuine) of a ledger line; lines written before forgeries were recorded have no third
+    column and are genuine."""
+    sha256, _, rest = line.partition("\t")
+    label, sep, flag = rest.rpartition("\t")
+    if not sep or flag not in ("0", "1"):
+        return sha256, rest, True
+    return sha256, label, flag == "1"
+
+
+def _read_prior(paths: landing.IngestPaths, span: int) -> dict[str, tuple[int, str, bool]]:
+    """sha256 -> (first span, label, genuine) of every example of the processed spans before `span`."""
+    prior: dict[str, tuple[int, str, bool]] = {}
     for earlier in landing.committed_spans(paths):
         if earlier >= span or not landing.is_processed(paths, earlier):
             continue
         for line in _lines(paths.seen_file(earlier)):
-            sha256, _, label = line.partition("\t")
-            prior.setdefault(sha256, (earlier, label))
+            sha256, label, genuine = _parse_ledger_line(line)
+            prior.setdefault(sha256, (earlier, label, genuine))
     return prior
 
 
@@ -292,7 +316,7 @@ def _publish(
         entry = json.loads(line)
         kinds[entry.pop("kind")].append(entry)
     records_read = sum(entry["records"] for entry in kinds["read"])
-    ledger = sorted(f"{e['sha256']}\t{e['label']}" for e in kinds["example"])
+    ledger = sorted(_ledger_line(e["sha256"], e["label"], e["genuine"]) for e in kinds["example"])
     quarantine, unlabelled, duplicates = (
         sorted(kinds[kind], key=_by_source) for kind in ("quarantine", "unlabelled", "duplicate")
     )
@@ -304,12 +328,14 @@ def _publish(
     write_atomic(os.path.join(uri, DUPLICATES_FILE), _jsonl(duplicates))
 
     labels = collections.Counter(e["label"] for e in kinds["example"])
+    forged = collections.Counter(e["label"] for e in kinds["example"] if not e["genuine"])
     splits = collections.Counter(assign(e["sha256"]) for e in kinds["example"])
     reasons = collections.Counter(e["reason"] for e in quarantine)
     summary = {
         "span": plan.span,
         "records_read": records_read,
         "examples": len(ledger),
+        "forgeries": sum(forged.values()),
         "duplicates": len(duplicates),
         "unlabelled": len(unlabelled),
         "quarantined": len(quarantine),
@@ -317,6 +343,7 @@ def _publish(
         "label_conflicts": sum(e["label_conflict"] for e in duplicates),
         "splits": {name: splits[name] for name in split_names},
         "labels": dict(sorted(labels.items())),
+        "forged_labels": dict(sorted(forged.items())),
         "files": len(plan.files),
         "ingested_at": plan.ingested_at,
         "landing_dir": paths.span_dir(plan.span),

@@ -5,7 +5,7 @@ Layout (every root is a parameter; defaults in `components.ingest.component`):
     <state_dir>/landing/span-<N>/MANIFEST.json    what span N holds, where each file came from, its sha256
     <state_dir>/landing/span-<N>/inbox/<path>     copies of the inbox files of span N
     <state_dir>/landing/span-<N>/sample/<path>    copies of the committed sample files of span N
-    <state_dir>/seen/span-<N>.tsv                 "<sha256>\t<label>" of every example of span N
+    <state_dir>/seen/span-<N>.tsv                 "<sha256>\t<label>\t<genuine 1|0>" of every example of span N
     <quarantine_dir>/span-<N>.jsonl               refused records of span N, with reason and location
     <unlabelled_dir>/span-<N>.jsonl               valid images of span N without a label
 
@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from components.ingest.records import IMAGE_SUFFIXES, JSONL_SUFFIX, LandedFile, count_records
+from components.ingest.records import IMAGE_SUFFIXES, JSONL_SUFFIX, LandedFile, count_records, folder_claim
 from serving.contract import fsync_dir, write_synced
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,12 @@ def is_processed(paths: IngestPaths, span: int) -> bool:
 
 
 def read_manifest(paths: IngestPaths, span: int) -> dict:
-    """{"span", "collected_at" (unix s), "files": [{"path", "origin", "key", "sha256", "size", "folder_label"?, "unreadable"?}]}."""
+    """{"span", "collected_at" (unix s),
+    "files": [{"path", "origin", "key", "sha256", "size", "folder_label"?, "genuine"?, "unreadable"?}]}.
+
+    "genuine" is there (false) only for an image in a forgery folder: manifests
+    written before forgeries were recorded have none, and mean genuine.
+    """
     with open(os.path.join(paths.span_dir(span), MANIFEST), encoding="utf-8") as f:
         return json.load(f)
 
@@ -130,6 +135,7 @@ def landed_files(paths: IngestPaths, span: int) -> list[LandedFile]:
             order=order,
             folder_label=entry.get("folder_label"),
             unreadable=entry.get("unreadable"),
+            folder_genuine=entry.get("genuine", True),
         )
         for order, entry in enumerate(manifest["files"])
     ]
@@ -228,6 +234,7 @@ class _Candidate:
     origin: str  # absolute path in the inbox or the sample
     landed: str  # path inside the span folder
     folder_label: str | None
+    folder_genuine: bool = True
 
 
 def _candidates(paths: IngestPaths) -> Iterator[_Candidate]:
@@ -245,7 +252,8 @@ def _candidates(paths: IngestPaths) -> Iterator[_Candidate]:
 
 
 def walk_folder(root: str, prefix: str) -> Iterator[_Candidate]:
-    """Data files under `root` as collection sees them: skipped names left out, an image's label from its folder."""
+    """Data files under `root` as collection sees them: skipped names left out, an image's label (and whether it
+    is genuine) from its folders (records.folder_claim)."""
     if not os.path.isdir(root):
         return
     for folder, dirs, names in os.walk(root):
@@ -257,11 +265,12 @@ def walk_folder(root: str, prefix: str) -> Iterator[_Candidate]:
             if _skipped(name) or not (os.path.isfile(full) or os.path.islink(full)):
                 continue
             rel = name if rel_folder == "." else os.path.join(rel_folder, name)
-            # An image's label is the folder it sits in: <root>/<label>/<file>.
-            label = None
+            # An image's label is the folder it sits in: <root>/<label>/<file>, or a
+            # forgery claimed as <label>: <root>/<label>_forg/<file>, <root>/<label>/forged/<file>.
+            label, genuine = None, True
             if rel_folder != "." and name.lower().endswith(IMAGE_SUFFIXES):
-                label = os.path.basename(folder)
-            yield _Candidate(os.path.abspath(full), f"{prefix}/{rel.replace(os.sep, '/')}", label)
+                label, genuine = folder_claim(rel_folder.split(os.sep))
+            yield _Candidate(os.path.abspath(full), f"{prefix}/{rel.replace(os.sep, '/')}", label, genuine)
 
 
 def _skipped(name: str) -> bool:
@@ -308,6 +317,8 @@ def _commit_span(paths: IngestPaths, span: int, new: list[tuple[_Candidate, str,
         entry.update(sha256=key, size=size)
         if candidate.folder_label is not None:
             entry["folder_label"] = candidate.folder_label
+        if not candidate.folder_genuine:
+            entry["genuine"] = False
         entries.append(entry)
     manifest = {"span": span, "collected_at": now, "files": entries}
     write_synced(os.path.join(partial, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True) + "\n")

@@ -12,6 +12,10 @@ dropped silently. What counts as one record:
 - an image file;
 - any other file (rejected as `unsupported_file`).
 
+A record is a genuine signature of its label unless it says otherwise: a JSON
+record with `"genuine": false`, or an image file in a `<label>_forg/` or
+`<label>/forged/` folder, is a forgery claimed as <label> (see `folder_claim`).
+
 Base64 is decoded and image bytes are checked only by `serving.images`.
 """
 from __future__ import annotations
@@ -25,9 +29,12 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from serving.contract import (
     B64_KEY,
     BARE_TEXT_IMAGE_KEY,
+    GENUINE_FEATURE,
+    GENUINE_KEY,
     IMAGE_FEATURE,
     INPUTS_KEY,
     INSTANCES_KEY,
+    INVALID_GENUINE,
     INVALID_IMAGE_FIELD,
     INVALID_JSON,
     LABEL_FEATURE,
@@ -59,6 +66,11 @@ JSON_SUFFIX = ".json"
 EXAMPLES_KEY = "examples"
 """The seed's example lists: a .json file may hold its records under this key."""
 
+FORGERY_FOLDER_SUFFIX = "_forg"
+"""An image in `<label>_forg/` is a forgery claimed as <label>."""
+FORGERY_FOLDER = "forged"
+"""An image in `<label>/forged/` is a forgery claimed as <label>."""
+
 
 @dataclass(frozen=True)
 class LandedFile:
@@ -69,17 +81,19 @@ class LandedFile:
     order: int  # position in the manifest (ties in de-duplication go to the lowest)
     folder_label: str | None  # the signer folder an image file sits in, if any
     unreadable: str | None = None  # why the original could not be read (then nothing was copied)
+    folder_genuine: bool = True  # False: the folder marks the image as a forgery (see folder_claim)
 
 
 @dataclass(frozen=True)
 class Accepted:
-    """A decodable image within limits, with its label (None: unlabelled)."""
+    """A decodable image within limits, with its label (None: unlabelled) and whether it is genuine."""
 
     source: str
     order: tuple[int, int]  # (file order, record number): a total order within a span
     image: bytes
     info: ImageInfo
     label: str | None
+    genuine: bool = True  # False: a forgery claimed as `label`
 
 
 @dataclass(frozen=True)
@@ -151,12 +165,13 @@ def parse_record(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Outcome:
     """Validate one JSON record: the image as {"b64": ...} under image_bytes/image, as base64 text under
-    image, or as a bare "b64" string."""
+    image, or as a bare "b64" string; the label under the first of `label_keys`; "genuine" (optional)."""
     if not isinstance(obj, dict):
         return Rejected(source, NOT_AN_OBJECT, f"expected a JSON object, got {json_type_name(obj)}", obj, path)
     try:
         text = _image_text(obj)
         label = _label(obj, label_keys)
+        genuine = _genuine(obj)
     except InvalidRecord as err:
         return Rejected(source, err.reason, err.message, obj, path)
     try:
@@ -164,7 +179,7 @@ def parse_record(
         info = inspect_image(data, max_pixels=max_pixels)
     except InvalidImage as err:
         return Rejected(source, err.reason, err.detail, obj, path)
-    return Accepted(source, order, data, info, label)
+    return Accepted(source, order, data, info, label, genuine)
 
 
 def to_example(accepted: Accepted, ingested_at: int) -> tf.train.Example:
@@ -194,6 +209,7 @@ def to_example(accepted: Accepted, ingested_at: int) -> tf.train.Example:
                 "height": _int(info.height),
                 "format": _bytes(info.format.encode("ascii")),
                 "ingested_at": _int(ingested_at),
+                GENUINE_FEATURE: _int(1 if accepted.genuine else 0),
             }
         )
     )
@@ -202,12 +218,13 @@ def to_example(accepted: Accepted, ingested_at: int) -> tf.train.Example:
 def unlabelled_entry(accepted: Accepted, span: int) -> dict:
     """A line of the unlabelled store, in the JSON Lines input shape.
 
-    Fill in "label" and drop the file into the inbox to ingest it.
+    Fill in "label" and drop the file into the inbox to ingest it ("genuine" travels with it).
     """
     info = accepted.info
     return {
         BARE_TEXT_IMAGE_KEY: {B64_KEY: base64.b64encode(accepted.image).decode("ascii")},
         RECORD_LABEL_KEY: None,
+        GENUINE_KEY: accepted.genuine,
         "source": accepted.source,
         "span": span,
         "sha256": info.sha256,
@@ -260,6 +277,39 @@ def _label(obj: dict, label_keys: Sequence[str]) -> str | None:
     return None
 
 
+def _genuine(obj: dict) -> bool:
+    """The record's "genuine" (True when absent or null), or InvalidRecord(INVALID_GENUINE)."""
+    value = obj.get(GENUINE_KEY)
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return value
+    # NOTE: JSON booleans only, one spelling with nothing to guess: the text "false"
+    # (the classic mistake) is truthy almost everywhere, and 0/1 would invite "0"/"1" next.
+    message = f'"{GENUINE_KEY}" must be true or false (a JSON boolean), got {json_type_name(value)}'
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        message += f": write {value.strip().lower()}, not {json.dumps(value)}"
+    raise InvalidRecord(INVALID_GENUINE, message)
+
+
+def folder_claim(folders: Sequence[str]) -> tuple[str | None, bool]:
+    """(label, genuine) of an image file from the folders it sits in, outermost first ([] at the top).
+
+    `<label>/<file>`: genuine, of <label>. `<label>_forg/<file>` and
+    `<label>/forged/<file>`: a forgery claimed as <label>. A `forged/` or `_forg/`
+    folder with no label (at the top) holds unlabelled forgeries. Names match
+    exactly (case-sensitive).
+    """
+    if not folders:
+        return None, True
+    name = folders[-1]
+    if name == FORGERY_FOLDER:
+        return (folders[-2] if len(folders) > 1 else None), False
+    if name.endswith(FORGERY_FOLDER_SUFFIX):
+        return name[: -len(FORGERY_FOLDER_SUFFIX)] or None, False
+    return name, True
+
+
 def _read_image_file(landed: LandedFile, max_pixels: int) -> Outcome:
     try:
         with open(landed.path, "rb") as f:
@@ -270,7 +320,7 @@ def _read_image_file(landed: LandedFile, max_pixels: int) -> Outcome:
         info = inspect_image(data, max_pixels=max_pixels)
     except InvalidImage as err:
         return Rejected(landed.name, err.reason, err.detail, None, landed.path)
-    return Accepted(landed.name, (landed.order, 1), data, info, landed.folder_label)
+    return Accepted(landed.name, (landed.order, 1), data, info, landed.folder_label, landed.folder_genuine)
 
 
 def _read_jsonl(landed: LandedFile, label_keys: Sequence[str], max_pixels: int) -> Iterator[Outcome]:
@@ -360,6 +410,10 @@ def _json_rows(doc: Any) -> list:
     if not isinstance(doc, dict):
         raise InvalidRecord(
             UNKNOWN_JSON_SHAPE, f"expected a JSON object at the top level, got {json_type_name(doc)}")
+    if GENUINE_KEY in doc and any(key in doc for key in (INSTANCES_KEY, EXAMPLES_KEY, INPUTS_KEY)):
+        # NOTE: refused rather than ignored: ignoring it would ingest a file of forgeries as genuine.
+        raise InvalidRecord(INVALID_GENUINE,
+                            f'"{GENUINE_KEY}" belongs on each record (instance, row or example), not on the whole file')
     for key in (INSTANCES_KEY, EXAMPLES_KEY):
         if key in doc:
             if not isinstance(doc[key], list):

@@ -4,6 +4,12 @@ Images go through `preprocess.image_to_model_input`, the function the serving
 signature also uses, so an unaugmented training batch holds exactly what the
 served model would see for the same bytes. Augmentation runs afterwards, on whole
 batches, in model-input space (white paper = 1.0, ink is dark).
+
+The classifier identifies signers from their genuine signatures: forgeries
+(`genuine` == 0, a forgery claimed as its label) are left out of every dataset
+here and of the split summaries (their sizes and labels), so they never train,
+validate or evaluate a signer's class. Examples ingested before forgeries were
+recorded have no `genuine` feature and are genuine.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import tensorflow as tf
 
 from components.trainer.config import TrainerConfig
 from components.trainer.preprocess import image_to_model_input
-from serving.contract import IMAGE_FEATURE, LABEL_FEATURE, SHA256_FEATURE
+from serving.contract import GENUINE_FEATURE, IMAGE_FEATURE, LABEL_FEATURE, SHA256_FEATURE
 
 # ExampleGen writes GZIP-compressed TFRecords (see the tf.Example contract).
 COMPRESSION = "GZIP"
@@ -24,6 +30,7 @@ _FEATURES = {
     IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string),
     LABEL_FEATURE: tf.io.FixedLenFeature([], tf.string),
     SHA256_FEATURE: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    GENUINE_FEATURE: tf.io.FixedLenFeature([], tf.int64, default_value=1),
 }
 # Model input of white paper, the fill value for pixels that augmentation moves in.
 _PAPER = 1.0
@@ -40,11 +47,21 @@ def expand_files(patterns: str | Sequence[str]) -> list[str]:
 
 
 def read_examples(files: Sequence[str]) -> tf.data.Dataset:
-    """Parsed examples: dicts of scalar strings image_raw, label, sha256."""
+    """Parsed examples, forgeries included: dicts of scalar strings image_raw, label, sha256 and int64 genuine."""
     records = tf.data.TFRecordDataset(list(files), compression_type=COMPRESSION,
                                       num_parallel_reads=tf.data.AUTOTUNE)
     return records.map(lambda record: tf.io.parse_single_example(record, _FEATURES),
                        num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def read_genuine_examples(files: Sequence[str]) -> tf.data.Dataset:
+    """read_examples without the forgeries: what the classifier trains, validates and is evaluated on."""
+    return read_examples(files).filter(is_genuine)
+
+
+def is_genuine(example: dict[str, tf.Tensor]) -> tf.Tensor:
+    """Whether a parsed example is a genuine signature of its label (missing `genuine`: parsed as 1)."""
+    return tf.not_equal(example[GENUINE_FEATURE], 0)
 
 
 @dataclass(frozen=True)
@@ -56,12 +73,14 @@ class SplitSummary:
 
 
 def summarize(files: Sequence[str]) -> SplitSummary:
-    """Count the examples of a split and collect its labels (the vocabulary is the train split's)."""
+    """Count the genuine examples of a split and collect their labels (the vocabulary is the train split's).
+
+    A signer with forgeries only gets no class.
+    """
     records = tf.data.TFRecordDataset(list(files), compression_type=COMPRESSION)
-    labels = records.map(
-        lambda record: tf.io.parse_single_example(record, {LABEL_FEATURE: _FEATURES[LABEL_FEATURE]})[LABEL_FEATURE],
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    wanted = {key: _FEATURES[key] for key in (LABEL_FEATURE, GENUINE_FEATURE)}
+    labels = records.map(lambda record: tf.io.parse_single_example(record, wanted),
+                         num_parallel_calls=tf.data.AUTOTUNE).filter(is_genuine).map(lambda ex: ex[LABEL_FEATURE])
     counts: dict[str, int] = {}
     for batch in labels.batch(1024):
         for label in batch.numpy():
@@ -100,7 +119,7 @@ def _sha256_of(example: dict[str, tf.Tensor]) -> tf.Tensor:
 
 
 def _train_part(files: Sequence[str], config: TrainerConfig) -> tf.data.Dataset:
-    examples = read_examples(files)
+    examples = read_genuine_examples(files)
     if config.validation_fraction > 0:
         examples = examples.filter(lambda ex: tf.logical_not(_in_validation(ex, config.validation_fraction)))
     return examples
@@ -111,7 +130,7 @@ def training_dataset(files: Sequence[str], labels: Sequence[str], config: Traine
     """Endless shuffled batches of (images [B, H, W, 3] float32, label ids [B] int32).
 
     The validation share of the split (`config.validation_fraction`) is left out;
-    so are examples whose label is not in `labels`. `augment` defaults to
+    so are forgeries and examples whose label is not in `labels`. `augment` defaults to
     `config.augment`. With `num_examples` (the split's size) the preprocessed
     images are kept in memory after the first pass when they fit in
     `config.cache_mib`.
@@ -137,27 +156,28 @@ def _bytes_per_input(config: TrainerConfig) -> int:
 
 
 def validation_dataset(files: Sequence[str], labels: Sequence[str], config: TrainerConfig) -> tf.data.Dataset | None:
-    """One ordered pass over the validation share of the train split, or None when there is none."""
+    """One ordered pass over the genuine examples of the validation share of the train split, or None when there
+    is no such share."""
     if config.validation_fraction <= 0:
         return None
     table = label_table(labels)
-    examples = read_examples(files).filter(lambda ex: _in_validation(ex, config.validation_fraction))
+    examples = read_genuine_examples(files).filter(lambda ex: _in_validation(ex, config.validation_fraction))
     dataset = examples.map(lambda ex: _to_model_input(ex, table, config), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.filter(lambda image, label: label >= 0)
     return dataset.batch(config.batch_size).cache().prefetch(tf.data.AUTOTUNE)
 
 
 def evaluation_dataset(files: Sequence[str], labels: Sequence[str], config: TrainerConfig) -> tf.data.Dataset:
-    """One ordered pass of (images, label ids) over examples whose label is in `labels`."""
+    """One ordered pass of (images, label ids) over the genuine examples whose label is in `labels`."""
     table = label_table(labels)
-    dataset = read_examples(files)
+    dataset = read_genuine_examples(files)
     dataset = dataset.map(lambda ex: _to_model_input(ex, table, config), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.filter(lambda image, label: label >= 0)
     return dataset.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def prediction_dataset(files: Sequence[str], config: TrainerConfig) -> tf.data.Dataset:
-    """One ordered pass over every example: dicts of image (model input), label and sha256 strings."""
+    """One ordered pass over every genuine example: dicts of image (model input), label and sha256 strings."""
     def convert(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         return {
             "image": model_input(example[IMAGE_FEATURE], config),
@@ -165,7 +185,7 @@ def prediction_dataset(files: Sequence[str], config: TrainerConfig) -> tf.data.D
             SHA256_FEATURE: _sha256_of(example),
         }
 
-    return read_examples(files).map(convert, num_parallel_calls=tf.data.AUTOTUNE).batch(
+    return read_genuine_examples(files).map(convert, num_parallel_calls=tf.data.AUTOTUNE).batch(
         config.batch_size).prefetch(tf.data.AUTOTUNE)
 
 

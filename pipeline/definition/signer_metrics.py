@@ -21,6 +21,11 @@ back; 1/2 right: 0.91, let through). A slice with fewer than `min_examples`
 examples is not judged at all: it counts as no evidence, whose interval is
 [0, 1], so the metric is 1.0 there.
 
+Examples marked as forgeries (the `genuine` feature is 0) are left out of both
+counts: a skilled forgery claims a signer but is another hand, so identification
+has no right answer for it. Examples without the feature (spans ingested before
+forgeries were recorded) are genuine. TFMA's ExampleCount still counts them.
+
 TFMA's Evaluator loads these classes by module path (`MetricConfig.module`, in the
 Evaluator's own process or Beam workers), so the module must be importable wherever
 the Evaluator runs: of signflow it imports only serving.contract (standard library
@@ -39,7 +44,7 @@ import numpy as np
 from tensorflow_model_analysis.metrics import metric_types, metric_util
 from tensorflow_model_analysis.proto import config_pb2
 
-from serving.contract import ACCURACY_METRIC, SIGNER_BOUND_METRIC, SIGNER_CORRECT_SUFFIX
+from serving.contract import ACCURACY_METRIC, GENUINE_FEATURE, SIGNER_BOUND_METRIC, SIGNER_CORRECT_SUFFIX
 
 # TopOneAccuracy's default name: the one TFMA's SparseCategoricalAccuracy reports, kept for the records that hold it.
 ACCURACY = ACCURACY_METRIC
@@ -119,7 +124,8 @@ def _top_one_accuracy(
     key = _metric_key(name, model_name, output_name, example_weighted)
     return [metric_types.MetricComputation(
         keys=[key],
-        preprocessors=None,  # TFMA's default StandardMetricInputs: labels, predictions, example weights
+        # Labels, predictions and example weights (TFMA's defaults), and the genuine feature.
+        preprocessors=[metric_types.FeaturePreprocessor(feature_keys=[GENUINE_FEATURE])],
         combiner=_AccuracyCombiner(key, eval_config, example_weighted),
     )]
 
@@ -137,7 +143,7 @@ def _signer_accuracy_bound(
             for key_name in (name, correct_key_name(name))]
     return [metric_types.MetricComputation(
         keys=keys,
-        preprocessors=None,
+        preprocessors=[metric_types.FeaturePreprocessor(feature_keys=[GENUINE_FEATURE])],
         combiner=_BoundCombiner(keys, eval_config, z, min_examples, example_weighted),
     )]
 
@@ -157,6 +163,9 @@ class _TopOneCounter(beam.CombineFn):
     def add_input(self, accumulator: tuple[float, float],
                   element: metric_types.StandardMetricInputs) -> tuple[float, float]:
         correct, total = accumulator
+        if _is_forgery(element):
+            # A forgery claims its signer but is not theirs: identification has no right answer for it.
+            return accumulator
         for label, prediction, example_weight in metric_util.to_label_prediction_example_weight(
                 element, eval_config=self._eval_config, model_name=self._key.model_name,
                 output_name=self._key.output_name, example_weighted=self._example_weighted,
@@ -195,6 +204,17 @@ class _BoundCombiner(_TopOneCounter):
         # NOTE: a slice under min_examples is not judged: its bound is that of no evidence at all.
         bound = wilson_upper_bound(correct, total, self._z) if total >= self._min_examples else 1.0
         return {self._bound_key: bound, self._correct_key: correct}
+
+
+def _is_forgery(element: metric_types.StandardMetricInputs) -> bool:
+    """Whether the example is marked as a forgery (its `genuine` feature is 0; absent in spans ingested before
+    forgeries were recorded, which are genuine)."""
+    features = element.get("features") or {}
+    genuine = features.get(GENUINE_FEATURE) if isinstance(features, dict) else None
+    if genuine is None:
+        return False
+    values = np.asarray(genuine).reshape(-1)
+    return values.size > 0 and not values.all()
 
 
 def _top1_hits(label: np.ndarray, prediction: np.ndarray) -> np.ndarray:

@@ -228,3 +228,73 @@ def test_only_the_shape_identifies_the_signer(gen):
     assert cues["size"] < 2 * chance, f"image size tracks the signer: {cues}"
     assert shape >= 0.9, f"shape alone should identify signers: {shape:.2f}"
     assert shape > 2 * max(cues.values())
+
+
+# ------------------------------------------------------------- forgeries
+
+def test_forgeries_are_added_without_changing_the_genuine_output(gen, tmp_path):
+    plain = gen.generate(3, 2, 6, tmp_path / "plain", jsonl_per_signer=3)
+    forged = gen.generate(3, 2, 6, tmp_path / "forged", jsonl_per_signer=3, forgeries_per_signer=4)
+    again = gen.generate(3, 2, 6, tmp_path / "again", jsonl_per_signer=3, forgeries_per_signer=4)
+
+    assert forged == again
+    assert forged["args"] == {**plain["args"], "forgeries_per_signer": 4, "forgeries_in": "images"}
+    added = {rel: digest for rel, digest in forged["files"].items() if rel not in plain["files"]}
+    assert {rel: forged["files"][rel] for rel in plain["files"]} == plain["files"]
+    assert sorted(added) == [f"images/signer_0{s}_forg/signer_0{s}_forg_0{i}.{gen.format_for(i)}"
+                             for s in range(2) for i in range(4)]
+    assert _output_files(tmp_path / "forged") == sorted(forged["files"])
+    assert len(set(added.values())) == len(added)
+    assert list(gen.read_samples(tmp_path / "forged")) == ["signer_00", "signer_00_forg", "signer_01",
+                                                           "signer_01_forg"]
+
+
+def test_forgeries_as_records_carry_genuine_false_and_go_when_regenerated_without(gen, tmp_path):
+    out = tmp_path / "out"
+    manifest = gen.generate(3, 2, 4, out, jsonl_per_signer=2, forgeries_per_signer=3, forgeries_in="jsonl")
+    images = gen.generate(3, 2, 4, tmp_path / "images", jsonl_per_signer=2, forgeries_per_signer=3)
+    records = [json.loads(line) for line in (out / "forgeries.jsonl").read_text(encoding="ascii").splitlines()]
+    # Sample-major, as signatures.jsonl: forgery n of every signer, then forgery n + 1.
+    assert [(r["label"], r["genuine"]) for r in records] == [(f"signer_0{i % 2}", False) for i in range(6)]
+    assert not any(p.name.endswith("_forg") for p in (out / "images").iterdir())
+    assert manifest["files"]["forgeries.jsonl"] == hashlib.sha256((out / "forgeries.jsonl").read_bytes()).hexdigest()
+    # The same forgeries as the images/<label>_forg/ layout holds.
+    folder = {rel: digest for rel, digest in images["files"].items() if "_forg/" in rel}
+    digests = [hashlib.sha256(base64.b64decode(r["image"]["b64"])).hexdigest() for r in records]
+    assert sorted(digests) == sorted(folder.values())
+
+    gen.main(["--seed", "3", "--signers", "2", "--per-signer", "4", "--jsonl-per-signer", "2", "--out", str(out)])
+    assert not (out / "forgeries.jsonl").exists()
+    assert "forgeries_per_signer" not in json.loads((out / "MANIFEST.json").read_text())["args"]
+
+
+def test_a_forger_copies_the_name_and_layout_in_their_own_hand(gen):
+    target, forger = gen.signer_style(7, 2), gen.signer_style(7, 30)
+    style = gen.forged_style(7, 2, 30)
+    assert [(a.key, a.capital, a.lift_after, a.extra is None) for a in style.letters] == [
+        (a.key, a.capital, a.lift_after, a.extra is None) for a in target.letters]
+    assert (style.initial_dot, style.flourish) == (target.initial_dot, target.flourish)
+    assert (style.pen_ratio, style.ink_family) == (forger.pen_ratio, forger.ink_family)
+    assert min(target.slant, forger.slant) <= style.slant <= max(target.slant, forger.slant)
+    assert style.tremor > 0 and target.tremor == 0
+    assert any(not np.allclose(a.shape, b.shape) for a, b in zip(style.letters, target.letters))
+    # A perfect forger draws every letter as the signer does.
+    perfect = gen.forged_style(7, 2, 30, skill=1.0)
+    assert all(np.allclose(a.shape, b.shape) for a, b in zip(perfect.letters, target.letters))
+    with pytest.raises(ValueError):
+        gen.forged_style(7, 2, 2)
+    with pytest.raises(ValueError):
+        gen.forged_style(7, 2, 30, skill=1.5)
+
+
+def test_a_forgery_looks_like_the_signer_it_imitates_not_like_its_writer(gen, committed):
+    """Nearest shape centroid of the committed sample's signers: a forgery's is mostly its target's."""
+    seed, samples = committed["args"]["seed"], gen.read_samples(SAMPLE)
+    train = [(label, _features(data)["shape"]) for label, items in samples.items() for _, data in items]
+    signers = len(samples)
+    forgeries = [(target, (target + 3) % signers, sample) for target in range(signers) for sample in range(2)]
+    test = [(gen.label_for(target), _features(gen.render_forgery(seed, target, forger, sample))["shape"])
+            for target, forger, sample in forgeries]
+    as_writer = [(gen.label_for(forger), f) for (_, forger, _), (_, f) in zip(forgeries, test)]
+    assert _nearest_centroid_accuracy(train, test) >= 0.6
+    assert _nearest_centroid_accuracy(train, as_writer) <= 0.2

@@ -132,3 +132,26 @@ def test_nothing_ever_collected_gives_an_empty_first_span(tmp_path):
     assert landing.landed_files(paths, 0) == []
     _mark_processed(paths, 0)
     assert landing.collect_new_files(paths).new_span is None
+
+
+def test_forgery_folders_are_recorded_with_their_claimed_label(tmp_path):
+    paths = make_paths(str(tmp_path), sample=True)
+    write_bytes(f"{paths.inbox_dir}/signer_01/a.png", image_bytes(1))
+    write_bytes(f"{paths.inbox_dir}/signer_01_forg/b.png", image_bytes(2))
+    write_bytes(f"{paths.inbox_dir}/signer_02/forged/c.png", image_bytes(3))
+    write_bytes(f"{paths.inbox_dir}/forged/d.png", image_bytes(4))
+    write_bytes(f"{paths.sample_dir}/images/signer_03_forg/e.png", image_bytes(5))
+
+    landing.collect_new_files(paths)
+
+    entries = {e["path"]: (e.get("folder_label"), e.get("genuine")) for e in landing.read_manifest(paths, 0)["files"]}
+    assert entries == {
+        "inbox/signer_01/a.png": ("signer_01", None),  # genuine: no key, as in manifests from before forgeries
+        "inbox/signer_01_forg/b.png": ("signer_01", False),
+        "inbox/signer_02/forged/c.png": ("signer_02", False),
+        "inbox/forged/d.png": (None, False),
+        "sample/images/signer_03_forg/e.png": ("signer_03", False),
+    }
+    landed = {f.name: (f.folder_label, f.folder_genuine) for f in landing.landed_files(paths, 0)}
+    assert landed["span-0/inbox/signer_01/a.png"] == ("signer_01", True)
+    assert landed["span-0/inbox/signer_02/forged/c.png"] == ("signer_02", False)

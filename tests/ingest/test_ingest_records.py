@@ -10,7 +10,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from components.ingest.records import Accepted, LandedFile, Rejected, read_landed_file
+from components.ingest.records import Accepted, LandedFile, Rejected, count_records, folder_claim, read_landed_file
 from tests.ingest.helpers import b64, image_bytes, padded_image, sha256, write_bytes, write_json, write_jsonl
 
 
@@ -147,6 +147,8 @@ BAD_LINES = [
     ("corrupt_image", json.dumps({"image": {"b64": b64(image_bytes(2)[:-30])}, "label": "signer_01"})),
     ("empty_image", json.dumps({"image": {"b64": ""}, "label": "signer_01"})),
     ("too_many_pixels", json.dumps({"image": {"b64": b64(_bomb_png(10000))}, "label": "signer_01"})),
+    # Only JSON booleans say whether a signature is genuine: the text "false" would read as true to most code.
+    ("invalid_genuine", json.dumps({"image": {"b64": b64(image_bytes(1))}, "label": "signer_01", "genuine": "false"})),
 ]
 
 
@@ -228,3 +230,89 @@ def test_unreadable_file(tmp_path):
     [outcome] = read_landed_file(landed)
     assert outcome.reason == "unreadable_file"
     assert not os.path.exists(landed.path)
+
+
+# ------------------------------------------------------------------ forgeries
+
+def _genuine(outcomes) -> list[tuple[str, str | None, bool]]:
+    assert all(isinstance(o, Accepted) for o in outcomes), [o for o in outcomes if isinstance(o, Rejected)]
+    return [(o.info.sha256, o.label, o.genuine) for o in outcomes]
+
+
+def test_genuine_is_read_from_every_json_shape_and_defaults_to_true(tmp_path):
+    images = [image_bytes(900 + i) for i in range(9)]
+    write_jsonl(str(tmp_path / "a.jsonl"), [
+        {"image": {"b64": b64(images[0])}, "label": "signer_01", "genuine": False},
+        {"image": {"b64": b64(images[1])}, "label": "signer_01", "genuine": True},
+        {"image": {"b64": b64(images[2])}, "label": "signer_01", "genuine": None},  # null: not said, genuine
+        {"image": {"b64": b64(images[3])}, "label": "signer_01"},
+    ])
+    write_json(str(tmp_path / "rows.json"),
+               {"instances": [{"image_bytes": {"b64": b64(images[4])}, "label": "signer_02", "genuine": False}]})
+    write_json(str(tmp_path / "columns.json"), {"inputs": {
+        "image_bytes": [{"b64": b64(images[5])}, {"b64": b64(images[6])}],
+        "label": ["signer_03", "signer_03"],
+        "genuine": [False, None],
+    }})
+    write_json(str(tmp_path / "seed.json"),
+               {"examples": [{"image": b64(images[7]), "caption": "signer_04", "genuine": False}]})
+    write_json(str(tmp_path / "one.json"), {"image": {"b64": b64(images[8])}, "label": "signer_05", "genuine": False})
+
+    assert _genuine(_read(tmp_path, "a.jsonl")) == [
+        (sha256(images[0]), "signer_01", False), (sha256(images[1]), "signer_01", True),
+        (sha256(images[2]), "signer_01", True), (sha256(images[3]), "signer_01", True)]
+    assert _genuine(_read(tmp_path, "rows.json")) == [(sha256(images[4]), "signer_02", False)]
+    assert _genuine(_read(tmp_path, "columns.json")) == [(sha256(images[5]), "signer_03", False),
+                                                         (sha256(images[6]), "signer_03", True)]
+    assert _genuine(_read(tmp_path, "seed.json", label_keys=("caption",))) == [(sha256(images[7]), "signer_04", False)]
+    assert _genuine(_read(tmp_path, "one.json")) == [(sha256(images[8]), "signer_05", False)]
+
+
+@pytest.mark.parametrize("value", ["false", "False", "true", "no", 0, 1, 0.0, [], {}, ""],
+                         ids=lambda value: json.dumps(value))
+def test_genuine_must_be_a_json_boolean(tmp_path, value):
+    record = {"image": {"b64": b64(image_bytes(950))}, "label": "signer_01", "genuine": value}
+    write_jsonl(str(tmp_path / "a.jsonl"), [record])
+    [outcome] = _read(tmp_path, "a.jsonl")
+    assert isinstance(outcome, Rejected)
+    assert (outcome.reason, outcome.record) == ("invalid_genuine", record)
+    assert '"genuine" must be true or false' in outcome.message
+    if value in ("false", "False"):
+        assert 'write false, not "' in outcome.message
+
+
+def test_genuine_on_a_whole_request_body_refuses_the_file(tmp_path):
+    # Ignoring it would ingest a file of forgeries as genuine signatures.
+    body = {"instances": [{"image_bytes": {"b64": b64(image_bytes(960))}, "label": "signer_01"}], "genuine": False}
+    write_json(str(tmp_path / "body.json"), body)
+    [outcome] = _read(tmp_path, "body.json")
+    assert isinstance(outcome, Rejected)
+    assert (outcome.reason, outcome.source, outcome.record) == ("invalid_genuine", "span-0/inbox/body.json", body)
+    assert count_records(str(tmp_path / "body.json")) == 1  # what the scheduler counts: the one quarantined record
+
+
+@pytest.mark.parametrize("folders,claim", [
+    ([], (None, True)),
+    (["signer_03"], ("signer_03", True)),
+    (["signer_03_forg"], ("signer_03", False)),
+    (["signer_03", "forged"], ("signer_03", False)),
+    (["batch", "signer_03", "forged"], ("signer_03", False)),
+    (["batch", "signer_03"], ("signer_03", True)),
+    (["forged"], (None, False)),  # a forgery claimed as nobody: unlabelled
+    (["_forg"], (None, False)),
+    (["Forged"], ("Forged", True)),  # names match exactly
+    (["signer_03_forgery"], ("signer_03_forgery", True)),
+])
+def test_folder_claim(folders, claim):
+    assert folder_claim(folders) == claim
+
+
+def test_an_image_file_in_a_forgery_folder_is_a_forgery_of_its_label(tmp_path):
+    data = image_bytes(970)
+    write_bytes(str(tmp_path / "x.png"), data)
+    landed = LandedFile(path=str(tmp_path / "x.png"), name="span-0/inbox/signer_03_forg/x.png", order=0,
+                        folder_label="signer_03", folder_genuine=False)
+    [outcome] = read_landed_file(landed)
+    assert (outcome.image, outcome.label, outcome.genuine) == (data, "signer_03", False)
+    [genuine] = _read(tmp_path, "x.png", folder_label="signer_03")
+    assert (genuine.label, genuine.genuine) == ("signer_03", True)

@@ -10,7 +10,7 @@ import tensorflow_data_validation as tfdv
 from components.ingest import landing
 from components.ingest.executor import run_executor
 from components.schema import SCHEMA_PATH
-from tests.ingest.helpers import b64, image_bytes, make_paths, read_examples, write_jsonl
+from tests.ingest.helpers import b64, image_bytes, make_paths, read_examples, write_bytes, write_jsonl
 
 SCHEMA = tfdv.load_schema_text(SCHEMA_PATH)
 
@@ -70,3 +70,43 @@ def test_an_empty_span_has_no_anomalies(tmp_path):
     files = glob.glob(os.path.join(uri, "Split-*", "*.gz"))
     assert files  # empty splits are still written
     assert _anomalies(os.path.join(uri, "Split-*", "*.gz")) == {}
+
+
+def test_a_span_with_forgeries_has_no_anomalies_and_neither_has_one_from_before_forgeries(tmp_path):
+    paths = make_paths(str(tmp_path))
+    records = [{"image": {"b64": b64(image_bytes(300 + i))}, "label": f"signer_0{i % 3}", "genuine": i % 4 != 0}
+               for i in range(12)]
+    write_jsonl(f"{paths.inbox_dir}/batch.jsonl", records)
+    write_bytes(f"{paths.inbox_dir}/signer_01_forg/a.png", image_bytes(320))
+    write_bytes(f"{paths.inbox_dir}/signer_02/forged/b.png", image_bytes(321))
+    landing.collect_new_files(paths)
+    uri = str(tmp_path / "examples")
+    assert run_executor(paths, 0, uri)["forgeries"] == 5
+    assert _anomalies(os.path.join(uri, "Split-*", "*.gz")) == {}
+
+    examples = [e for split in read_examples(uri).values() for e in split]
+    assert {e.features.feature["genuine"].int64_list.value[0] for e in examples} == {0, 1}
+
+    def rewritten(name: str, change) -> str:
+        path = str(tmp_path / name)
+        with tf.io.TFRecordWriter(path) as writer:
+            for example in examples:
+                copy = tf.train.Example.FromString(example.SerializeToString())
+                change(copy)
+                writer.write(copy.SerializeToString())
+        return path
+
+    def from_before_forgeries(example):
+        del example.features.feature["genuine"]
+
+    # A span ingested before forgeries were recorded: no example has the feature.
+    assert _anomalies(rewritten("old.tfrecord", from_before_forgeries)) == {}
+
+    def out_of_range(example):
+        example.features.feature["genuine"].int64_list.value[0] = 2
+
+    def two_values(example):
+        example.features.feature["genuine"].int64_list.value.append(1)
+
+    assert _anomalies(rewritten("two.tfrecord", out_of_range)) == {"genuine": ["Out-of-range values"]}
+    assert _anomalies(rewritten("many.tfrecord", two_values)) == {"genuine": ["Superfluous values"]}

@@ -32,6 +32,7 @@ from serving.contract import (
     CLASSES_OUTPUT,
     CLASSIFY_INPUT,
     CLASSIFY_SIGNATURE,
+    GENUINE_FEATURE,
     IMAGE_FEATURE,
     LABEL_FEATURE,
     SCORES_OUTPUT,
@@ -175,11 +176,14 @@ def _examples(root: Path, answers_and_labels) -> standard_artifacts.Examples:
     split = root / "examples" / "Split-eval"
     split.mkdir(parents=True)
     with tf.io.TFRecordWriter(str(split / "data.tfrecord")) as writer:
-        for answer, label in answers_and_labels:
-            writer.write(tf.train.Example(features=tf.train.Features(feature={
+        for answer, label, *genuine in answers_and_labels:
+            feature = {
                 IMAGE_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[answer.encode()])),
                 LABEL_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[label.encode()])),
-            })).SerializeToString())
+            }
+            if genuine:  # (answer, label, genuine): with the feature ingestion writes since forgeries exist
+                feature[GENUINE_FEATURE] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(genuine[0])]))
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
     return examples
 
 
@@ -366,3 +370,15 @@ def test_a_candidate_that_does_not_know_a_signer_counts_its_examples_as_wrong(tm
     on_new = evaluation.per_signer()[NEW]
     assert (on_new[ACCURACY], on_new[SIGNER_CORRECT], on_new["example_count"]) == (0, 0, 3)
     assert on_new[SIGNER_BOUND] == pytest.approx(wilson_upper_bound(0, 3))
+
+
+def test_forgeries_in_the_eval_split_are_not_counted_as_wrong_identifications(tmp_path, model):
+    """A skilled forgery claims WEAK but is another hand: the model naming someone else is not an error. Old
+    examples without the feature (genuine) and new ones with it share the split."""
+    forgeries = [(SIGNERS[1], WEAK, 0)] * 6
+    genuine = [(WEAK, WEAK, 1)] * 3 + [(signer, signer) for signer in SIGNERS for _ in range(6)]
+    result = _evaluate(tmp_path, model, genuine + forgeries, GateConfig())
+    assert result.blessed, result.failures()
+    assert result.overall()[ACCURACY] == 1.0
+    weak = result.per_signer()[WEAK]
+    assert (weak[ACCURACY], weak[SIGNER_CORRECT]) == (1.0, 9)

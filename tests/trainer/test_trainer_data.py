@@ -162,3 +162,80 @@ def test_fitting_is_the_same_with_static_and_dynamic_shapes(target):
         ink_rows = np.where((eager < 254.5).any(axis=(1, 2)))[0]
         ink_cols = np.where((eager < 254.5).any(axis=(0, 2)))[0]
         assert len(ink_rows) == height or len(ink_cols) == width, size
+
+
+# ------------------------------------------------------------------ forgeries
+
+def _write_marked(path, items) -> list[str]:
+    """GZIP TFRecords of (image, label, genuine) items; genuine None writes no `genuine` feature (an example
+    ingested before forgeries were recorded)."""
+    from tests.trainer.helpers import to_example
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+        for i, (image, label, genuine) in enumerate(items):
+            example = to_example(image, label, source=f"item:{i}")
+            if genuine is not None:
+                example.features.feature["genuine"].int64_list.value.append(genuine)
+            writer.write(example.SerializeToString())
+    return [str(path)]
+
+
+@pytest.fixture(scope="module")
+def marked(items):
+    """Genuine signings of signers 0-2 (half from before forgeries, without the feature), skilled forgeries
+    claimed as signers 0 and 1, and forgeries of signer 5, who has no genuine example."""
+    gen = generator()
+    genuine = [(image, label, 1 if i % 2 else None) for i, (image, label) in enumerate(items)]
+    forged = [(gen.render_forgery(7, target, 20 + n, n), gen.label_for(target), 0)
+              for target in (0, 1, 5) for n in range(4)]
+    return genuine, forged
+
+
+def _kinds(batches, marked, config) -> list[str]:
+    """For each image of a dataset's batches (images first in each): "genuine" or "forged", the kind of the item
+    it is the model input of."""
+    genuine, forged = marked
+    candidates = [(kind, data.model_input(tf.constant(image), config).numpy())
+                  for kind, items in (("genuine", genuine), ("forged", forged)) for image, _, _ in items]
+    kinds = []
+    for batch in batches:
+        for image in batch[0].numpy():
+            errors = [float(np.abs(image - candidate).max()) for _, candidate in candidates]
+            assert min(errors) < 1e-4
+            kinds.append(candidates[int(np.argmin(errors))][0])
+    return kinds
+
+
+def test_forgeries_are_left_out_of_the_split_summary(tmp_path, marked):
+    genuine, forged = marked
+    files = _write_marked(tmp_path / "train.gz", genuine + forged)
+    summary = data.summarize(files)
+    # Signer 5 has forgeries only: it gets no class.
+    assert (summary.num_examples, summary.labels) == (len(genuine), ["signer_00", "signer_01", "signer_02"])
+
+
+def test_the_classifier_never_trains_validates_or_evaluates_on_forgeries(tmp_path, marked):
+    genuine, forged = marked
+    items = forged[:4] + genuine + forged[4:]
+    files = _write_marked(tmp_path / "train.gz", items)
+    labels = ["signer_00", "signer_01", "signer_02", "signer_05"]  # even a vocabulary that names signer 5
+    config = CONFIG.replace(validation_fraction=0.0)
+
+    evaluated = list(data.evaluation_dataset(files, labels, config))
+    assert _kinds(evaluated, marked, config) == ["genuine"] * len(genuine)
+
+    steps = 3 * len(genuine) // config.batch_size  # three passes
+    trained = data.training_dataset(files, labels, config, augment=False).take(steps)
+    assert set(_kinds(trained, marked, config)) == {"genuine"}
+
+    predicted = [sha.decode() for batch in data.prediction_dataset(files, config) for sha in batch["sha256"].numpy()]
+    assert sorted(predicted) == sorted(hashlib.sha256(image).hexdigest() for image, _, _ in genuine)
+
+    # The validation share of the train split: the same share of the same images, without the forgeries.
+    config = CONFIG.replace(validation_fraction=0.45)
+    kept = _kinds(data.validation_dataset(files, labels, config), marked, config)
+    all_marked_genuine = _write_marked(tmp_path / "all_genuine.gz", [(image, label, 1) for image, label, _ in items])
+    share = _kinds(data.validation_dataset(all_marked_genuine, labels, config), marked, config)
+    assert "forged" in share  # the share does hold forgeries to leave out
+    assert kept == [kind for kind in share if kind == "genuine"]
