@@ -38,6 +38,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "batch-predict": ("pipeline.batch.command",
                       "score folders, files or globs of images with a served model version (Beam)"),
     "predict": ("serving.client", "send an image to a running server and print the answer"),
+    "verify": ("serving.client", "ask a running server whether signature images are a claimed signer's"),
     "weights": ("components.trainer.weights_store",
                 "import Xception's pretrained no-top weights for offline training (import FILE | show)"),
 }

@@ -1,10 +1,11 @@
-"""Client for a signflow (or TensorFlow Serving) model server, and `signflow predict`.
+"""Client for a signflow (or TensorFlow Serving) model server, `signflow predict` and `signflow verify`.
 
 Library:
 
     client = RestClient("http://127.0.0.1:8501", "xception")
     client.predict([png_bytes])            # `predict_label` signature -> [Prediction(label, score)]
     client.classify([png_bytes], top_k=3)  # `classify` signature -> label, score and top-k
+    client.verify([png_bytes], "signer_03")  # `verify` signature -> [Verdict(signer, genuine, score, threshold)]
 
     with GrpcClient("127.0.0.1:8500", "xception") as client: ...   # same methods, official stubs
 
@@ -40,7 +41,9 @@ import requests
 from serving import images as image_checks
 from serving.contract import (
     B64_KEY,
+    CLAIMED_SIGNER_INPUT,
     CLASSIFY_SIGNATURE,
+    GENUINE_OUTPUT,
     IMAGE_INPUT,
     INSTANCES_KEY,
     LABEL_OUTPUT,
@@ -48,6 +51,9 @@ from serving.contract import (
     REQUEST_IMAGE_FEATURE,
     SCORE_OUTPUT,
     SIGNATURE_NAME_KEY,
+    THRESHOLD_OUTPUT,
+    VERIFY_SCORE_OUTPUT,
+    VERIFY_SIGNATURE,
 )
 
 DEFAULT_REST_URL = "http://127.0.0.1:8501"
@@ -84,6 +90,26 @@ class Prediction:
     score: float
     top_k: tuple[tuple[str, float], ...] = ()
     """(label, score) pairs, best first; empty for predict()."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One image's answer from the verify signature: is it `signer`'s signature?"""
+
+    signer: str
+    genuine: bool
+    score: float
+    """Calibrated: compared with the same threshold for every signer."""
+    threshold: float | None = None
+    """The threshold `genuine` was decided with (None when the model does not output it)."""
+
+
+def _claims(images: Sequence[bytes], signers: str | Sequence[str]) -> list[str]:
+    """One claimed signer per image: a single name applies to every image."""
+    claims = [signers] * len(images) if isinstance(signers, str) else [str(s) for s in signers]
+    if len(claims) != len(images):
+        raise ValueError(f"{len(images)} images but {len(claims)} claimed signers")
+    return claims
 
 
 def _ranked(pairs: Sequence[tuple[str, float]], top_k: int) -> Prediction:
@@ -150,6 +176,26 @@ class RestClient:
         if not isinstance(results, list) or len(results) != len(images):
             raise ClientError(f"unexpected :classify answer: {str(results)[:200]}")
         return [_ranked([(str(label), float(score)) for label, score in result], top_k) for result in results]
+
+    def verify(self, images: Sequence[bytes], signers: str | Sequence[str]) -> list[Verdict]:
+        """Whether each image is its claimed signer's signature (one name for all, or one per image), from the
+        verify signature. A signer the model does not verify fails the whole request (ServerError 400)."""
+        claims = _claims(images, signers)
+        body = {
+            SIGNATURE_NAME_KEY: VERIFY_SIGNATURE,
+            INSTANCES_KEY: [{IMAGE_INPUT: {B64_KEY: base64.b64encode(image).decode("ascii")},
+                             CLAIMED_SIGNER_INPUT: claim} for image, claim in zip(images, claims)],
+        }
+        answers = self._post(":predict", body).get("predictions")
+        if not isinstance(answers, list) or len(answers) != len(images):
+            raise ClientError(f"unexpected :predict answer: {str(answers)[:200]}")
+        try:
+            return [Verdict(claim, bool(a[GENUINE_OUTPUT]), float(a[VERIFY_SCORE_OUTPUT]),
+                            float(a[THRESHOLD_OUTPUT]) if a.get(THRESHOLD_OUTPUT) is not None else None)
+                    for claim, a in zip(claims, answers)]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ClientError(f"the model's {VERIFY_SIGNATURE} answer has no genuine/score outputs: "
+                              f"{str(answers[0])[:200]}") from None
 
     def _post(self, verb: str, body: dict) -> dict:
         try:
@@ -231,6 +277,30 @@ class GrpcClient:
             raise ClientError(f"the model's {PREDICT_LABEL_SIGNATURE} answer has no label/score outputs: "
                               f"{sorted(response.outputs)}") from None
         return [Prediction(label=label.decode("utf-8"), score=float(score)) for label, score in zip(labels, scores)]
+
+    def verify(self, images: Sequence[bytes], signers: str | Sequence[str]) -> list[Verdict]:
+        """Whether each image is its claimed signer's signature, from the verify signature (see RestClient.verify;
+        an unknown signer is ServerError INVALID_ARGUMENT)."""
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        claims = _claims(images, signers)
+        request = predict_pb2.PredictRequest()
+        self._model_spec(request.model_spec, VERIFY_SIGNATURE)
+        request.inputs[IMAGE_INPUT].CopyFrom(tf.make_tensor_proto(list(images), dtype=tf.string))
+        request.inputs[CLAIMED_SIGNER_INPUT].CopyFrom(
+            tf.make_tensor_proto([claim.encode("utf-8") for claim in claims], dtype=tf.string))
+        response = self._call(self.stub.Predict, request)
+        try:
+            genuine = tf.make_ndarray(response.outputs[GENUINE_OUTPUT])
+            scores = tf.make_ndarray(response.outputs[VERIFY_SCORE_OUTPUT])
+            thresholds = (tf.make_ndarray(response.outputs[THRESHOLD_OUTPUT])
+                          if THRESHOLD_OUTPUT in response.outputs else [None] * len(claims))
+        except (KeyError, ValueError, TypeError):
+            raise ClientError(f"the model's {VERIFY_SIGNATURE} answer has no genuine/score outputs: "
+                              f"{sorted(response.outputs)}") from None
+        return [Verdict(claim, bool(g), float(score), None if t is None else float(t))
+                for claim, g, score, t in zip(claims, genuine, scores, thresholds)]
 
     def classify(self, images: Sequence[bytes], top_k: int = 5) -> list[Prediction]:
         """Label, score and the `top_k` best (label, score) pairs per image, from the classify signature."""
@@ -398,4 +468,56 @@ def main(args: argparse.Namespace) -> int:
         print(f"{name}: {prediction.label} (score {prediction.score:.4f})")
         for rank, (label, score) in enumerate(prediction.top_k, start=1):
             print(f"  {rank}. {label}  {score:.4f}")
+    return 0
+
+
+# -- `signflow verify` ----------------------------------------------------------------------------
+
+GRPC_SCHEME = "grpc://"
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `signflow verify` options."""
+    parser.add_argument("images", nargs="+", metavar="FILE", help="local image files (PNG, JPEG, GIF, BMP)")
+    parser.add_argument("--signer", required=True, metavar="NAME", help="the signer every FILE claims to be")
+    parser.add_argument("--server", default=DEFAULT_REST_URL, metavar="URL",
+                        help=f"http(s)://HOST:PORT for REST, {GRPC_SCHEME}HOST:PORT for gRPC (default: %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, help="a specific model version (default: the latest)")
+    which.add_argument("--label", help="a model version label, e.g. stable")
+    parser.add_argument("--max-image-bytes", type=int, default=DEFAULT_MAX_IMAGE_BYTES, metavar="N",
+                        help="largest image accepted (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                        help="time limit for the server's answer (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per image")
+
+
+def verify_main(args: argparse.Namespace) -> int:
+    """Run `signflow verify`: 0 when answered (genuine or not), 1 when the server fails or cannot be reached
+    (an unknown signer included), 2 for bad input."""
+    try:
+        named = [(path, read_image_file(path, args.max_image_bytes)) for path in args.images]
+    except ClientError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        if args.server.startswith(GRPC_SCHEME):
+            client = GrpcClient(args.server[len(GRPC_SCHEME):], args.model, version=args.version, label=args.label,
+                                timeout=args.timeout)
+        else:
+            client = RestClient(args.server, args.model, version=args.version, label=args.label, timeout=args.timeout)
+        with client:
+            verdicts = client.verify([image for _, image in named], args.signer)
+    except ClientError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for (name, _), verdict in zip(named, verdicts):
+        if args.json:
+            print(json.dumps({"image": name, "signer": verdict.signer, "genuine": verdict.genuine,
+                              "score": verdict.score, "threshold": verdict.threshold}))
+            continue
+        threshold = "threshold not published" if verdict.threshold is None else f"threshold {verdict.threshold:.4f}"
+        verdict_text = "genuine" if verdict.genuine else "forged"
+        print(f"{name}: {verdict_text} (claimed {verdict.signer}; score {verdict.score:.4f}, {threshold})")
     return 0

@@ -29,6 +29,10 @@ WEIGHTS_NONE = "none"
 PREPROCESS_SCAN = "scan"
 PREPROCESS_FIT = "fit"
 
+# Values of `TrainerConfig.verification_kernel` (see components/trainer/verification.py).
+VERIFICATION_RBF = "rbf"
+VERIFICATION_LINEAR = "linear"
+
 
 @dataclass(frozen=True)
 class TrainerConfig:
@@ -117,7 +121,27 @@ class TrainerConfig:
     shuffle_buffer: int = 1024
     seed: int = 0
 
+    # Verification (components/trainer/verification.py, docs/trainer.md#verification): after
+    # training, one SVM per signer on the classifier's pooled features, calibrated so one
+    # threshold serves every signer, exported as the `verify` signature.
+    verification: bool = True
+    # "rbf" or "linear".
+    verification_kernel: str = VERIFICATION_RBF
+    # C and gamma are chosen once for all signers by cross-validation over these grids (the
+    # pooled, calibrated EER decides). Features are L2-normalised, so squared distances lie in
+    # [0, 4] and the RBF kernel is exp(-gamma * (2 - 2 cos)) whatever the model: gamma 0.5 is
+    # smooth, 4 local. gamma is ignored by the linear kernel.
+    verification_c_grid: tuple[float, ...] = (0.1, 1.0, 10.0)
+    verification_gamma_grid: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    verification_cv_folds: int = 3
+    # Signers with fewer training references are not enrolled (their images still serve as
+    # other signers' negatives); with fewer than 2 enrolled signers there is no verify signature.
+    verification_min_references: int = 2
+
     def __post_init__(self) -> None:
+        # JSON (custom_config) carries tuples as lists.
+        for name in ("verification_c_grid", "verification_gamma_grid"):
+            object.__setattr__(self, name, tuple(float(value) for value in getattr(self, name)))
         if min(self.image_height, self.image_width) < MIN_SIDE:
             raise ValueError(f"image_height and image_width must be >= {MIN_SIDE} (Xception), got "
                              f"{self.image_height}x{self.image_width}")
@@ -144,6 +168,18 @@ class TrainerConfig:
                              f"got {self.preprocessing!r}")
         if not self.weights:
             raise ValueError('weights must be "auto", "imagenet", "none" or a path to a .h5 file')
+        if self.verification_kernel not in (VERIFICATION_RBF, VERIFICATION_LINEAR):
+            raise ValueError(f'verification_kernel must be "{VERIFICATION_RBF}" or "{VERIFICATION_LINEAR}", '
+                             f"got {self.verification_kernel!r}")
+        for name in ("verification_c_grid", "verification_gamma_grid"):
+            values = getattr(self, name)
+            if not values or min(values) <= 0:
+                raise ValueError(f"{name} must hold at least one positive value, got {list(values)}")
+        if self.verification_cv_folds < 2:
+            raise ValueError(f"verification_cv_folds must be >= 2, got {self.verification_cv_folds}")
+        if self.verification_min_references < 2:
+            raise ValueError("verification_min_references must be >= 2 (cross-validation holds one out), "
+                             f"got {self.verification_min_references}")
 
     @property
     def image_size(self) -> tuple[int, int]:

@@ -22,6 +22,31 @@ Signatures (tf.functions: TF 2.16 has no Estimator export):
         inputs: string [N]  serialized tf.Example, image bytes under "image" (the
                             seed's classify request) or "image_raw" (ExampleGen's)
         -> classes: string [N, K], scores: float32 [N, K]
+    verify           (tensorflow/serving/predict; only with `verification`, see verification.py)
+        image_bytes: string [N], claimed_signer: string [N]
+        -> score: float32 [N] (calibrated), genuine: bool [N] (score >= threshold),
+           threshold: float32 [N] (the same on every row)
+        A claimed signer that is not enrolled fails the call with INVALID_ARGUMENT naming it.
+
+The verify signature's SVMs are variables of the SavedModel (so they live in
+variables/, not in the graph), under `verifier` (a tf.Module):
+
+    signers          string  [S]       enrolled signers, sorted
+    support_vectors  float64 [U, D]    distinct unit-length support vectors, shared by all signers' SVMs
+    sv_index         int32   [T]       signer j's SVM: entries offsets[j]:offsets[j+1] of sv_index (rows of
+    dual_coef        float64 [T]         support_vectors) and dual_coef
+    offsets          int64   [S + 1]
+    intercept, score_mean, score_std   float64 [S]   the SVM's intercept; its z-norm calibration
+    gamma            float64 []        the RBF kernel's (0 for the linear kernel)
+    threshold        float32 []
+
+The image goes through the same preprocessing and backbone as the other
+signatures; its pooled features (before dropout and head) are L2-normalised,
+then f = sum dual_coef * k(x, sv) + intercept over the claimed signer's entries
+(one kernel row against all U vectors, a matrix product, then a gather), and
+score = (f - score_mean) / score_std. The kernel runs in float64: dual
+coefficients reach C times the class weight, and float32 would cost the
+agreement with scikit-learn's decision function.
 
 A batch holding bytes that do not decode fails as a whole (tf.io.decode_image
 raises): no image in it gets a silently wrong answer. The server validates every
@@ -41,13 +66,17 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.saved_model import fingerprinting_utils
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from components.trainer.config import PREPROCESS_SCAN
+from components.trainer.config import PREPROCESS_SCAN, VERIFICATION_LINEAR
+from components.trainer.embeddings import feature_model
 from components.trainer.preprocess import image_to_model_input
+from components.trainer.verification import NORM_EPSILON, VerificationModel
 from serving.contract import (
+    CLAIMED_SIGNER_INPUT,
     CLASSES_OUTPUT,
     CLASSIFY_INPUT,
     CLASSIFY_METHOD,
     CLASSIFY_SIGNATURE,
+    GENUINE_OUTPUT,
     IMAGE_FEATURE,
     IMAGE_INPUT,
     LABEL_OUTPUT,
@@ -59,6 +88,9 @@ from serving.contract import (
     SCORE_OUTPUT,
     SCORES_OUTPUT,
     SERVING_SIGNATURE,
+    THRESHOLD_OUTPUT,
+    VERIFY_SCORE_OUTPUT,
+    VERIFY_SIGNATURE,
     write_atomic,
 )
 from serving.layout import LABELS_FILE, SAVED_MODEL_FILE, WARMUP_FILE
@@ -68,11 +100,70 @@ METADATA_FORMAT = 1
 MAX_WARMUP_REQUESTS = 8
 
 
+class _Verifier(tf.Module):
+    """The fitted SVMs as variables, and the calibrated score of features for claimed signers (layout: above)."""
+
+    def __init__(self, verification: VerificationModel):
+        super().__init__()
+
+        def constant(value, dtype) -> tf.Variable:
+            return tf.Variable(tf.constant(value, dtype), trainable=False)
+
+        self._linear = verification.kernel == VERIFICATION_LINEAR
+        self._count = len(verification.signers)
+        self.signers = constant(list(verification.signers), tf.string)
+        self.support_vectors = constant(verification.support_vectors, tf.float64)
+        self.sv_index = constant(verification.sv_index, tf.int32)
+        self.dual_coef = constant(verification.dual_coef, tf.float64)
+        self.offsets = constant(verification.offsets, tf.int64)
+        self.intercept = constant(verification.intercept, tf.float64)
+        self.score_mean = constant(verification.score_mean, tf.float64)
+        self.score_std = constant(verification.score_std, tf.float64)
+        self.gamma = constant(verification.gamma or 0.0, tf.float64)
+        self.threshold = constant(verification.threshold, tf.float32)
+
+    def signer_index(self, claimed_signer: tf.Tensor) -> tuple[tf.Tensor, tf.Operation]:
+        """Each claimed signer's position in `signers`, and the assertion that every one is enrolled."""
+        matches = tf.equal(tf.expand_dims(claimed_signer, 1), tf.expand_dims(self.signers, 0))
+        enrolled = tf.reduce_any(matches, axis=1)
+        unknown, _ = tf.unique(tf.boolean_mask(claimed_signer, tf.logical_not(enrolled)))
+        message = tf.strings.join([
+            "claimed_signer not enrolled for verification: ",
+            # NOTE: no quotes around the names: the assertion's message C-escapes quotes (and non-ASCII bytes).
+            tf.strings.reduce_join(unknown, separator=", "),
+            f" (this model verifies {self._count} signers, listed in {MODEL_METADATA_FILE})",
+        ])
+        check = tf.debugging.Assert(tf.reduce_all(enrolled), [message])
+        return tf.argmax(tf.cast(matches, tf.int32), axis=1), check
+
+    def score(self, features: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+        """Calibrated scores (float64 [N]) of pooled `features` [N, D] for the signers at `index` [N]."""
+        x = tf.cast(features, tf.float64)
+        x = x / tf.maximum(tf.norm(x, axis=1, keepdims=True), NORM_EPSILON)
+        dots = tf.matmul(x, self.support_vectors, transpose_b=True)  # [N, U]
+        if self._linear:
+            kernel = dots
+        else:
+            squared = (tf.reduce_sum(x * x, axis=1, keepdims=True)
+                       + tf.expand_dims(tf.reduce_sum(self.support_vectors * self.support_vectors, axis=1), 0)
+                       - 2.0 * dots)
+            kernel = tf.exp(-self.gamma * tf.maximum(squared, 0.0))
+        # Row i uses entries offsets[index[i]] .. offsets[index[i] + 1] of sv_index and dual_coef.
+        entries = tf.ragged.range(tf.gather(self.offsets, index), tf.gather(self.offsets, index + 1))
+        row = entries.value_rowids()
+        entry = entries.flat_values
+        values = tf.gather(self.dual_coef, entry) * tf.gather_nd(
+            kernel, tf.stack([row, tf.cast(tf.gather(self.sv_index, entry), tf.int64)], axis=1))
+        decision = (tf.math.unsorted_segment_sum(values, row, tf.shape(index, out_type=tf.int64)[0])
+                    + tf.gather(self.intercept, index))
+        return (decision - tf.gather(self.score_mean, index)) / tf.gather(self.score_std, index)
+
+
 class _ServingModule(tf.Module):
-    """What gets saved: the Keras model, its labels, and the three serving functions."""
+    """What gets saved: the Keras model, its labels, the serving functions, and the verifier if there is one."""
 
     def __init__(self, model: tf.keras.Model, labels: Sequence[str], image_size: tuple[int, int], labels_file: str,
-                 preprocessing: str):
+                 preprocessing: str, verification: VerificationModel | None = None):
         super().__init__()
         self.model = model
         self.labels = tf.constant(list(labels), dtype=tf.string)
@@ -80,14 +171,40 @@ class _ServingModule(tf.Module):
         self.labels_asset = tf.saved_model.Asset(labels_file)
         self._height, self._width = image_size
         self._preprocessing = preprocessing
+        if verification is not None:
+            # The classifier's pooled features, sharing its weights (saved once).
+            self.embedder = feature_model(model)
+            self.verifier = _Verifier(verification)
+            self.verify = tf.function(self._verify, input_signature=[
+                tf.TensorSpec([None], tf.string, name=IMAGE_INPUT),
+                tf.TensorSpec([None], tf.string, name=CLAIMED_SIGNER_INPUT),
+            ])
 
-    def probabilities(self, image_bytes: tf.Tensor) -> tf.Tensor:
-        inputs = tf.map_fn(
+    def model_inputs(self, image_bytes: tf.Tensor) -> tf.Tensor:
+        return tf.map_fn(
             lambda one: image_to_model_input(one, self._height, self._width, self._preprocessing),
             image_bytes,
             fn_output_signature=tf.TensorSpec([self._height, self._width, 3], tf.float32),
         )
-        return self.model(inputs, training=False)
+
+    def probabilities(self, image_bytes: tf.Tensor) -> tf.Tensor:
+        return self.model(self.model_inputs(image_bytes), training=False)
+
+    def _verify(self, image_bytes: tf.Tensor, claimed_signer: tf.Tensor) -> dict[str, tf.Tensor]:
+        same_size = tf.debugging.assert_equal(
+            tf.size(image_bytes), tf.size(claimed_signer),
+            message=f"{IMAGE_INPUT} and {CLAIMED_SIGNER_INPUT} must have one entry per image")
+        index, enrolled = self.verifier.signer_index(claimed_signer)
+        # NOTE: checked before the images are decoded and the backbone runs.
+        with tf.control_dependencies([same_size, enrolled]):
+            features = self.embedder(self.model_inputs(image_bytes), training=False)
+        score = tf.cast(self.verifier.score(features, index), tf.float32)
+        threshold = tf.identity(self.verifier.threshold)
+        return {
+            VERIFY_SCORE_OUTPUT: score,
+            GENUINE_OUTPUT: score >= threshold,
+            THRESHOLD_OUTPUT: tf.fill(tf.shape(score), threshold),
+        }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_INPUT)])
     def serve(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -125,11 +242,14 @@ def export_serving_model(
     export_dir: str | os.PathLike,
     warmup_images: Sequence[bytes] = (),
     preprocessing: str = PREPROCESS_SCAN,
+    verification: VerificationModel | None = None,
 ) -> Path:
     """Write the serving SavedModel for `model` (softmax over `labels`) into `export_dir`.
 
     `preprocessing` is the mode of preprocess.image_to_model_input the model was
     trained with; it becomes part of every image signature's graph.
+    `verification` (SVMs fitted on this model's pooled features) adds the verify
+    signature, its variables and its metadata.
     """
     labels = [str(label) for label in labels]
     if not labels:
@@ -140,20 +260,24 @@ def export_serving_model(
     with tempfile.TemporaryDirectory() as scratch:
         labels_file = Path(scratch) / LABELS_FILE.name
         labels_file.write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
-        module = _ServingModule(model, labels, image_size, str(labels_file), preprocessing)
-        tf.saved_model.save(
-            module,
-            str(export_dir),
-            signatures={
-                SERVING_SIGNATURE: module.serve,
-                PREDICT_LABEL_SIGNATURE: module.predict_label,
-                CLASSIFY_SIGNATURE: module.classify,
-            },
-        )
+        module = _ServingModule(model, labels, image_size, str(labels_file), preprocessing, verification)
+        signatures = {
+            SERVING_SIGNATURE: module.serve,
+            PREDICT_LABEL_SIGNATURE: module.predict_label,
+            CLASSIFY_SIGNATURE: module.classify,
+        }
+        if verification is not None:
+            dim = module.embedder.output_shape[-1]
+            if dim != verification.dim:
+                raise ValueError(f"the verification SVMs were fitted on {verification.dim}-d features; "
+                                 f"this model's pooled features are {dim}-d")
+            signatures[VERIFY_SIGNATURE] = module.verify
+        tf.saved_model.save(module, str(export_dir), signatures=signatures)
     _mark_classify_signature(export_dir)
-    write_model_metadata(export_dir, labels, image_size, preprocessing)
+    write_model_metadata(export_dir, labels, image_size, preprocessing, verification)
     if warmup_images:
-        write_warmup_requests(export_dir, warmup_images[:MAX_WARMUP_REQUESTS])
+        write_warmup_requests(export_dir, warmup_images[:MAX_WARMUP_REQUESTS],
+                              verification.signers[0] if verification is not None else None)
     return export_dir
 
 
@@ -174,10 +298,12 @@ def _mark_classify_signature(export_dir: Path) -> None:
     fingerprinting_utils.write_fingerprint(str(export_dir))
 
 
-def model_metadata(labels: Sequence[str], image_size: tuple[int, int], preprocessing: str = PREPROCESS_SCAN) -> dict:
-    """What assets.extra/signflow_model.json holds: the label order of `probabilities` and the signatures."""
+def model_metadata(labels: Sequence[str], image_size: tuple[int, int], preprocessing: str = PREPROCESS_SCAN,
+                   verification: VerificationModel | None = None) -> dict:
+    """What assets.extra/signflow_model.json holds: the label order of `probabilities`, the signatures, and
+    with `verification` its threshold, calibration and enrolled signers."""
     image = {IMAGE_INPUT: "string [N]"}
-    return {
+    metadata = {
         "format": METADATA_FORMAT,
         "labels": [str(label) for label in labels],
         "image_size": [int(image_size[0]), int(image_size[1])],
@@ -192,14 +318,20 @@ def model_metadata(labels: Sequence[str], image_size: tuple[int, int], preproces
                                  "outputs": {CLASSES_OUTPUT: "string [N, K]", SCORES_OUTPUT: "float32 [N, K]"}},
         },
     }
+    if verification is not None:
+        metadata["signatures"][VERIFY_SIGNATURE] = {
+            "method": PREDICT_METHOD, "inputs": {**image, CLAIMED_SIGNER_INPUT: "string [N]"},
+            "outputs": {VERIFY_SCORE_OUTPUT: "float32 [N]", GENUINE_OUTPUT: "bool [N]", THRESHOLD_OUTPUT: "float32 [N]"}}
+        metadata["verification"] = verification.metadata()
+    return metadata
 
 
 def write_model_metadata(export_dir: str | os.PathLike, labels: Sequence[str], image_size: tuple[int, int],
-                         preprocessing: str = PREPROCESS_SCAN) -> Path:
+                         preprocessing: str = PREPROCESS_SCAN, verification: VerificationModel | None = None) -> Path:
     """Write assets.extra/signflow_model.json (contract.MODEL_METADATA_FILE)."""
     path = Path(export_dir) / MODEL_METADATA_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = model_metadata(labels, image_size, preprocessing)
+    metadata = model_metadata(labels, image_size, preprocessing, verification)
     write_atomic(path, json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
     return path
 
@@ -209,20 +341,26 @@ def read_model_metadata(version_dir: str | os.PathLike) -> dict:
     return json.loads((Path(version_dir) / MODEL_METADATA_FILE).read_text(encoding="utf-8"))
 
 
-def write_warmup_requests(export_dir: str | os.PathLike, images: Sequence[bytes]) -> Path:
+def write_warmup_requests(export_dir: str | os.PathLike, images: Sequence[bytes],
+                          claimed_signer: str | None = None) -> Path:
     """Write TF Serving's warmup file: one predict request per image on serving_default, then the first image on
-    predict_label (so both image signatures are traced before the first request)."""
+    predict_label (so both image signatures are traced before the first request), and with `claimed_signer`
+    (an enrolled signer) the first image on verify."""
     path = Path(export_dir) / WARMUP_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    requests = [(SERVING_SIGNATURE, image) for image in images]
+    requests = [(SERVING_SIGNATURE, {IMAGE_INPUT: image}) for image in images]
     if images:
-        requests.append((PREDICT_LABEL_SIGNATURE, images[0]))
+        requests.append((PREDICT_LABEL_SIGNATURE, {IMAGE_INPUT: images[0]}))
+        if claimed_signer is not None:
+            requests.append((VERIFY_SIGNATURE, {IMAGE_INPUT: images[0],
+                                                CLAIMED_SIGNER_INPUT: claimed_signer.encode("utf-8")}))
     with tf.io.TFRecordWriter(str(path)) as writer:
-        for signature_name, image in requests:
+        for signature_name, inputs in requests:
             request = predict_pb2.PredictRequest(
                 model_spec=model_pb2.ModelSpec(signature_name=signature_name),
             )
-            request.inputs[IMAGE_INPUT].CopyFrom(tf.make_tensor_proto([image], dtype=tf.string))
+            for name, value in inputs.items():
+                request.inputs[name].CopyFrom(tf.make_tensor_proto([value], dtype=tf.string))
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
     return path

@@ -1,8 +1,9 @@
 """TFX Trainer entry point: `run_fn`, thin on purpose.
 
 It only wires the pieces, each testable without TFX: the typed config
-(config.py), training (train.py over data.py and model.py), the serving export
-(export.py) and the report (report.py).
+(config.py), training (train.py over data.py and model.py), verification on the
+trained model's features (verification.py over embeddings.py), the serving
+export (export.py) and the report (report.py).
 
     tfx.components.Trainer(run_fn="components.trainer.run.run_fn",
                            custom_config={CUSTOM_CONFIG_KEY: TrainerConfig(...).to_dict()}, ...)
@@ -15,7 +16,7 @@ import tensorflow as tf
 import tf_keras
 from tfx import v1 as tfx
 
-from components.trainer import data, report, train
+from components.trainer import data, report, train, verification
 from components.trainer.config import CUSTOM_CONFIG_KEY, TrainerConfig
 from components.trainer.export import MAX_WARMUP_REQUESTS, export_serving_model
 
@@ -44,9 +45,13 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
 
     result = train.train(config, train_files, eval_files, log_dir=fn_args.model_run_dir,
                          base_model_dir=fn_args.base_model, total_steps=fn_args.train_steps)
+    verifier, verification_summary = None, {"skipped": "TrainerConfig.verification is off"}
+    if config.verification:
+        fitted = verification.fit_for_classifier(result.model, train_files, config)
+        verifier, verification_summary = fitted.model, fitted.summary
     export_serving_model(result.model, result.labels, config.image_size, fn_args.serving_model_dir,
                          warmup_images=data.sample_images(eval_files, MAX_WARMUP_REQUESTS),
-                         preprocessing=config.preprocessing)
+                         preprocessing=config.preprocessing, verification=verifier)
     report.write_report(fn_args.model_run_dir, result.history, result.eval_predictions, result.labels, {
         "keras_version": version,
         "tensorflow_version": tf.__version__,
@@ -62,5 +67,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "num_train_examples": result.num_train_examples,
         "num_eval_examples": result.num_eval_examples,
         "train_seconds": result.seconds,
+        # Threshold, cross-validated EER, per-signer counts, the grid; or why it was skipped.
+        "verification": verification_summary,
         "config": config.to_dict(),
     })

@@ -74,7 +74,7 @@ def first_model(first_run):
 
 def test_trainer_exports_a_saved_model_that_serves_png_jpeg_and_gif(first_run, first_model):
     loaded = first_model
-    assert set(loaded.signatures) == {"serving_default", "predict_label", "classify"}
+    assert set(loaded.signatures) == {"serving_default", "predict_label", "classify", "verify"}
     gen = generator()
     images = [gen.render_signature(7, 1, 20, fmt) for fmt in ("png", "jpg", "gif")]
     default = loaded.signatures["serving_default"](image_bytes=tf.constant(images))

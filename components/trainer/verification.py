@@ -1,0 +1,492 @@
+"""Verification, "is it really theirs?": writer-dependent SVMs on the classifier's pooled features.
+
+Layer: trainer. The fitting is numpy and scikit-learn; export.py turns the
+fitted `VerificationModel` into TensorFlow ops (the `verify` signature), so TF
+Serving needs no Python. `fit_for_classifier` is the Trainer's step after
+training: embed the train split with the final model (embeddings.py), its
+forgeries included, then fit.
+
+What is fitted (`fit_verification`):
+
+- Features: the trained classifier's pooled features of every training example
+  (embeddings.py), **L2-normalised**. The pooled activations' length follows how
+  much ink an image has and how strongly the network responds overall, not who
+  wrote it; on unit vectors the RBF kernel is a function of the cosine alone,
+  exp(-gamma * (2 - 2 cos)), squared distances lie in [0, 4] whatever the model,
+  so one gamma grid fits every training run, and the linear kernel is the cosine.
+- One SVM per enrolled signer (scikit-learn SVC, class_weight="balanced"):
+  positives are the signer's genuine training references; negatives are every
+  other genuine training image (random forgeries: other people's signatures,
+  those of signers too rare to enrol included), plus `extra_negatives[signer]`
+  when given: the Trainer passes the train split's forgeries claimed as that
+  signer (skilled forgeries, `genuine` == 0 in the examples).
+- C and gamma are chosen once for all signers by stratified k-fold
+  cross-validation over a small grid (TrainerConfig.verification_c_grid,
+  verification_gamma_grid; linear: C only): the grid point with the lowest pooled
+  cross-validated EER after calibration wins (ties: higher AUC, then smaller C,
+  then smaller gamma). The kernel matrix over all rows is computed once per gamma
+  and every fit takes its blocks (kernel="precomputed"), which keeps the search
+  to seconds.
+- Calibration (z-norm): each signer's decision function is shifted and scaled by
+  the mean and standard deviation of its random-forgery negatives' out-of-fold
+  scores, so a score says "how many standard deviations above an impostor" for
+  every signer alike, and ONE threshold means the same for all of them. That
+  threshold is the equal-error point of the pooled out-of-fold calibrated scores
+  (genuine references against all negatives).
+
+Who is enrolled: signers with at least `min_references` training references (2:
+cross-validation needs one to hold out). Fewer than 2 enrolled signers: no
+verification (NotEnoughSigners), since there is nothing to calibrate against.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import sklearn
+from sklearn.metrics import roc_auc_score
+from sklearn.svm import SVC
+
+from components.trainer.config import VERIFICATION_LINEAR, VERIFICATION_RBF, TrainerConfig
+from components.trainer.embeddings import Embeddings, embed_examples
+
+log = logging.getLogger(__name__)
+
+KERNELS = (VERIFICATION_RBF, VERIFICATION_LINEAR)
+CALIBRATION = "z-norm"
+
+# The normalisation divides a row by its length, or by this when it is shorter (an all-zero row stays zero).
+NORM_EPSILON = 1e-12
+# Floor of a signer's negative-score standard deviation: a signer whose impostors all score
+# alike would otherwise get an unbounded scale.
+MIN_SCORE_STD = 1e-3
+
+
+class NotEnoughSigners(ValueError):
+    """Verification cannot be fitted: fewer than 2 signers have enough references."""
+
+
+@dataclass(frozen=True)
+class VerificationSettings:
+    """How the SVMs are fitted; `from_config` takes them from the Trainer's config (TrainerConfig.verification_*)."""
+
+    # The defaults are TrainerConfig's (its comments say why).
+    kernel: str = TrainerConfig.verification_kernel
+    c_grid: tuple[float, ...] = TrainerConfig.verification_c_grid
+    # On L2-normalised features; ignored by the linear kernel.
+    gamma_grid: tuple[float, ...] = TrainerConfig.verification_gamma_grid
+    cv_folds: int = TrainerConfig.verification_cv_folds
+    min_references: int = TrainerConfig.verification_min_references
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+        if not self.c_grid or min(self.c_grid) <= 0:
+            raise ValueError(f"c_grid must hold positive values, got {self.c_grid}")
+        if self.kernel == VERIFICATION_RBF and (not self.gamma_grid or min(self.gamma_grid) <= 0):
+            raise ValueError(f"gamma_grid must hold positive values, got {self.gamma_grid}")
+        if self.cv_folds < 2:
+            raise ValueError(f"cv_folds must be >= 2, got {self.cv_folds}")
+        if self.min_references < 2:
+            raise ValueError(f"min_references must be >= 2 (one is held out in cross-validation), "
+                             f"got {self.min_references}")
+
+    @classmethod
+    def from_config(cls, config: TrainerConfig) -> VerificationSettings:
+        return cls(kernel=config.verification_kernel, c_grid=config.verification_c_grid,
+                   gamma_grid=config.verification_gamma_grid, cv_folds=config.verification_cv_folds,
+                   min_references=config.verification_min_references, seed=config.seed)
+
+
+@dataclass(frozen=True)
+class SignerCounts:
+    """What one signer's SVM was fitted on, and what it kept."""
+
+    references: int
+    negatives: int
+    extra_negatives: int
+    support_vectors: int
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One (C, gamma) of the search and its pooled cross-validated figures (after calibration)."""
+
+    c: float
+    gamma: float | None
+    cv_eer: float
+    cv_auc: float
+
+
+@dataclass(frozen=True)
+class VerificationModel:
+    """The fitted SVMs, in the layout the export writes (see export.py for the graph).
+
+    Support vectors are stored once even when several signers' SVMs use the same
+    training image (a reference of one signer is a negative of every other):
+    `support_vectors` [U, D] holds the distinct unit-length rows; signer j's SVM
+    is the entries offsets[j]:offsets[j+1] of `sv_index` (rows of
+    `support_vectors`) and `dual_coef` (dual coefficient times label, scikit-learn's
+    dual_coef_), plus `intercept[j]`. Its raw decision for a unit feature row x is
+
+        f_j(x) = sum_t dual_coef[t] * k(x, support_vectors[sv_index[t]]) + intercept[j]
+
+    with k(x, v) = exp(-gamma * |x - v|^2) (rbf) or x . v (linear), and its
+    calibrated score (f_j(x) - score_mean[j]) / score_std[j]; genuine means
+    score >= threshold.
+    """
+
+    kernel: str
+    c: float
+    gamma: float | None
+    threshold: float
+    cv_eer: float
+    cv_auc: float
+    signers: tuple[str, ...]
+    support_vectors: np.ndarray  # float64 [U, D]
+    sv_index: np.ndarray  # int32 [T]
+    dual_coef: np.ndarray  # float64 [T]
+    offsets: np.ndarray  # int64 [S + 1]
+    intercept: np.ndarray  # float64 [S]
+    score_mean: np.ndarray  # float64 [S]
+    score_std: np.ndarray  # float64 [S]
+    counts: Mapping[str, SignerCounts] = field(default_factory=dict)
+    # Training labels that are not enrolled, and why.
+    skipped: Mapping[str, str] = field(default_factory=dict)
+    grid: tuple[GridPoint, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def dim(self) -> int:
+        return int(self.support_vectors.shape[1])
+
+    def signer_indices(self, claimed: Sequence[str]) -> np.ndarray:
+        """Each claimed signer's position in `signers`; ValueError naming those that are not enrolled."""
+        position = {signer: j for j, signer in enumerate(self.signers)}
+        unknown = sorted({signer for signer in claimed if signer not in position})
+        if unknown:
+            raise ValueError(f"not enrolled for verification: {', '.join(unknown)}")
+        return np.array([position[signer] for signer in claimed], dtype=np.int64)
+
+    def decision_function(self, vectors: np.ndarray, claimed: Sequence[str]) -> np.ndarray:
+        """The raw SVM decision of each row's claimed signer (float64 [N]): what export.py computes in the graph."""
+        index = self.signer_indices(claimed)
+        kernel = kernel_matrix(l2_normalize(vectors), self.support_vectors, self.kernel, self.gamma)
+        out = np.empty(len(index))
+        for i, j in enumerate(index):
+            entries = slice(self.offsets[j], self.offsets[j + 1])
+            out[i] = kernel[i, self.sv_index[entries]] @ self.dual_coef[entries] + self.intercept[j]
+        return out
+
+    def score(self, vectors: np.ndarray, claimed: Sequence[str]) -> np.ndarray:
+        """The calibrated score of each row for its claimed signer (float64 [N])."""
+        index = self.signer_indices(claimed)
+        return (self.decision_function(vectors, claimed) - self.score_mean[index]) / self.score_std[index]
+
+    def metadata(self) -> dict:
+        """What assets.extra/signflow_model.json says about verification."""
+        return {
+            "threshold": self.threshold,
+            "calibration": CALIBRATION,
+            "kernel": self.kernel,
+            "C": self.c,
+            "gamma": self.gamma,
+            "cv_eer": self.cv_eer,
+            "feature_dim": self.dim,
+            "support_vectors": int(self.support_vectors.shape[0]),
+            "signers": list(self.signers),
+        }
+
+    def summary(self) -> dict:
+        """What the Trainer's report/summary.json says about verification."""
+        return {
+            **self.metadata(),
+            "cv_auc": self.cv_auc,
+            "per_signer": {signer: vars(counts) for signer, counts in sorted(self.counts.items())},
+            "skipped": dict(sorted(self.skipped.items())),
+            "grid": [vars(point) for point in self.grid],
+            "seconds": self.seconds,
+        }
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, in float64 (an all-zero row stays zero; see NORM_EPSILON)."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, NORM_EPSILON)
+
+
+def kernel_matrix(a: np.ndarray, b: np.ndarray, kernel: str, gamma: float | None) -> np.ndarray:
+    """k(a_i, b_j) for rows of `a` and `b` (float64 [len(a), len(b)])."""
+    dots = a @ b.T
+    if kernel == VERIFICATION_LINEAR:
+        return dots
+    squared = np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * dots, 0.0)
+    return np.exp(-gamma * squared)
+
+
+def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float]:
+    """(EER, threshold) for scores where higher means genuine and "genuine" is score >= threshold.
+
+    Candidate thresholds lie halfway between consecutive distinct scores (and
+    beyond both ends). The EER is the mean of the false-accept and false-reject
+    rates where they are closest; when several thresholds are equally close (a
+    gap between the classes), the threshold is the middle of that range.
+    """
+    genuine, impostor = np.sort(np.asarray(genuine, float)), np.sort(np.asarray(impostor, float))
+    if not len(genuine) or not len(impostor):
+        raise ValueError("the EER needs genuine and impostor scores")
+    scores = np.unique(np.concatenate([genuine, impostor]))
+    candidates = np.concatenate([[scores[0] - 1.0], (scores[:-1] + scores[1:]) / 2.0, [scores[-1] + 1.0]])
+    false_accept = 1.0 - np.searchsorted(impostor, candidates, side="left") / len(impostor)
+    false_reject = np.searchsorted(genuine, candidates, side="left") / len(genuine)
+    gap = np.abs(false_accept - false_reject)
+    closest = np.flatnonzero(gap == gap.min())
+    first, last = closest[0], closest[-1]
+    eer = float((false_accept[first] + false_reject[first] + false_accept[last] + false_reject[last]) / 4.0)
+    return eer, float((candidates[first] + candidates[last]) / 2.0)
+
+
+@dataclass
+class _Problem:
+    """What every fit shares: the unit features, who is enrolled, and the cross-validation folds.
+
+    Signer s's SVM is fitted on its rows: every training example (its references
+    positive, all others negative), then its own extra negatives. Its scores are
+    kept in that order.
+    """
+
+    features: np.ndarray  # float64 [N + E, D]: the N training examples, then every signer's extra negatives
+    num_examples: int
+    signers: list[str]
+    own: list[np.ndarray]  # per signer: bool [N], its references among the training examples
+    extras: list[np.ndarray]  # per signer: its rows of `features` among the extra negatives
+    fold: np.ndarray  # int [N + E]: each row's cross-validation fold
+    counts: dict[str, SignerCounts]
+    skipped: dict[str, str]
+
+    def rows(self, s: int) -> np.ndarray:
+        return np.concatenate([np.arange(self.num_examples), self.extras[s]])
+
+    def targets(self, s: int) -> np.ndarray:
+        return np.concatenate([self.own[s], np.zeros(len(self.extras[s]), bool)]).astype(int)
+
+    def random_negatives(self, s: int) -> np.ndarray:
+        """Which of signer s's rows are other signers' genuine images (the calibration's impostors)."""
+        return np.concatenate([~self.own[s], np.zeros(len(self.extras[s]), bool)])
+
+
+def _problem(embeddings: Embeddings, settings: VerificationSettings,
+             extra_negatives: Mapping[str, np.ndarray]) -> _Problem:
+    labels = np.array(embeddings.labels, dtype=object)
+    present, references = np.unique(labels, return_counts=True) if len(labels) else ([], [])
+    signers = [str(s) for s, n in zip(present, references) if n >= settings.min_references]
+    skipped = {str(s): f"{n} reference(s), fewer than min_references={settings.min_references}"
+               for s, n in zip(present, references) if n < settings.min_references}
+    for signer in skipped:
+        log.info("verification: signer %s not enrolled (%s); its images still serve as negatives",
+                 signer, skipped[signer])
+    if len(signers) < 2:
+        raise NotEnoughSigners(f"{len(signers)} signer(s) with at least {settings.min_references} references "
+                               f"among {len(present)} in the train split; verification needs 2")
+    unused = sorted(set(extra_negatives) - set(signers))
+    if unused:
+        log.warning("verification: extra negatives of signers that are not enrolled are not used: %s", unused)
+
+    blocks = [embeddings.vectors]
+    extras: list[np.ndarray] = []
+    start = len(embeddings)
+    for signer in signers:
+        extra = np.asarray(extra_negatives.get(signer, np.zeros((0, embeddings.dim))), dtype=np.float32)
+        if extra.ndim != 2 or extra.shape[1] != embeddings.dim:
+            raise ValueError(f"extra negatives of {signer} must be [M, {embeddings.dim}], got {extra.shape}")
+        extras.append(np.arange(start, start + len(extra)))
+        start += len(extra)
+        blocks.append(extra)
+
+    # Folds stratified by label: each label's rows (and each signer's extra negatives) are dealt
+    # round the folds, so every signer's one-against-the-rest problem is stratified as well, and
+    # the training examples' part of every fold is the same for all signers (their kernel
+    # blocks are cut once per fold). A signer's references fall in at least two folds, so every
+    # fold leaves it a reference to train on.
+    rng = np.random.default_rng(settings.seed)
+    fold = np.empty(start, dtype=int)
+    groups = [np.flatnonzero(labels == label) for label in present] + extras
+    for rows in groups:
+        rows = rng.permutation(rows)
+        fold[rows] = (np.arange(len(rows)) + rng.integers(settings.cv_folds)) % settings.cv_folds
+
+    own = [labels == signer for signer in signers]
+    counts = {signer: SignerCounts(references=int(mine.sum()), negatives=int((~mine).sum()),
+                                   extra_negatives=len(extra), support_vectors=0)
+              for signer, mine, extra in zip(signers, own, extras)}
+    return _Problem(l2_normalize(np.concatenate(blocks)), len(embeddings), signers, own, extras, fold, counts,
+                    skipped)
+
+
+class _Kernels:
+    """The kernel matrix over all rows for any gamma (linear: gamma None), as kernel_matrix computes it.
+
+    The dot products (and squared distances) are computed once; a gamma's matrix on
+    demand, so the search holds two N x N matrices, not one per gamma.
+    """
+
+    def __init__(self, features: np.ndarray, kernel: str):
+        self._dots = features @ features.T
+        self._squared = None
+        if kernel != VERIFICATION_LINEAR:
+            norms = (features * features).sum(1)
+            self._squared = np.maximum(norms[:, None] + norms[None, :] - 2.0 * self._dots, 0.0)
+
+    def __call__(self, gamma: float | None) -> np.ndarray:
+        return self._dots if self._squared is None else np.exp(-gamma * self._squared)
+
+
+def _svc(c: float) -> SVC:
+    return SVC(kernel="precomputed", C=c, class_weight="balanced")
+
+
+def _out_of_fold(problem: _Problem, kernel: np.ndarray, c_grid: Sequence[float],
+                 folds: int) -> dict[float, list[np.ndarray]]:
+    """Every signer's out-of-fold decision values over its rows, for each C."""
+    n = problem.num_examples
+    scores = {c: [np.empty(n + len(extra)) for extra in problem.extras] for c in c_grid}
+    for f in range(folds):
+        held_out = problem.fold == f
+        train, test = np.flatnonzero(~held_out[:n]), np.flatnonzero(held_out[:n])
+        shared_train, shared_test = kernel[np.ix_(train, train)], kernel[np.ix_(test, train)]
+        for s, extra in enumerate(problem.extras):
+            extra_train, extra_test = extra[~held_out[extra]], extra[held_out[extra]]
+            if len(extra):
+                train_rows, test_rows = np.r_[train, extra_train], np.r_[test, extra_test]
+                k_train, k_test = kernel[np.ix_(train_rows, train_rows)], kernel[np.ix_(test_rows, train_rows)]
+            else:
+                k_train, k_test = shared_train, shared_test
+            target = np.r_[problem.own[s][train], np.zeros(len(extra_train), bool)].astype(int)
+            # Positions of the held-out rows in the signer's row order (examples, then its extras).
+            positions = np.r_[test, n + np.flatnonzero(held_out[extra])]
+            for c in c_grid:
+                scores[c][s][positions] = _svc(c).fit(k_train, target).decision_function(k_test)
+    return scores
+
+
+def _znorm(scores: np.ndarray, random_negative: np.ndarray) -> tuple[float, float]:
+    negatives = scores[random_negative]
+    return float(negatives.mean()), max(float(negatives.std()), MIN_SCORE_STD)
+
+
+def _pooled(problem: _Problem, scores: list[np.ndarray]) -> tuple[float, float, float, list[tuple[float, float]]]:
+    """Calibrate each signer's out-of-fold scores and pool them: (EER, AUC, EER threshold, per-signer (mean, std))."""
+    genuine, impostor, calibration = [], [], []
+    for s, signer_scores in enumerate(scores):
+        mean, std = _znorm(signer_scores, problem.random_negatives(s))
+        calibrated = (signer_scores - mean) / std
+        target = problem.targets(s)
+        genuine.append(calibrated[target == 1])
+        impostor.append(calibrated[target == 0])
+        calibration.append((mean, std))
+    genuine, impostor = np.concatenate(genuine), np.concatenate(impostor)
+    eer, threshold = equal_error_rate(genuine, impostor)
+    auc = float(roc_auc_score(np.r_[np.ones(len(genuine)), np.zeros(len(impostor))], np.r_[genuine, impostor]))
+    return eer, auc, threshold, calibration
+
+
+def fit_verification(embeddings: Embeddings, settings: VerificationSettings = VerificationSettings(),
+                     extra_negatives: Mapping[str, np.ndarray] | None = None) -> VerificationModel:
+    """Fit one calibrated SVM per enrolled signer on `embeddings` (the train split's pooled features).
+
+    `extra_negatives`: per signer, more negatives ([M, D] features, e.g. skilled
+    forgeries claimed as that signer); they join that signer's training and
+    cross-validation negatives and the pooled EER, not the calibration statistics
+    (those come from random forgeries, which every signer has, so the scale stays
+    comparable between signers with and without forgeries). Raises
+    NotEnoughSigners when fewer than 2 signers have `settings.min_references`.
+    """
+    started = time.monotonic()
+    problem = _problem(embeddings, settings, extra_negatives or {})
+    # NOTE: the kernel matrices are finite by construction; skipping scikit-learn's checks
+    # of every matrix handed to every fit saves a fifth of the search.
+    with sklearn.config_context(assume_finite=True):
+        kernels = _Kernels(problem.features, settings.kernel)
+        gammas = [None] if settings.kernel == VERIFICATION_LINEAR else list(settings.gamma_grid)
+        results = []
+        for gamma in gammas:
+            kernel = kernels(gamma)
+            for c, scores in _out_of_fold(problem, kernel, settings.c_grid, settings.cv_folds).items():
+                eer, auc, threshold, calibration = _pooled(problem, scores)
+                point = GridPoint(float(c), None if gamma is None else float(gamma), eer, auc)
+                results.append((point, threshold, calibration))
+        best, threshold, calibration = min(
+            results, key=lambda r: (r[0].cv_eer, -r[0].cv_auc, r[0].c, r[0].gamma or 0.0))
+        kernel = kernels(best.gamma)
+
+        # Final SVMs on all of each signer's rows; the calibration is that of its out-of-fold
+        # scores at the chosen point.
+        support: list[np.ndarray] = []
+        coefficients: list[np.ndarray] = []
+        intercepts = []
+        for s, signer in enumerate(problem.signers):
+            rows = problem.rows(s)
+            fitted = _svc(best.c).fit(kernel[np.ix_(rows, rows)], problem.targets(s))
+            support.append(rows[fitted.support_])
+            coefficients.append(fitted.dual_coef_[0].astype(np.float64))
+            intercepts.append(float(fitted.intercept_[0]))
+            problem.counts[signer] = dataclasses.replace(problem.counts[signer], support_vectors=len(fitted.support_))
+    distinct, sv_index = np.unique(np.concatenate(support), return_inverse=True)
+    offsets = np.concatenate([[0], np.cumsum([len(rows) for rows in support])]).astype(np.int64)
+    model = VerificationModel(
+        kernel=settings.kernel, c=best.c, gamma=best.gamma, threshold=threshold, cv_eer=best.cv_eer,
+        cv_auc=best.cv_auc, signers=tuple(problem.signers), support_vectors=problem.features[distinct],
+        sv_index=sv_index.astype(np.int32), dual_coef=np.concatenate(coefficients), offsets=offsets,
+        intercept=np.array(intercepts), score_mean=np.array([mean for mean, _ in calibration]),
+        score_std=np.array([std for _, std in calibration]), counts=dict(problem.counts), skipped=problem.skipped,
+        grid=tuple(point for point, _, _ in results), seconds=time.monotonic() - started,
+    )
+    log.info("verification: %d signers, %s kernel, C=%g%s, cross-validated EER %.4f at threshold %.4f; "
+             "%d distinct support vectors; %.1f s", len(model.signers), model.kernel, model.c,
+             "" if model.gamma is None else f", gamma={model.gamma:g}", model.cv_eer, model.threshold,
+             len(distinct), model.seconds)
+    return model
+
+
+@dataclass(frozen=True)
+class TrainerVerification:
+    """What the Trainer's verification step produced: the model (None when skipped), what report/summary.json
+    says about it, and the train split's pooled features it was fitted on (reusable as they are)."""
+
+    model: VerificationModel | None
+    summary: dict
+    embeddings: Embeddings
+
+
+def fit_for_classifier(classifier, train_files: Sequence[str | os.PathLike], config: TrainerConfig
+                       ) -> TrainerVerification:
+    """The Trainer's verification step: the final classifier's pooled features of the train split (one forward
+    pass over its genuine examples, one over its forgeries), then `fit_verification` with the config's
+    settings, the forgeries (`genuine` == 0, labelled with the signer they claim to be) as that signer's
+    extra negatives.
+
+    With fewer than 2 signers to enrol the model is None (logged; the export then
+    has no verify signature) and the summary says why.
+    """
+    started = time.monotonic()
+    files = [str(f) for f in train_files]
+    features = embed_examples(classifier, files, config)
+    forged = embed_examples(classifier, files, config, forgeries=True)
+    embedding_seconds = time.monotonic() - started
+    log.info("verification: pooled features of %d training examples and %d forgeries (%d-d) in %.1f s",
+             len(features), len(forged), features.dim, embedding_seconds)
+    claimed = np.array(forged.labels, dtype=object)
+    extra_negatives = {str(signer): forged.vectors[claimed == signer] for signer in sorted(set(forged.labels))}
+    try:
+        model = fit_verification(features, VerificationSettings.from_config(config), extra_negatives)
+    except NotEnoughSigners as err:
+        log.warning("verification skipped, the export has no verify signature: %s", err)
+        return TrainerVerification(None, {"skipped": str(err), "embedding_seconds": embedding_seconds}, features)
+    return TrainerVerification(model, {**model.summary(), "embedding_seconds": embedding_seconds}, features)
