@@ -82,10 +82,15 @@ weights: venv
 	@test -n "$(WEIGHTS)" || { echo 'usage: make weights WEIGHTS=/path/to/xception_weights_tf_dim_ordering_tf_kernels_notop.h5' >&2; exit 2; }
 	$(PY) -m pipeline.cli weights import "$(WEIGHTS)"
 
-test: venv
+# Debian's chromium for the browser tests (tests/ui/); a no-op when it is there.
+.PHONY: browser
+browser:
+	@bash .ci/install-browser
+
+test: venv browser
 	$(PY) -m pytest -q
 
-test-fast: venv
+test-fast: venv browser
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

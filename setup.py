@@ -34,7 +34,8 @@ setup(
     description="A TFX continuous-training pipeline for base64 signature images, with a TF Serving-compatible server",
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*", "serving", "serving.*"]),
-    package_data={"components": ["schema/*.pbtxt"]},
+    # serving/ui/ is the web page's files (plain HTML, CSS, JavaScript), served from the installed package.
+    package_data={"components": ["schema/*.pbtxt"], "serving": ["ui/*.html", "ui/*.js", "ui/*.css"]},
     install_requires=SERVING,
     extras_require={"serving": [], "pipeline": PIPELINE},
     entry_points={

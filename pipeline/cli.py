@@ -39,6 +39,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                       "score folders, files or globs of images with a served model version (Beam)"),
     "predict": ("serving.client", "send an image to a running server and print the answer"),
     "verify": ("serving.client", "ask a running server whether signature images are a claimed signer's"),
+    "ui": ("serving.ui_command", "serve the web page in front of a real TF Serving (--api URL)"),
     "weights": ("components.trainer.weights_store",
                 "import Xception's pretrained no-top weights for offline training (import FILE | show)"),
 }

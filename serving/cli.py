@@ -7,12 +7,15 @@ style) or `--flag value`, booleans `--enable_batching` or
 does not parse stops the server at once with a message saying which.
 
 signflow's own flags: --host (TF Serving binds every interface; this server
-binds 127.0.0.1 unless told), the request limits, the feedback endpoint
+binds 127.0.0.1 unless told), the request limits, the REST keep-alive timeout
+(--rest_api_keep_alive_timeout_seconds), the feedback endpoint
 (--feedback_dir, --feedback_token), the status route (--training_status_file),
-the request log (--request_log_file, --request_log_max_bytes), and
---prefer_tensorflow_model_server, which execs the real tensorflow_model_server
-with the equivalent command line when it is on PATH (`make serve` uses it) --
-unless a signflow-only feature is asked for, which TF Serving cannot provide.
+the request log (--request_log_file, --request_log_max_bytes), the web page
+(--ui, docs/ui.md), and --prefer_tensorflow_model_server, which execs the real
+tensorflow_model_server with the equivalent command line when it is on PATH
+(`make serve` uses it) -- unless a signflow-only feature is asked for, which TF
+Serving cannot provide. The web page is not such a feature: it is on by default,
+and `signflow ui --api URL` (serving/ui_command.py) serves it in front of TF Serving.
 
 $SIGNFLOW_FEEDBACK_TOKEN is read here, once, when --feedback_token is not given
 (a token in the environment stays out of `ps`).
@@ -76,12 +79,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag("enable_model_warmup", bool, "replay assets.extra/tf_serving_warmup_requests before serving a version")
     flag("allow_version_labels_for_unavailable_models", bool,
          "allow a new version label to name a version that is not loaded yet")
+    flag("grpc_channel_arguments", str,
+         "comma-separated gRPC server arguments, e.g. grpc.max_connection_idle_ms=75000")
 
     own = parser.add_argument_group("signflow flags")
     flag("host", str, "interface to listen on", own)
     flag("max_request_bytes", int, "largest request body / gRPC message accepted", own)
     flag("max_instances_per_request", int, "most instances or examples in one request", own)
     flag("max_image_pixels", int, "largest image (width x height) accepted in image_bytes", own)
+    flag("rest_api_keep_alive_timeout_seconds", int,
+         "close an HTTP connection that has no request in progress for this long", own)
     flag("feedback_dir", str, "absolute inbox folder for POST /v1/models/<name>/feedback; empty: feedback off", own)
     # No default shown: the default comes from the environment, and a token must not be printed.
     own.add_argument("--feedback_token", type=str, default=None, metavar="TOKEN",
@@ -90,6 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag("training_status_file", str, "JSON file of the training scheduler, shown by GET /signflow/status", own)
     flag("request_log_file", str, "JSON Lines log of image predictions (no image bytes); empty: off", own)
     flag("request_log_max_bytes", int, "size at which --request_log_file is rotated to <file>.1", own)
+    # No default shown: it depends on --host.
+    own.add_argument("--ui", type=_bool, nargs="?", const=True, default=None, metavar="true|false",
+                     help="serve the web page at /ui/ on the REST port (default: true when --host is loopback)")
     own.add_argument("--prefer_tensorflow_model_server", type=_bool, nargs="?", const=True, default=False,
                      metavar="true|false",
                      help=f"exec {TF_SERVING_BINARY} with the same settings when it is on PATH (default: false)")
@@ -115,6 +125,8 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | No
         batching_parameters_file=args.batching_parameters_file,
         monitoring_config_file=args.monitoring_config_file,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
+        rest_api_keep_alive_timeout_seconds=args.rest_api_keep_alive_timeout_seconds,
+        grpc_channel_arguments=args.grpc_channel_arguments,
         enable_model_warmup=args.enable_model_warmup,
         allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
         max_request_bytes=args.max_request_bytes,
@@ -125,6 +137,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | No
         training_status_file=args.training_status_file,
         request_log_file=args.request_log_file,
         request_log_max_bytes=args.request_log_max_bytes,
+        ui=args.ui,
     )
 
 
@@ -139,7 +152,8 @@ def tensorflow_model_server_argv(settings: Settings, binary: str = TF_SERVING_BI
 
     Every flag is written out (TF Serving's --rest_api_port default is 0, ours
     8501). signflow-only settings have no equivalent and are left out: --host
-    (TF Serving listens on all interfaces), the request limits, feedback, the
+    (TF Serving listens on all interfaces), the request limits, the REST
+    keep-alive timeout (TF Serving keeps idle connections open), feedback, the
     status route and the request log.
     """
     argv = [
@@ -160,6 +174,8 @@ def tensorflow_model_server_argv(settings: Settings, binary: str = TF_SERVING_BI
         argv.append(f"--batching_parameters_file={settings.batching_parameters_file}")
     if settings.monitoring_config_file:
         argv.append(f"--monitoring_config_file={settings.monitoring_config_file}")
+    if settings.grpc_channel_arguments:
+        argv.append(f"--grpc_channel_arguments={settings.grpc_channel_arguments}")
     argv.append(f"--enable_model_warmup={str(settings.enable_model_warmup).lower()}")
     argv.append("--allow_version_labels_for_unavailable_models="
                 f"{str(settings.allow_version_labels_for_unavailable_models).lower()}")

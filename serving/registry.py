@@ -79,7 +79,7 @@ class Lease:
         self._record = record
         self.model_name = model_name
         self.servable: Any = record.servable
-        """What `load` returned for this version: a serving.servable.Servable in the server."""
+        """What `load` returned for this version: a serving.servable.Servable in the server; None once released."""
         self.version = record.version
         self._released = False
         self._kept = False
@@ -87,6 +87,8 @@ class Lease:
     def release(self) -> None:
         if not self._released and not self._kept:
             self._released = True
+            # Let go of the servable first: after the last release the registry frees the version.
+            self.servable = None
             self._registry._release(self.model_name, self._record)
 
     def keep_until(self, future) -> None:
@@ -233,18 +235,25 @@ class Registry:
             servable = self._load(name, version, path)
         except Exception as err:  # a failed load is data: it goes in the status
             failure = err if isinstance(err, errors.ServingError) else errors.Unknown(f"{type(err).__name__}: {err}")
+            code, message = failure.code.name, failure.message
+            # NOTE: the exception's traceback holds the failed load's frames, and with them whatever
+            # it had loaded (a whole model when its warmup failed); kept in this frame, it would form
+            # a cycle that only a full garbage collection frees. Dropped here, and `err` at the end of
+            # the block: the model is freed before anyone hears "load_failed".
+            del failure
+        else:
             with self._lock:
-                entry.state = END
-                entry.error_code = failure.code.name
-                entry.error_message = failure.message
-            log.error("Failed to load version %s of model %s: %s", version, name, failure.message)
-            self._on_event(name, version, "load_failed")
+                entry.servable = servable
+                entry.state = AVAILABLE
+            log.info("Version %s of model %s is available (%.2fs)", version, name, time.monotonic() - started)
+            self._on_event(name, version, "loaded")
             return
         with self._lock:
-            entry.servable = servable
-            entry.state = AVAILABLE
-        log.info("Version %s of model %s is available (%.2fs)", version, name, time.monotonic() - started)
-        self._on_event(name, version, "loaded")
+            entry.state = END
+            entry.error_code = code
+            entry.error_message = message
+        log.error("Failed to load version %s of model %s: %s", version, name, message)
+        self._on_event(name, version, "load_failed")
 
     def _retire(self, name: str, aspired: set[int]) -> None:
         finished = []
@@ -262,17 +271,15 @@ class Registry:
                 entry.state = UNLOADING
                 if entry.in_flight == 0:
                     finished.append(self._finish_unload(entry))
-        for servable in finished:
-            self._unloaded(name, servable)
+        self._unload(name, finished)
 
     def _release(self, name: str, entry: VersionRecord) -> None:
-        servable = None
+        finished = []
         with self._lock:
             entry.in_flight -= 1
             if entry.state == UNLOADING and entry.in_flight == 0:
-                servable = self._finish_unload(entry)
-        if servable is not None:
-            self._unloaded(name, servable)
+                finished.append(self._finish_unload(entry))
+        self._unload(name, finished)
 
     @staticmethod
     def _finish_unload(entry: VersionRecord) -> Loaded:
@@ -280,10 +287,22 @@ class Registry:
         entry.state = END
         return servable
 
-    def _unloaded(self, name: str, servable: Loaded) -> None:
-        servable.unload()
-        log.info("Unloaded version %s of model %s", servable.version, name)
-        self._on_event(name, servable.version, "unloaded")
+    def _unload(self, name: str, finished: list[Loaded]) -> None:
+        """Tell each servable it is unloaded and let go of it (emptying `finished`), then report each.
+
+        NOTE: by then nothing in the registry or a lease refers to the version any more,
+        so a servable without reference cycles has been freed, whole, before anyone hears
+        "unloaded" (the server then collects garbage and trims the heap: serving/server.py).
+        """
+        versions = []
+        while finished:
+            servable = finished.pop()
+            servable.unload()
+            versions.append(servable.version)
+            servable = None
+        for version in versions:
+            log.info("Unloaded version %s of model %s", version, name)
+            self._on_event(name, version, "unloaded")
 
     def unload_all(self) -> None:
         """Retire every version (server shutdown)."""

@@ -8,9 +8,10 @@ then the ports open; the version watcher and the config-file poller then run
 in the background.
 
 signflow's own routes come from the settings: the feedback endpoint
-(serving/feedback.py), `GET /signflow/status` (rest.status_route) and, with
---request_log_file, the request log (serving/request_log.py) fed by the
-handlers' on_predicted hook. `extra_routes` are mounted after them.
+(serving/feedback.py), `GET /signflow/status` (rest.status_route), the
+versions and rollback routes and, with --ui, the web page (serving/ui_routes.py)
+and, with --request_log_file, the request log (serving/request_log.py) fed by
+the handlers' on_predicted hook. `extra_routes` are mounted after them.
 
 `ModelServer` is the async object; `ServerThread` runs one on a background
 thread (tests, embedding); `run(settings)` is the command-line entry.
@@ -24,23 +25,29 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import ctypes
+import gc
 import logging
+import queue
 import signal
 import socket
 import sys
 import threading
+import time
+import weakref
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import grpc
 import uvicorn
 from starlette.routing import BaseRoute
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from serving import errors, feedback, grpc_service, rest
+from serving import errors, feedback, grpc_service, rest, ui_routes
 from serving.handlers import Handlers
 from serving.metrics import Metrics
 from serving.registry import Registry
-from serving.servable import Loader
+from serving.servable import Loader, Servable
 from serving.repository import Watcher
 from serving.request_log import RequestLog
 from serving.settings import ModelConfig, Settings, SettingsError, read_model_config_file
@@ -53,6 +60,135 @@ class _Uvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):
         yield
+
+
+class _HttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol, with its keep-alive timer (--rest_api_keep_alive_timeout_seconds)
+    running whenever the connection has no request in progress.
+
+    uvicorn arms that timer only once a response is complete, so a connection that
+    never sends a request, or sends only part of one, would stay open for ever.
+    Here it is armed on accept too, and again after any data that does not start a
+    request, so every connection left without work is closed after the timeout.
+    """
+
+    # NOTE: uses HttpToolsProtocol's timer attributes; uvicorn is pinned in requirements.lock,
+    # and tests/serving/test_connections.py fails if they change.
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm_keep_alive_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.cycle is None or self.cycle.response_complete:
+            self._arm_keep_alive_timer()
+
+    def _arm_keep_alive_timer(self) -> None:
+        if self.transport.is_closing() or self.pipeline:
+            return
+        self._unset_keepalive_if_required()
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None (another OS, or another C library such as musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+class MemoryReclaimer:
+    """Gives the memory of a version that is gone back to the operating system, on a thread of its own.
+
+    After a version is unloaded (its last request done) or fails to load:
+
+    1. waits until the version's Servable has been freed (at most `grace_seconds`;
+       without batching that is at once, with it the Servable and its batchers form a
+       cycle that step 2 frees);
+    2. collects Python's cyclic garbage (`gc.collect()`): loading a SavedModel leaves
+       tens of thousands of objects in reference cycles, some holding large buffers, and
+       the automatic collector frees them only at its rare full collections;
+    3. on Linux with glibc, returns the freed heap pages to the operating system
+       (`malloc_trim(0)`): otherwise glibc keeps them in its per-thread arenas, and the
+       server's RSS grows by most of a model at each swap before levelling off.
+
+    Requests that arrive together are handled in one round. A version still alive after
+    the collection is logged: something still refers to it.
+    """
+
+    def __init__(self, grace_seconds: float = 10.0):
+        self._grace = grace_seconds
+        self._trim = _find_malloc_trim()
+        self._freed: dict[tuple[str, int], threading.Event] = {}
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._rounds = 0
+        self._thread = threading.Thread(target=self._run, name="memory-reclaim", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def rounds(self) -> int:
+        """Completed reclaims (collection and trim) since the start."""
+        with self._lock:
+            return self._rounds
+
+    def watch(self, name: str, version: int, servable: Servable) -> None:
+        """Called for each loaded version: know when its Servable is freed (holds no reference to it)."""
+        freed = threading.Event()
+        weakref.finalize(servable, freed.set)
+        with self._lock:
+            self._freed[(name, version)] = freed
+
+    def on_event(self, name: str, version: int, event: str) -> None:
+        """The registry's load events: "unloaded" and "load_failed" start a reclaim."""
+        if event == "unloaded":
+            with self._lock:
+                freed = self._freed.pop((name, version), None)
+            self._jobs.put((name, version, freed))
+        elif event == "load_failed":
+            self._jobs.put((name, version, None))
+
+    def stop(self) -> None:
+        """Stop after the round in progress; requests not started are dropped (server shutdown)."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            jobs = [job]
+            while not self._jobs.empty():
+                job = self._jobs.get()
+                if job is None:
+                    return
+                jobs.append(job)
+            try:
+                self._reclaim(jobs)
+            except Exception:  # never let a failure here end reclaiming
+                log.exception("Reclaiming memory failed")
+
+    def _reclaim(self, jobs: list[tuple[str, int, threading.Event | None]]) -> None:
+        waiting = [(name, version, freed) for name, version, freed in jobs if freed is not None]
+        deadline = time.monotonic() + self._grace
+        for _, _, freed in waiting:
+            freed.wait(max(0.0, deadline - time.monotonic()))
+        started = time.monotonic()
+        collected = gc.collect()
+        trimmed = bool(self._trim(0)) if self._trim is not None else False
+        for name, version, freed in waiting:
+            if not freed.is_set():
+                log.warning("Version %s of model %s is still referenced after its unload; its memory is not freed",
+                            version, name)
+        log.info("Reclaimed memory after %s: %d objects collected%s (%.2fs)",
+                 ", ".join(f"{name}/{version}" for name, version, _ in jobs), collected,
+                 ", heap trimmed" if trimmed else "", time.monotonic() - started)
+        with self._lock:
+            self._rounds += 1
 
 
 class ModelServer:
@@ -74,10 +210,11 @@ class ModelServer:
         self._loader = Loader(
             self._executor, warmup=settings.enable_model_warmup,
             batching=settings.batching if settings.enable_batching else None, on_batch=self.metrics.batch)
+        self.memory = MemoryReclaimer()
         self.registry = Registry(
-            self._loader,
+            self._load,
             allow_version_labels_for_unavailable_models=settings.allow_version_labels_for_unavailable_models,
-            on_event=self.metrics.load_event,
+            on_event=self._load_event,
         )
         self.handlers = Handlers(
             self.registry, settings, self._executor,
@@ -95,8 +232,18 @@ class ModelServer:
         self.rest_port: int | None = None
         self.grpc_port: int | None = None
 
+    def _load(self, name: str, version: int, path: Path) -> Servable:
+        servable = self._loader(name, version, path)
+        self.memory.watch(name, version, servable)
+        return servable
+
+    def _load_event(self, name: str, version: int, event: str) -> None:
+        self.metrics.load_event(name, version, event)
+        self.memory.on_event(name, version, event)
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.memory.start()
         # First, before any thread or port starts: a feedback folder or log file that
         # cannot be used stops the server with nothing to undo.
         self._routes = await loop.run_in_executor(self._executor, self._signflow_routes)
@@ -119,6 +266,7 @@ class ModelServer:
         return [
             *feedback.routes(self.settings, self.registry, self.metrics, self._executor),
             rest.status_route(self.registry, self.settings.training_status_file),
+            *ui_routes.routes(self.settings, self.registry),
             *self._extra_routes,
         ]
 
@@ -126,12 +274,13 @@ class ModelServer:
         port = self.settings.grpc_port
         if port == 0 and not self._ephemeral:
             return
-        limit = self.settings.max_request_bytes
-        self._grpc = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", 2**31 - 1),
-            ("grpc.so_reuseport", 0),
-        ])
+        options = {
+            "grpc.max_receive_message_length": self.settings.max_request_bytes,
+            "grpc.max_send_message_length": 2**31 - 1,
+            "grpc.so_reuseport": 0,
+        }
+        options.update(self.settings.grpc_options)  # --grpc_channel_arguments win, as in TF Serving
+        self._grpc = grpc.aio.server(options=list(options.items()))
         grpc_service.add_services(self._grpc, self.handlers, self.metrics, self.reload_config)
         try:
             self.grpc_port = self._grpc.add_insecure_port(f"{self.settings.host}:{port}")
@@ -156,8 +305,9 @@ class ModelServer:
         sock.setblocking(False)
         self.rest_port = sock.getsockname()[1]
         app = rest.create_app(self.handlers, self.settings, self.metrics, self._routes)
-        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
-                                http="httptools", timeout_graceful_shutdown=5)
+        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, http=_HttpProtocol,
+                                timeout_keep_alive=self.settings.rest_api_keep_alive_timeout_seconds,
+                                timeout_graceful_shutdown=5)
         self._uvicorn = _Uvicorn(config)
         self._uvicorn_task = asyncio.get_running_loop().create_task(self._uvicorn.serve(sockets=[sock]))
         while not self._uvicorn.started:
@@ -233,6 +383,8 @@ class ModelServer:
         if self.request_log is not None:
             # The transports are closed: nothing more is recorded; write what is queued.
             await asyncio.get_running_loop().run_in_executor(None, self.request_log.close)
+        # Before unload_all: the process is about to end, reclaiming would only delay it.
+        await asyncio.get_running_loop().run_in_executor(None, self.memory.stop)
         self.registry.unload_all()
         await self._loader.aclose()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -3,9 +3,10 @@
 Flag names, defaults and meanings are TF Serving's (`model_servers/main.cc`,
 `server.h`), so a command line works unchanged against the real
 `tensorflow_model_server`. The config files are TF Serving's text protobufs,
-parsed with the protos from tensorflow-serving-api. Only `--host` and the
-request limits and the feedback / status / request-log settings are
-signflow's own (`tensorflow_model_server_argv` leaves them out).
+parsed with the protos from tensorflow-serving-api. Only `--host`, the
+request limits, the REST keep-alive timeout and the feedback / status /
+request-log / web page settings are signflow's own
+(`tensorflow_model_server_argv` leaves them out).
 
 Every config file is parsed here, once, into typed values (ModelConfig,
 BatchingOptions, the monitoring fields) that the rest of the server is given.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Mapping
@@ -34,6 +36,10 @@ DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_INSTANCES_PER_REQUEST = 1000
 DEFAULT_REQUEST_LOG_MAX_BYTES = 64 * 1024 * 1024
+# Above the 60 s idle timeout of common load balancers, as nginx's 75 s default is: a proxy that
+# pools connections to this server then closes them first, never sending a request into one the
+# server is closing at that moment.
+DEFAULT_REST_API_KEEP_ALIVE_TIMEOUT_SECONDS = 75
 # Read by cli.py only (once, when --feedback_token is not given).
 FEEDBACK_TOKEN_ENV = "SIGNFLOW_FEEDBACK_TOKEN"
 
@@ -202,6 +208,15 @@ class Settings:
     """prometheus_config.path, on the REST port."""
     rest_api_timeout_in_ms: int = 30000
     """--rest_api_timeout_in_ms: a REST inference call past this answers 504; <= 0 means no limit."""
+    rest_api_keep_alive_timeout_seconds: int = DEFAULT_REST_API_KEEP_ALIVE_TIMEOUT_SECONDS
+    """signflow: an HTTP connection with no request in progress for this long is closed, including one that
+    has not sent its first request yet or sent only part of it. TF Serving's REST server (libevent, no
+    timeout set) keeps idle connections open for ever."""
+    grpc_channel_arguments: str = ""
+    """--grpc_channel_arguments: comma-separated gRPC server arguments, e.g.
+    `grpc.max_connection_idle_ms=75000` (close a connection with no RPC for 75 s)."""
+    grpc_options: tuple[tuple[str, int | str], ...] = ()
+    """--grpc_channel_arguments, parsed as TF Serving does: a value that reads as a 32-bit integer is one."""
     enable_model_warmup: bool = True
     """--enable_model_warmup: replay assets.extra/tf_serving_warmup_requests before a version serves."""
     allow_version_labels_for_unavailable_models: bool = False
@@ -229,6 +244,9 @@ class Settings:
     the image); "" = off."""
     request_log_max_bytes: int = DEFAULT_REQUEST_LOG_MAX_BYTES
     """signflow: size cap of --request_log_file; past it the file is rotated once to <file>.1."""
+    ui: bool | None = None
+    """signflow: serve the web page at /ui/ on the REST port (serving/ui_routes.py). None, the default: on
+    when --host is a loopback address; build_settings resolves it."""
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -248,7 +266,8 @@ def build_settings(**flags) -> Settings:
         raise SettingsError("At least one of --port or --rest_api_port must be set (non-zero).")
     if settings.grpc_port and settings.grpc_port == settings.rest_api_port:
         raise SettingsError(f"--rest_api_port ({settings.rest_api_port}) must differ from --port.")
-    for name in ("max_request_bytes", "max_instances_per_request", "max_image_pixels", "request_log_max_bytes"):
+    for name in ("max_request_bytes", "max_instances_per_request", "max_image_pixels", "request_log_max_bytes",
+                 "rest_api_keep_alive_timeout_seconds"):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"--{name} must be positive")
     _check_feedback(settings)
@@ -272,8 +291,10 @@ def build_settings(**flags) -> Settings:
     return settings.replace(
         models=models,
         batching=batching,
+        grpc_options=parse_grpc_channel_arguments(settings.grpc_channel_arguments),
         prometheus_enabled=prometheus_enabled,
         prometheus_path=prometheus_path,
+        ui=settings.ui if settings.ui is not None else is_loopback(settings.host),
     )
 
 
@@ -369,6 +390,20 @@ def _check_models(models: tuple[ModelConfig, ...]) -> None:
             raise SettingsError(
                 f"Expected model {model.name} to have an absolute path or URI; "
                 f"got base_path()={model.base_path}")
+
+
+def parse_grpc_channel_arguments(text: str) -> tuple[tuple[str, int | str], ...]:
+    """`key=value,key=value` as tensorflow_model_server reads --grpc_channel_arguments: a value that parses
+    as a 32-bit integer is passed as one, any other as a string. "" is none."""
+    options = []
+    for item in text.split(",") if text.strip() else ():
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or "=" in value:
+            raise SettingsError(f"--grpc_channel_arguments: expected key=value, got {item!r}")
+        number = int(value) if re.fullmatch(r"[+-]?[0-9]+", value) else None
+        options.append((key, number if number is not None and -2**31 <= number < 2**31 else value))
+    return tuple(options)
 
 
 def read_batching_parameters_file(path: str) -> BatchingOptions:

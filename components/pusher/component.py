@@ -1,14 +1,22 @@
 """signflow's Pusher: TFX's Pusher contract, TF Serving's versioned layout, pushed atomically.
 
 Same inputs and output as TFX's Pusher (model, model_blessing, infra_blessing ->
-pushed_model with `pushed`, `pushed_destination`, `pushed_version`), plus an
-optional ModelEvaluation for the reason a model was not blessed and for the
-metrics recorded with the push. The executor subclasses TFX's and replaces the
-copy with `publish.push_model` (numbered, staged, renamed into place), writes
-TF Serving's models.config, and applies retention.
+pushed_model with `pushed`, `pushed_destination`, `pushed_version`), plus two
+optional inputs for what is recorded with the push: the ModelEvaluation (the
+reason a model was not blessed; the overall and per-signer metrics) and the
+Examples the Trainer read (their spans and record counts). The executor
+subclasses TFX's and replaces the copy with `publish.push_model` (numbered,
+staged, renamed into place), writes TF Serving's models.config, and applies
+retention.
 
     <serving_dir>/models.config
-    <serving_dir>/<model_name>/<version>/   saved_model.pb, variables/, assets/, assets.extra/
+    <serving_dir>/<model_name>/<version>/              saved_model.pb, variables/, assets/, assets.extra/
+    <serving_dir>/<model_name>/.pushes/<version>.json  the push record (records.PushRecord): model, run,
+                                                       spans and record counts, eval metrics, per-signer accuracy
+
+The push record, with all of that, is written when the version number is
+reserved, before the copy, and outside the version folder: what TF Serving
+loads is only ever the complete copy of the Trainer's export.
 """
 from __future__ import annotations
 
@@ -40,6 +48,7 @@ MODEL_KEY = "model"
 MODEL_BLESSING_KEY = "model_blessing"
 INFRA_BLESSING_KEY = "infra_blessing"
 EVALUATION_KEY = "evaluation"
+EXAMPLES_KEY = "examples"
 PUSHED_MODEL_KEY = "pushed_model"
 SERVING_DIR_KEY = "serving_dir"
 MODEL_NAME_KEY = "model_name"
@@ -66,6 +75,7 @@ class PusherSpec(types.ComponentSpec):
         MODEL_BLESSING_KEY: ChannelParameter(type=standard_artifacts.ModelBlessing),
         INFRA_BLESSING_KEY: ChannelParameter(type=standard_artifacts.InfraBlessing),
         EVALUATION_KEY: ChannelParameter(type=standard_artifacts.ModelEvaluation, optional=True),
+        EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples, optional=True),
     }
     OUTPUTS = {
         PUSHED_MODEL_KEY: ChannelParameter(type=standard_artifacts.PushedModel),
@@ -125,6 +135,7 @@ class Executor(tfx_pusher_executor.Executor):
             logging.info("Pusher: model %s is already serving as version %d; nothing copied.", model.uri, serving)
             record = serving_record
         else:
+            spans, record_counts = lineage.trained_on(input_dict.get(EXAMPLES_KEY) or [])
             record = PushRecord(
                 version=0,
                 model_name=model_name,
@@ -134,6 +145,9 @@ class Executor(tfx_pusher_executor.Executor):
                 pipeline_run_id=run_id,
                 source_path=self.GetModelPath(input_dict),
                 eval_metrics=summary.metrics if summary else {},
+                per_signer=summary.per_signer if summary else {},
+                spans=spans,
+                record_counts=record_counts,
             )
             result = publish.push_model(record.source_path, model_base_path, record)
             _log_recovery(model_base_path, result)
@@ -212,6 +226,7 @@ class Pusher(base_component.BaseComponent):
             model_blessing=evaluator.outputs["blessing"],
             infra_blessing=serving_check.outputs["infra_blessing"],
             evaluation=evaluator.outputs["evaluation"],
+            examples=trainer_examples,  # what the Trainer read: its spans and counts go in the push record
             serving_dir="serving_model",
         )
     """
@@ -228,6 +243,7 @@ class Pusher(base_component.BaseComponent):
         model_name: str = DEFAULT_MODEL_NAME,
         keep_versions: int = DEFAULT_KEEP_VERSIONS,
         evaluation: types.BaseChannel | None = None,
+        examples: types.BaseChannel | None = None,
     ):
         """Args:
             model: the Trainer's Model.
@@ -237,7 +253,9 @@ class Pusher(base_component.BaseComponent):
             model_name: TF Serving model name (the folder under serving_dir and the models.config entry).
             keep_versions: live versions kept by retention (the serving and pinned ones are always kept).
             evaluation: the Evaluator's ModelEvaluation, for the reason a model was not
-                blessed and for the metrics recorded with a push.
+                blessed and for the overall and per-signer metrics recorded with a push.
+            examples: the Examples the Trainer read, for the spans and record counts
+                recorded with a push.
         """
         if keep_versions < 1:
             raise ValueError(f"keep_versions must be at least 1, got {keep_versions}")
@@ -246,6 +264,7 @@ class Pusher(base_component.BaseComponent):
             model_blessing=model_blessing,
             infra_blessing=infra_blessing,
             evaluation=evaluation,
+            examples=examples,
             serving_dir=str(serving_dir),
             model_name=model_name,
             keep_versions=keep_versions,

@@ -1,16 +1,27 @@
-"""ML Metadata look-ups over what the Pusher records: version -> PushedModel -> Model -> Trainer inputs.
+"""Where a version came from: what the Pusher records at push time, and ML Metadata look-ups after.
 
-The Pusher stores `model_name` and `pushed_version` on every PushedModel it
-marks pushed, so the artifact behind a version folder (for example the version
-serving after a rollback, the next run's baseline) is found from MLMD alone.
+At push time, `trained_on` reads the spans and record counts of the Examples the
+Pusher is given (the Trainer's), for the push record. Afterwards, the Pusher
+stores `model_name` and `pushed_version` on every PushedModel it marks pushed, so
+the artifact behind a version folder (for example the version serving after a
+rollback, the next run's baseline) is found from MLMD alone: version ->
+PushedModel -> Model -> Trainer inputs.
 """
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
+
+from serving.model_folder import record_counts
+
+log = logging.getLogger(__name__)
 
 PUSHED_MODEL_TYPE = "PushedModel"
 MODEL_TYPE = "Model"
@@ -28,6 +39,8 @@ PIPELINE_RUN_ID = "pipeline_run_id"
 PUSHED_AT = "pushed_at"
 EVAL_METRICS = "eval_metrics"
 NOT_PUSHED_REASON = "not_pushed_reason"
+# The Examples artifact's property (TFX's ExampleGen sets it).
+SPAN = "span"
 
 
 @dataclass
@@ -43,6 +56,41 @@ class VersionLineage:
     trainer_execution_id: int | None = None
     spans: list[int] = field(default_factory=list)
     eval_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def trained_on(examples: Sequence[Any]) -> tuple[list[int], dict[str, int]]:
+    """(spans, record counts) of Examples artifacts: each one's `span`, and the counts of the
+    ingest_summary.json that signflow's ExampleGen writes in it, summed over all of them.
+
+    An artifact without that file (another ExampleGen, or one that cannot be read)
+    still gives its span; its records are not counted.
+    """
+    if not examples:
+        return [], {}
+    # Imported here: the ingest executor pulls in Apache Beam, and only a push given Examples needs it.
+    from components.ingest.executor import SUMMARY_FILE
+
+    spans, summaries = set(), []
+    for artifact in examples:
+        summary = _read_summary(Path(artifact.uri) / SUMMARY_FILE)
+        span = _int(artifact.mlmd_artifact, SPAN)
+        span = span if span is not None else summary.get(SPAN)
+        if isinstance(span, int) and not isinstance(span, bool):
+            spans.add(span)
+        if summary:
+            summaries.append(summary)
+    return sorted(spans), record_counts(summaries)
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        log.warning("Pusher: cannot read %s (%s): its records are not counted", path, err)
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def find_pushed_model_for_version(
@@ -105,7 +153,7 @@ def version_lineage(store: metadata_store.MetadataStore, model_name: str, versio
         trainer = _producer(store, model.id)
         if trainer is not None:
             lineage.trainer_execution_id = trainer
-            spans = {_int(examples, "span") for examples in _inputs_of_type(store, trainer, EXAMPLES_TYPE)}
+            spans = {_int(examples, SPAN) for examples in _inputs_of_type(store, trainer, EXAMPLES_TYPE)}
             lineage.spans = sorted(span for span in spans if span is not None)
     return lineage
 

@@ -2,32 +2,33 @@
 
     <model_base_path>/
         .pushes/<version>.json          one push record per version number ever handed out
-        .rolled_back/<version>/         a version taken out of service (serving.layout.ROLLED_BACK_DIR)
-            ROLLBACK_NOTE.json          when, why and by whom
+        .rolled_back/<version>/         a version taken out of service
+            ROLLBACK_NOTE.json          when, why and by whom (written by serving.rollback)
         .pinned                         versions retention must keep, one per line ('#' comments)
+
+The first three names are serving.layout's (PUSH_RECORDS_DIR, ROLLED_BACK_DIR,
+ROLLBACK_NOTE_FILE), shared with rollback and the model server's dashboard.
 
 All of these have non-integer names, so TF Serving and signflow's server never
 mistake them for versions. Push records outlive their version folder: they are
 what keeps a version number from ever being handed out twice, and what tells
-the Pusher which Model artifact a rolled-back version came from. This module
-uses the standard library only, so a bare push (and its crash test) starts fast.
+the Pusher which Model artifact a rolled-back version came from, and what the
+dashboard (serving/model_folder.py) and `signflow versions` show about a version:
+its pipeline run, the spans and record counts it was trained on, its eval metrics
+and its per-signer accuracy. This module uses the standard library only, so a bare
+push (and its crash test) starts fast.
 """
 from __future__ import annotations
 
-import getpass
 import json
-import os
-import socket
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from serving.contract import fsync_dir, write_atomic, write_synced
-from serving.layout import ROLLED_BACK_DIR, parse_version
+from serving.layout import PUSH_RECORDS_DIR, parse_version, push_record_path, rollback_note_path, rolled_back_dir
 
-RECORDS_DIR = ".pushes"
 PIN_FILE = ".pinned"
-ROLLBACK_NOTE_FILE = "ROLLBACK_NOTE.json"
 
 # Push record states. A record whose state is STAGING but whose folder never
 # appeared belongs to a push that crashed: its number stays used. One whose
@@ -57,21 +58,32 @@ class PushRecord:
     host: str | None = None
     # Set instead of pushed_at when the push died after publishing and a later push adopted the version.
     adopted_at: float | None = None
+    # The Evaluator's overall metrics of this model (components.pusher.evaluation says which are kept).
     eval_metrics: dict[str, float] = field(default_factory=dict)
+    # Per signer (the Evaluator's `label` slices): {"accuracy": float, "correct": int, "total": int}.
+    per_signer: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    # The spans of the Examples the model was trained on, and their record counts summed
+    # (serving.model_folder.record_counts); empty when the Pusher was not given the Examples.
+    spans: list[int] = field(default_factory=list)
+    record_counts: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> "PushRecord":
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PushRecord":
+        """A record from its JSON object; keys this version does not know are ignored."""
         known = {name for name in cls.__dataclass_fields__}
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
 @dataclass
 class RollbackNote:
-    """Why a version left the watched folder; written next to its moved files."""
+    """Why a version left the watched folder; written next to its moved files by serving.rollback.roll_back."""
 
     version: int
     rolled_back_at: float
@@ -80,11 +92,6 @@ class RollbackNote:
     host: str
     serving_after: int | None
     push: PushRecord | None
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        data["rolled_back_at_iso"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.rolled_back_at))
-        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> "RollbackNote":
@@ -97,16 +104,12 @@ class RollbackNote:
             user=str(data.get("user", "")),
             host=str(data.get("host", "")),
             serving_after=data.get("serving_after"),
-            push=PushRecord(**push) if isinstance(push, dict) else None,
+            push=PushRecord.from_dict(push) if isinstance(push, dict) else None,
         )
 
 
 def records_dir(model_base_path: str | Path) -> Path:
-    return Path(model_base_path) / RECORDS_DIR
-
-
-def record_path(model_base_path: str | Path, version: int) -> Path:
-    return records_dir(model_base_path) / f"{version}.json"
+    return Path(model_base_path) / PUSH_RECORDS_DIR
 
 
 def read_record(model_base_path: str | Path, version: int) -> PushRecord | None:
@@ -116,7 +119,7 @@ def read_record(model_base_path: str | Path, version: int) -> PushRecord | None:
     of its files were copied, so treating it as absent loses nothing.
     """
     try:
-        return PushRecord.from_json(record_path(model_base_path, version).read_text(encoding="utf-8"))
+        return PushRecord.from_json(push_record_path(model_base_path, version).read_text(encoding="utf-8"))
     except (OSError, ValueError, TypeError):
         return None
 
@@ -139,7 +142,7 @@ def create_record_exclusively(model_base_path: str | Path, record: PushRecord) -
     directory = records_dir(model_base_path)
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        write_synced(record_path(model_base_path, record.version), record.to_json(), exclusive=True)
+        write_synced(push_record_path(model_base_path, record.version), record.to_json(), exclusive=True)
     except FileExistsError:
         return False
     fsync_dir(directory)
@@ -149,11 +152,7 @@ def create_record_exclusively(model_base_path: str | Path, record: PushRecord) -
 def update_record(model_base_path: str | Path, record: PushRecord) -> None:
     """Replace the record of `record.version` atomically."""
     records_dir(model_base_path).mkdir(parents=True, exist_ok=True)
-    write_atomic(record_path(model_base_path, record.version), record.to_json())
-
-
-def rolled_back_dir(model_base_path: str | Path) -> Path:
-    return Path(model_base_path) / ROLLED_BACK_DIR
+    write_atomic(push_record_path(model_base_path, record.version), record.to_json())
 
 
 def rolled_back_versions(model_base_path: str | Path) -> list[int]:
@@ -166,9 +165,8 @@ def rolled_back_versions(model_base_path: str | Path) -> list[int]:
 
 
 def read_rollback_note(model_base_path: str | Path, version: int) -> RollbackNote | None:
-    path = rolled_back_dir(model_base_path) / str(version) / ROLLBACK_NOTE_FILE
     try:
-        return RollbackNote.from_json(path.read_text(encoding="utf-8"))
+        return RollbackNote.from_json(rollback_note_path(model_base_path, version).read_text(encoding="utf-8"))
     except (OSError, ValueError, TypeError, KeyError):
         return None
 
@@ -185,24 +183,6 @@ def find_rolled_back_push(model_base_path: str | Path, model_uri: str) -> tuple[
         if record is not None and record.model_uri == model_uri:
             return version, note
     return None
-
-
-def new_rollback_note(version: int, reason: str, serving_after: int | None, push: PushRecord | None) -> RollbackNote:
-    """A note stamped with the current user and host."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        # No passwd entry (e.g. an arbitrary uid in a container).
-        user = str(os.getuid())
-    return RollbackNote(
-        version=version,
-        rolled_back_at=time.time(),
-        reason=reason,
-        user=user,
-        host=socket.gethostname(),
-        serving_after=serving_after,
-        push=push,
-    )
 
 
 def read_pins(model_base_path: str | Path) -> set[int]:

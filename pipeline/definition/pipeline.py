@@ -116,6 +116,7 @@ def create_pipeline(
         model_blessing=evaluator.outputs["blessing"],
         infra_blessing=serving_check.outputs["infra_blessing"],
         evaluation=evaluator.outputs["evaluation"],
+        examples=training_examples,  # the spans and record counts the push record keeps
         serving_dir=paths.serving_dir,
         model_name=delivery.model_name,
         keep_versions=delivery.keep_versions,

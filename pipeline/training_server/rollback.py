@@ -4,82 +4,39 @@ TF Serving's `latest` policy serves the highest numbered folder under the model'
 base path. Rolling back therefore means moving versions out of that folder, to
 `<model_base_path>/.rolled_back/<version>/` (a non-numeric name, which servers
 ignore), in one rename each. The server falls back to the previous version on its
-next poll, and the next pipeline run takes that version as its baseline.
+next poll, and the next pipeline run takes that version as its baseline. The move
+itself is serving.rollback.roll_back, which the model server's rollback route
+calls too: one implementation.
 
     signflow rollback [--to VERSION] [--reason TEXT]   take the newest (or all newer than VERSION) out
     signflow versions [--json]                         what is on disk, what serves, where each came from
 
-Layer: training_server. May import components.pusher, serving.contract,
-serving.layout and definition's paths; ML Metadata only when listing lineage.
+Layer: training_server. May import components.pusher, serving.contract, serving.layout,
+serving.rollback and definition's paths; ML Metadata only when listing lineage.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from components.pusher import records
-from components.pusher.records import ROLLBACK_NOTE_FILE
 from pipeline.definition.paths import METADATA_FILE
-from serving.contract import fsync_dir, write_atomic
-from serving.layout import list_versions, version_path
+from serving.contract import ACCURACY_METRIC
+from serving.layout import list_versions, rolled_back_dir
+from serving.rollback import RollbackRefused, roll_back
 
 DEFAULT_MODEL_NAME = "xception"
 DEFAULT_SERVING_DIR = Path("serving_model")
 DEFAULT_PIPELINE_ROOT = Path("pipeline_root")
+# How many eval metrics the table's METRICS column shows (in ordered_metrics' order).
+SHOWN_METRICS = 3
 SERVING = "serving"
 LIVE = "live"
 ROLLED_BACK = "rolled back"
-
-
-class RollbackRefused(Exception):
-    """A rollback that would leave nothing to serve or names a version that is not there."""
-
-
-@dataclass
-class RollbackResult:
-    rolled_back: list[int]
-    serving: int
-
-
-def roll_back(model_base_path: str | Path, to: int | None = None, reason: str = "") -> RollbackResult:
-    """Move the newest version (or every version newer than `to`) to `.rolled_back/`.
-
-    Versions move oldest first, so the one being served stays in place until the
-    last rename and the server switches straight to the version left on top.
-    Each move is a rename inside the model folder, hence atomic. Raises
-    RollbackRefused when nothing would be left to serve or `to` is not a live version.
-    """
-    base = Path(model_base_path)
-    live = list_versions(base)
-    if not live:
-        raise RollbackRefused(f"no versions under {base}")
-    if to is None:
-        if len(live) == 1:
-            raise RollbackRefused(f"refusing to roll back version {live[0]}: it is the only version under {base}, nothing would be served")
-        doomed = [live[-1]]
-    elif to not in live:
-        raise RollbackRefused(f"version {to} does not exist under {base} (versions: {', '.join(map(str, live))})")
-    else:
-        doomed = [version for version in live if version > to]
-    serving_after = max(version for version in live if version not in doomed)
-    target = records.rolled_back_dir(base)
-    clashes = [version for version in doomed if (target / str(version)).exists()]
-    if clashes:
-        raise RollbackRefused(f"{target} already holds {', '.join(map(str, clashes))} (restored by hand?); move it away first")
-    target.mkdir(exist_ok=True)
-    for version in doomed:
-        destination = target / str(version)
-        os.rename(version_path(base, version), destination)
-        note = records.new_rollback_note(version, reason, serving_after, records.read_record(base, version))
-        write_atomic(destination / ROLLBACK_NOTE_FILE, note.to_json())  # destination: the folder just renamed
-    fsync_dir(base)
-    fsync_dir(target)
-    return RollbackResult(rolled_back=doomed, serving=serving_after)
 
 
 @dataclass
@@ -92,7 +49,7 @@ class VersionInfo:
     model_uri: str | None = None
     pipeline_run_id: str | None = None
     spans: list[int] = field(default_factory=list)
-    eval_metrics: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)  # in ordered_metrics' order
     lineage_from: str | None = None  # "mlmd", "push record" or None
     rollback: dict | None = None  # when, why, who (the note), for rolled-back versions
 
@@ -130,7 +87,8 @@ def list_version_info(model_base_path: str | Path, model_name: str, metadata_pat
             info.pushed_at = record.pushed_at
             info.model_uri = record.model_uri
             info.pipeline_run_id = record.pipeline_run_id
-            info.eval_metrics = record.eval_metrics
+            info.spans = record.spans
+            info.eval_metrics = ordered_metrics(record.eval_metrics)
     return VersionListing(model_name, str(base), str(metadata_path) if metadata_path else None, note, infos)
 
 
@@ -145,7 +103,7 @@ def _fill_from_metadata(store, model_name: str, info: VersionInfo) -> bool:
     info.model_uri = lineage.model_uri
     info.pipeline_run_id = lineage.pipeline_run_id
     info.spans = lineage.spans
-    info.eval_metrics = lineage.eval_metrics
+    info.eval_metrics = ordered_metrics(lineage.eval_metrics)
     return True
 
 
@@ -204,7 +162,7 @@ def rollback_main(args: argparse.Namespace) -> int:
         print(f"version {result.serving} is already the newest under {base}; nothing rolled back")
     else:
         moved = ", ".join(map(str, result.rolled_back))
-        print(f"rolled back {moved} to {records.rolled_back_dir(base)}; now serving {result.serving}")
+        print(f"rolled back {moved} to {rolled_back_dir(base)}; now serving {result.serving}")
     return 0
 
 
@@ -229,13 +187,19 @@ def versions_main(args: argparse.Namespace) -> int:
         return 0
     print(f"{'VERSION':<12} {'STATUS':<12} {'PUSHED (UTC)':<20} {'RUN':<28} {'SPANS':<8} {'METRICS':<32} MODEL")
     for info in listing.versions:
-        metrics = " ".join(f"{name}={value:.4g}" for name, value in sorted(info.eval_metrics.items())[:3])
+        shown = list(info.eval_metrics.items())[:SHOWN_METRICS]
+        metrics = " ".join(f"{name}={value:.4g}" for name, value in shown)
         print(f"{info.version:<12} {info.status:<12} {_utc(info.pushed_at):<20} {info.pipeline_run_id or '-':<28} "
               f"{','.join(map(str, info.spans)) or '-':<8} {metrics or '-':<32} {info.model_uri or '-'}")
         if info.rollback:
             print(f"{'':<12} rolled back {_utc(info.rollback['at'])} by {info.rollback['user']}@{info.rollback['host']}: "
                   f"{info.rollback['reason'] or 'no reason given'}")
     return 0
+
+
+def ordered_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """`metrics` with the gate's accuracy (ACCURACY_METRIC) first when it is there, then the others by name."""
+    return {name: metrics[name] for name in sorted(metrics, key=lambda name: (name != ACCURACY_METRIC, name))}
 
 
 def _utc(timestamp: float | None) -> str:

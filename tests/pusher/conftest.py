@@ -37,8 +37,9 @@ class PipelineOutputs:
             artifact.set_string_custom_property(key, value)
         return artifact
 
-    def push(self, model, model_blessed=True, infra_blessed=True, infra_reason="", evaluation=None, **exec_properties):
-        """Run the Pusher executor; returns the PushedModel artifact."""
+    def push(self, model, model_blessed=True, infra_blessed=True, infra_reason="", evaluation=None, examples=None,
+             run_id=None, **exec_properties):
+        """Run the Pusher executor (in pipeline run `run_id`, if given); returns the PushedModel artifact."""
         pushed = standard_artifacts.PushedModel()
         pushed.uri = str(self.root / "Pusher" / "pushed_model" / str(next(self._ids)))
         inputs = {
@@ -48,7 +49,10 @@ class PipelineOutputs:
         }
         if evaluation is not None:
             inputs["evaluation"] = [evaluation]
-        Executor().Do(inputs, {"pushed_model": [pushed]}, {"serving_dir": str(self.serving_dir), **exec_properties})
+        if examples is not None:
+            inputs["examples"] = list(examples)
+        executor = Executor(Executor.Context(pipeline_run_id=run_id)) if run_id else Executor()
+        executor.Do(inputs, {"pushed_model": [pushed]}, {"serving_dir": str(self.serving_dir), **exec_properties})
         return pushed
 
 

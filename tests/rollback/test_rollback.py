@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from components.pusher import publish, records
-from components.pusher.records import ROLLBACK_NOTE_FILE, PushRecord
+from components.pusher.records import PushRecord
 from pipeline.cli import main as signflow
-from serving.layout import SAVED_MODEL_FILE, list_versions
+from serving.layout import ROLLBACK_NOTE_FILE, SAVED_MODEL_FILE, list_versions
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -152,3 +152,23 @@ def test_versions_lists_serving_live_and_rolled_back_without_mlmd(base, tmp_path
     table = capsys.readouterr().out.splitlines()
     assert table[2].split()[:2] == ["400", "rolled"] and "bad eval" in table[3]
     assert table[4].split()[:2] == ["300", "serving"]
+
+
+def test_versions_shows_the_gates_accuracy_first(tmp_path, model_dir, capsys):
+    """Whatever else a record holds (here an older one with the per-signer bound's overall keys), the table's
+    METRICS column and the JSON start with sparse_categorical_accuracy."""
+    base = tmp_path / "serving_model" / "xception"
+    metrics = {"example_count": 54.0, "signer_accuracy_upper_bound": 1.0, "signer_accuracy_upper_bound/correct": 53.0,
+               "sparse_categorical_accuracy": 0.9815}
+    publish.push_model(model_dir, base, PushRecord(0, "xception", "m", eval_metrics=metrics), clock=lambda: 500.0)
+    missing = tmp_path / "metadata.sqlite"
+
+    assert signflow(["versions", "--model_base_path", str(base), "--metadata_path", str(missing), "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["versions"][0]["eval_metrics"]) == [
+        "sparse_categorical_accuracy", "example_count", "signer_accuracy_upper_bound",
+        "signer_accuracy_upper_bound/correct"]
+
+    assert signflow(["versions", "--model_base_path", str(base), "--metadata_path", str(missing)]) == 0
+    row = capsys.readouterr().out.splitlines()[2].split()
+    assert row[0] == "500" and row[6:9] == [  # after the pushed date and time, run and spans
+        "sparse_categorical_accuracy=0.9815", "example_count=54", "signer_accuracy_upper_bound=1"]

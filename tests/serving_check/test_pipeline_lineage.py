@@ -1,4 +1,5 @@
-"""A tiny LocalDagRunner pipeline (ServingCheck -> Pusher) and the lineage `signflow versions` reads from MLMD."""
+"""A tiny LocalDagRunner pipeline (ServingCheck -> Pusher): the lineage `signflow versions` reads from MLMD, and
+what the Pusher records with each version."""
 # No `from __future__ import annotations`: TFX reads the component function's annotations as types.
 import json
 import shutil
@@ -12,6 +13,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.orchestration import metadata
 from tfx.types import standard_artifacts
 
+from components.pusher import records
 from components.pusher.component import Pusher
 from components.pusher.lineage import find_model_for_version, find_pushed_model_for_version, version_lineage
 from components.serving_check.component import ServingCheck
@@ -61,6 +63,7 @@ def build_pipeline(root: Path, examples_dir: Path, tiny_model: Path, predictions
         model=trainer.outputs["model"],
         model_blessing=blessing.outputs["result"],
         infra_blessing=serving_check.outputs["infra_blessing"],
+        examples=examples.outputs["result"],
         serving_dir=str(root / "serving_model"),
     )
     return tfx.dsl.Pipeline(
@@ -75,6 +78,10 @@ def build_pipeline(root: Path, examples_dir: Path, tiny_model: Path, predictions
 def test_pushes_are_found_by_version_in_mlmd_before_and_after_a_rollback(tmp_path, examples_dir, tiny_model,
                                                                         trainer_predictions, capsys):
     predictions = "".join(json.dumps(line) + "\n" for line in trainer_predictions)
+    # As signflow's ExampleGen writes it beside the splits.
+    (examples_dir / "ingest_summary.json").write_text(json.dumps({
+        "span": SPAN, "records_read": 7, "examples": 5, "duplicates": 1, "unlabelled": 0, "quarantined": 1,
+        "splits": {"train": 1, "eval": 4}, "ingested_at": 1764230000}))
     pipeline = build_pipeline(tmp_path, examples_dir, tiny_model, predictions)
     for _ in range(2):
         tfx.orchestration.LocalDagRunner().run(pipeline)
@@ -94,6 +101,11 @@ def test_pushes_are_found_by_version_in_mlmd_before_and_after_a_rollback(tmp_pat
     assert find_model_for_version(store, "xception", second).id == models[1].id
     lineage = version_lineage(store, "xception", second)
     assert (lineage.spans, lineage.pipeline_run_id, lineage.model_uri) == ([SPAN], run_id, models[1].uri)
+    # The push record says the same without MLMD, with the counts of the Examples trained on.
+    record = records.read_record(base, second)
+    assert (record.spans, record.pipeline_run_id, record.model_uri) == ([SPAN], run_id, models[1].uri)
+    assert record.record_counts == {"records_read": 7, "examples": 5, "duplicates": 1, "unlabelled": 0,
+                                    "quarantined": 1, "train split": 1, "eval split": 4}
 
     # After a rollback the serving version's Model (the next run's baseline) is found the same way.
     roll_back(base, reason="test")
