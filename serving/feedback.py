@@ -89,6 +89,27 @@ class Unauthenticated(errors.ServingError):
     code = errors.Code.UNAUTHENTICATED
 
 
+def token_digest(token: str) -> bytes | None:
+    """What check_bearer compares with: the token's sha256, or None when no token is configured."""
+    return hashlib.sha256(token.encode("ascii")).digest() if token else None
+
+
+def check_bearer(digest: bytes | None, header: str | None, what: str, invalid: str) -> None:
+    """Raise Unauthenticated unless `header` is `Bearer <token>` with the configured token (nothing when none is).
+
+    Compared as digests: the time taken does not depend on what was sent. Shared by
+    feedback and signflow's rollback route (serving/ui_routes.py), which take the same token.
+    """
+    if digest is None:
+        return
+    scheme, _, credentials = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise Unauthenticated(f"{what} needs an 'Authorization: Bearer <token>' header")
+    sent = hashlib.sha256(credentials.strip().encode("latin-1", "replace")).digest()
+    if not hmac.compare_digest(sent, digest):
+        raise Unauthenticated(invalid)
+
+
 @dataclass(frozen=True)
 class Rejection:
     """One instance that was not written, and why (`reason` is a stable code)."""
@@ -251,8 +272,7 @@ class FeedbackEndpoint:
         self._executor = executor
         self._directory = settings.feedback_dir
         # Compared as digests, so the comparison takes the same time whatever the length sent.
-        self._token_digest = hashlib.sha256(settings.feedback_token.encode("ascii")).digest() \
-            if settings.feedback_token else None
+        self._token_digest = token_digest(settings.feedback_token)
 
     async def handle(self, request: Request) -> Response:
         """Answer one request (a bound method, so Starlette treats it as a request -> response endpoint)."""
@@ -301,14 +321,7 @@ class FeedbackEndpoint:
         return _json({"accepted": len(items), "rejected": rejected_json, "file": file_name}, 200)
 
     def _authenticate(self, header: str | None) -> None:
-        if self._token_digest is None:
-            return
-        scheme, _, credentials = (header or "").strip().partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip():
-            raise Unauthenticated("Feedback needs an 'Authorization: Bearer <token>' header")
-        sent = hashlib.sha256(credentials.strip().encode("latin-1", "replace")).digest()
-        if not hmac.compare_digest(sent, self._token_digest):
-            raise Unauthenticated("The feedback token is not valid")
+        check_bearer(self._token_digest, header, "Feedback", "The feedback token is not valid")
 
     async def _off_loop(self, function, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(

@@ -38,8 +38,6 @@ model_folder, registry, rest, rollback, settings and ui_page.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 from typing import Any
@@ -49,7 +47,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from serving import errors, rest
-from serving.feedback import Unauthenticated
+from serving.feedback import Unauthenticated, check_bearer, token_digest
 from serving.model_folder import LIVE, record_counts, versions_on_disk
 from serving.registry import AVAILABLE, END, LOADING, START, Registry
 from serving.rollback import RollbackRefused, roll_back
@@ -113,9 +111,7 @@ class _Routes:
     def __init__(self, settings: Settings, registry: Registry):
         self._settings = settings
         self._registry = registry
-        # Compared as digests, as the feedback endpoint does: the time taken does not depend on what was sent.
-        self._token_digest = hashlib.sha256(settings.feedback_token.encode("ascii")).digest() \
-            if settings.feedback_token else None
+        self._token_digest = token_digest(settings.feedback_token)
         # One rollback at a time in this server: two at once would both pick the same newest version.
         self._rollback_lock = asyncio.Lock()
 
@@ -220,14 +216,7 @@ class _Routes:
         return _json({"model": name, "rolled_back": result.rolled_back, "serving_after": result.serving}, 200)
 
     def _authenticate(self, header: str | None) -> None:
-        if self._token_digest is None:
-            return
-        scheme, _, credentials = (header or "").strip().partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip():
-            raise Unauthenticated("Rollback needs an 'Authorization: Bearer <token>' header")
-        sent = hashlib.sha256(credentials.strip().encode("latin-1", "replace")).digest()
-        if not hmac.compare_digest(sent, self._token_digest):
-            raise Unauthenticated("The token is not valid")
+        check_bearer(self._token_digest, header, "Rollback", "The token is not valid")
 
     def _model_config(self, name: str):
         for config in self._registry.configs():
