@@ -125,6 +125,7 @@ def test_continuous_ingestion_in_a_real_pipeline(tmp_path):
         "ingest_duplicates": 0,
         "ingest_unlabelled": 0,
         "ingest_quarantined": 1,
+        "ingest_forgeries": 0,
     }
     assert first.anomalies == {"train": {}, "eval": {}}
     assert (first.every_span, first.last_span) == ([0], [0])
