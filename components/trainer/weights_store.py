@@ -37,7 +37,6 @@ import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from serving.contract import fsync_dir, write_atomic
@@ -118,13 +117,7 @@ def file_digests(path: str | os.PathLike) -> tuple[str, str]:
 
 
 def sha256_of(path: str | os.PathLike) -> str:
-    """sha256 of a file, computed once per (path, size, modification time) in this process (88 MB: ~0.3 s)."""
-    stat = os.stat(path)
-    return _sha256_cached(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=16)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file (88 MB: ~0.3 s)."""
     return file_digests(path)[0]
 
 
