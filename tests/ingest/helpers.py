@@ -142,3 +142,14 @@ class RecordSpans(base_component.BaseComponent):
 
     def __init__(self, examples, log_file: str):
         super().__init__(spec=_RecordSpansSpec(examples=examples, log_file=log_file))
+
+
+def ingest_step(paths: IngestPaths, root: str, run: int):
+    """One ingestion step, what the driver then the executor do: (the collection, the summary, the Examples)."""
+    from components.ingest import landing
+    from components.ingest.executor import run_executor
+
+    collection = landing.collect_new_files(paths, now=1_700_000_000 + run)
+    uri = os.path.join(root, "examples", str(run))
+    summary = run_executor(paths, collection.latest_span, uri, label_keys=("label", "caption"))
+    return collection, summary, read_examples(uri)

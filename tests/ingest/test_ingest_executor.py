@@ -6,15 +6,15 @@ import json
 import os
 
 from components.ingest import landing
-from components.ingest.executor import run_executor, split_assigner
+from components.ingest.executor import split_assigner
 from components.ingest.spec import OUTPUT_CONFIG
 from tests.ingest.helpers import (
     b64,
     by_sha,
     feature,
     image_bytes,
+    ingest_step,
     make_paths,
-    read_examples,
     read_jsonl,
     sha256,
     write_bytes,
@@ -22,13 +22,6 @@ from tests.ingest.helpers import (
     write_jsonl,
 )
 from tests.ingest.test_ingest_records import BAD_LINES
-
-def _ingest(paths, root, run: int):
-    """One ingestion step: what the driver then the executor do."""
-    collection = landing.collect_new_files(paths, now=1_700_000_000 + run)
-    uri = os.path.join(root, "examples", str(run))
-    summary = run_executor(paths, collection.latest_span, uri, label_keys=("label", "caption"))
-    return collection, summary, read_examples(uri)
 
 
 def _every_shape(paths) -> dict[str, str]:
@@ -72,7 +65,7 @@ def test_every_shape_round_trips(tmp_path):
     paths = make_paths(str(tmp_path), sample=True)
     expected = _every_shape(paths)
 
-    _, summary, examples = _ingest(paths, str(tmp_path), 0)
+    _, summary, examples = ingest_step(paths, str(tmp_path), 0)
 
     got = by_sha(examples)
     assert {sha: label for sha, (_, label, _) in got.items()} == expected
@@ -110,7 +103,7 @@ def test_mixed_batch_counts_and_quarantine(tmp_path):
     write_bytes(f"{paths.inbox_dir}/broken.json", b'{"instances": [')
     os.symlink(str(tmp_path / "missing.png"), f"{paths.inbox_dir}/dangling.png")
 
-    _, summary, examples = _ingest(paths, str(tmp_path), 0)
+    _, summary, examples = ingest_step(paths, str(tmp_path), 0)
 
     n_bad = len(BAD_LINES) + 4
     assert summary["records_read"] == 1 + len(BAD_LINES) + 5 + 4
@@ -152,7 +145,7 @@ def test_spans_ingest_only_new_files_and_new_images(tmp_path):
     paths = make_paths(str(tmp_path))
     first = [image_bytes(200 + i) for i in range(3)]
     write_jsonl(f"{paths.inbox_dir}/a.jsonl", [{"b64": b64(img), "label": "signer_01"} for img in first])
-    _, summary0, _ = _ingest(paths, str(tmp_path), 0)
+    _, summary0, _ = ingest_step(paths, str(tmp_path), 0)
     assert (summary0["span"], summary0["examples"]) == (0, 3)
 
     # Same inbox again: no new span; the driver would resolve span 0 again.
@@ -163,7 +156,7 @@ def test_spans_ingest_only_new_files_and_new_images(tmp_path):
     new = [image_bytes(300 + i) for i in range(2)]
     write_jsonl(f"{paths.inbox_dir}/b.jsonl", [{"b64": b64(img), "label": "signer_02"} for img in new])
     write_bytes(f"{paths.inbox_dir}/signer_01/old.png", first[0])
-    collection, summary1, examples1 = _ingest(paths, str(tmp_path), 1)
+    collection, summary1, examples1 = ingest_step(paths, str(tmp_path), 1)
     assert (collection.new_span, summary1["span"]) == (1, 1)
     assert {sha: label for sha, (_, label, _) in by_sha(examples1).items()} == {sha256(img): "signer_02" for img in new}
     assert (summary1["records_read"], summary1["examples"], summary1["duplicates"]) == (3, 2, 1)
@@ -178,16 +171,16 @@ def test_spans_ingest_only_new_files_and_new_images(tmp_path):
 def test_restart_after_a_crash_gives_the_same_span(tmp_path):
     paths = make_paths(str(tmp_path))
     write_jsonl(f"{paths.inbox_dir}/a.jsonl", [{"b64": b64(image_bytes(400)), "label": "signer_01"}])
-    _ingest(paths, str(tmp_path), 0)
+    ingest_step(paths, str(tmp_path), 0)
     write_jsonl(f"{paths.inbox_dir}/b.jsonl", [{"b64": b64(image_bytes(400 + i)), "label": "signer_02"} for i in range(3)])
-    _, summary, examples = _ingest(paths, str(tmp_path), 1)
+    _, summary, examples = ingest_step(paths, str(tmp_path), 1)
 
     # A crash after span 1's examples were written but before its ledger: the
     # span is not processed, so the next run processes span 1 again even though
     # new files have arrived meanwhile.
     os.remove(paths.seen_file(1))
     write_jsonl(f"{paths.inbox_dir}/c.jsonl", [{"b64": b64(image_bytes(500)), "label": "signer_03"}])
-    collection, retried, retried_examples = _ingest(paths, str(tmp_path), 2)
+    collection, retried, retried_examples = ingest_step(paths, str(tmp_path), 2)
 
     assert (collection.pending, retried["span"]) == (True, 1)
     assert {k: retried[k] for k in ("records_read", "examples", "duplicates")} == {"records_read": 3, "examples": 2, "duplicates": 1}
@@ -205,7 +198,7 @@ def test_split_of_an_image_is_stable_across_runs(tmp_path):
     for run, order in enumerate((images, images[::-1])):
         paths = make_paths(str(tmp_path / f"run{run}"))
         write_jsonl(f"{paths.inbox_dir}/a.jsonl", [{"b64": b64(img), "label": "signer_01"} for img in order])
-        _, _, examples = _ingest(paths, str(tmp_path / f"run{run}"), 0)
+        _, _, examples = ingest_step(paths, str(tmp_path / f"run{run}"), 0)
         splits.append({sha: split for sha, (split, _, _) in by_sha(examples).items()})
     assert splits[0] == splits[1]
     assert set(splits[0].values()) == {"train", "eval"}
@@ -215,12 +208,12 @@ def test_unlabelled_store_can_be_labelled_and_dropped_back(tmp_path):
     paths = make_paths(str(tmp_path))
     data = image_bytes(700)
     write_jsonl(f"{paths.inbox_dir}/a.jsonl", [{"b64": b64(data)}])
-    _, summary, _ = _ingest(paths, str(tmp_path), 0)
+    _, summary, _ = ingest_step(paths, str(tmp_path), 0)
     assert (summary["examples"], summary["unlabelled"]) == (0, 1)
 
     [entry] = read_jsonl(paths.unlabelled_file(0))
     write_jsonl(f"{paths.inbox_dir}/labelled.jsonl", [{**entry, "label": "signer_05"}])
-    _, summary, examples = _ingest(paths, str(tmp_path), 1)
+    _, summary, examples = ingest_step(paths, str(tmp_path), 1)
     assert summary["examples"] == 1
     assert {sha: label for sha, (_, label, _) in by_sha(examples).items()} == {sha256(data): "signer_05"}
 
@@ -228,7 +221,7 @@ def test_unlabelled_store_can_be_labelled_and_dropped_back(tmp_path):
 def test_zero_valid_new_records_is_not_an_error(tmp_path):
     paths = make_paths(str(tmp_path))
     write_jsonl(f"{paths.inbox_dir}/a.jsonl", ["{broken", json.dumps({"label": "x"})])
-    _, summary, examples = _ingest(paths, str(tmp_path), 0)
+    _, summary, examples = ingest_step(paths, str(tmp_path), 0)
     assert (summary["records_read"], summary["examples"], summary["quarantined"]) == (2, 0, 2)
     assert examples == {"train": [], "eval": []}
     assert landing.is_processed(paths, 0)

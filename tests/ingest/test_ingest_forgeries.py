@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import base64
-import os
 
-from components.ingest import landing
-from components.ingest.executor import run_executor
 from tests.ingest.helpers import (
     b64,
     feature,
     image_bytes,
+    ingest_step,
     make_paths,
-    read_examples,
     read_jsonl,
     sha256,
     write_bytes,
@@ -21,10 +18,8 @@ from tests.ingest.helpers import (
 
 
 def _ingest(paths, root, run: int):
-    collection = landing.collect_new_files(paths, now=1_700_000_000 + run)
-    uri = os.path.join(root, "examples", str(run))
-    summary = run_executor(paths, collection.latest_span, uri, label_keys=("label", "caption"))
-    return summary, read_examples(uri)
+    """The summary and the Examples of one ingestion step."""
+    return ingest_step(paths, root, run)[1:]
 
 
 def _claims(examples) -> dict[str, tuple[str, int]]:
