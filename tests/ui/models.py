@@ -16,7 +16,6 @@ strips as there are labels, and the strip with the most ink names the signer.
 """
 from __future__ import annotations
 
-import io
 import json
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from PIL import Image, ImageDraw
 
 from serving.contract import MODEL_METADATA_FILE
 from serving.layout import LABELS_FILE, push_record_path
+from tests.fixtures.tiny_model import encode_image
 from tests.serving.toy_models import CLASSIFY_METHOD, _set_methods
 
 LABELS = ("ada_lovelace", "alan_turing", "grace_hopper", "john_backus", "margaret_hamilton", "tim_berners_lee")
@@ -101,12 +101,7 @@ def strip_image(strip: int, count: int = len(LABELS), fmt: str = "PNG", size=(60
     left, right = width * strip / count, width * (strip + 1) / count
     points = [(left + (right - left) * (0.1 + 0.8 * i / 7), height * (0.3 if i % 2 else 0.7)) for i in range(8)]
     draw.line(points, fill=(20, 20, 30), width=6)
-    buffer = io.BytesIO()
-    if fmt.upper() == "GIF":
-        image.convert("P").save(buffer, format="GIF")
-    else:
-        image.save(buffer, format=fmt.upper())
-    return buffer.getvalue()
+    return encode_image(image, fmt)
 
 
 def write_push_record(base: Path, version: int, run_id: str, accuracy: float, labels=LABELS,
