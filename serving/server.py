@@ -13,6 +13,11 @@ versions and rollback routes and, with --ui, the web page (serving/ui_routes.py)
 and, with --request_log_file, the request log (serving/request_log.py) fed by
 the handlers' on_predicted hook. `extra_routes` are mounted after them.
 
+Resources: idle HTTP connections are closed after
+--rest_api_keep_alive_timeout_seconds (`_HttpProtocol`); gRPC takes
+--grpc_channel_arguments; after each unload or failed load, `MemoryReclaimer`
+collects the version's garbage and trims the heap (docs/serving.md#resources).
+
 `ModelServer` is the async object; `ServerThread` runs one on a background
 thread (tests, embedding); `run(settings)` is the command-line entry.
 
@@ -100,31 +105,45 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
+class _OnRelease:
+    """Calls `callback` when it is deleted (MemoryReclaimer.watch)."""
+
+    __slots__ = ("_callback",)
+
+    def __init__(self, callback: Callable[[], None]):
+        self._callback = callback
+
+    def __del__(self) -> None:
+        self._callback()
+
+
 class MemoryReclaimer:
     """Gives the memory of a version that is gone back to the operating system, on a thread of its own.
 
     After a version is unloaded (its last request done) or fails to load:
 
-    1. waits until the version's Servable has been freed (at most `grace_seconds`;
-       without batching that is at once, with it the Servable and its batchers form a
-       cycle that step 2 frees);
-    2. collects Python's cyclic garbage (`gc.collect()`): loading a SavedModel leaves
-       tens of thousands of objects in reference cycles, some holding large buffers, and
-       the automatic collector frees them only at its rare full collections;
-    3. on Linux with glibc, returns the freed heap pages to the operating system
-       (`malloc_trim(0)`): otherwise glibc keeps them in its per-thread arenas, and the
-       server's RSS grows by most of a model at each swap before levelling off.
+    1. waits until the version's Servable has been released, whole (at most
+       `grace_seconds`: with batching, the Servable and its batchers form a cycle that
+       only step 2 frees);
+    2. collects Python's cyclic garbage (`gc.collect()`): a loaded SavedModel is some
+       170,000 objects in reference cycles, among them the handles of its variables, so
+       the model's memory is freed only by a full collection, which Python's automatic
+       collector runs rarely (old versions piled up until it did);
+    3. on Linux with glibc, returns free heap pages to the operating system
+       (`malloc_trim(0)`); glibc otherwise keeps them.
 
-    Requests that arrive together are handled in one round. A version still alive after
-    the collection is logged: something still refers to it.
+    Requests that arrive together are handled in one round. A version not freed by then
+    is logged: something still refers to it.
     """
 
     def __init__(self, grace_seconds: float = 10.0):
         self._grace = grace_seconds
         self._trim = _find_malloc_trim()
-        self._freed: dict[tuple[str, int], threading.Event] = {}
+        self._released: dict[tuple[str, int], threading.Event] = {}
         self._lock = threading.Lock()
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._waiting: list[threading.Event] = []
+        self._stopping = threading.Event()
         self._rounds = 0
         self._thread = threading.Thread(target=self._run, name="memory-reclaim", daemon=True)
 
@@ -138,23 +157,35 @@ class MemoryReclaimer:
             return self._rounds
 
     def watch(self, name: str, version: int, servable: Servable) -> None:
-        """Called for each loaded version: know when its Servable is freed (holds no reference to it)."""
-        freed = threading.Event()
-        weakref.finalize(servable, freed.set)
+        """Called for each loaded version, to know when its Servable has been released (keeps no reference)."""
+        released = threading.Event()
+        # NOTE: a weakref callback on the Servable would run as its release *begins*: releasing
+        # its attributes (the model) comes after, and lets other threads run (TensorFlow drops the
+        # GIL), so a collection started on the callback could miss the model. An attribute added
+        # last is released last: its deletion says the whole Servable is gone.
+        try:
+            servable._memory_released = _OnRelease(released.set)
+        except AttributeError:  # no instance attributes: the weakref callback is the best left
+            weakref.finalize(servable, released.set)
         with self._lock:
-            self._freed[(name, version)] = freed
+            self._released[(name, version)] = released
 
     def on_event(self, name: str, version: int, event: str) -> None:
         """The registry's load events: "unloaded" and "load_failed" start a reclaim."""
         if event == "unloaded":
             with self._lock:
-                freed = self._freed.pop((name, version), None)
-            self._jobs.put((name, version, freed))
+                released = self._released.pop((name, version), None)
+            self._jobs.put((name, version, released))
         elif event == "load_failed":
             self._jobs.put((name, version, None))
 
     def stop(self) -> None:
-        """Stop after the round in progress; requests not started are dropped (server shutdown)."""
+        """Stop at once (server shutdown): a round waiting for a version to be released ends
+        without collecting, and requests not started are dropped."""
+        self._stopping.set()
+        with self._lock:
+            for released in self._waiting:
+                released.set()
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join(timeout=60)
@@ -173,16 +204,24 @@ class MemoryReclaimer:
                 log.exception("Reclaiming memory failed")
 
     def _reclaim(self, jobs: list[tuple[str, int, threading.Event | None]]) -> None:
-        waiting = [(name, version, freed) for name, version, freed in jobs if freed is not None]
+        unloaded = [(name, version, released) for name, version, released in jobs if released is not None]
+        with self._lock:
+            self._waiting = [released for _, _, released in unloaded]
+        if self._stopping.is_set():
+            return
         deadline = time.monotonic() + self._grace
-        for _, _, freed in waiting:
-            freed.wait(max(0.0, deadline - time.monotonic()))
+        for _, _, released in unloaded:
+            released.wait(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            self._waiting = []
+        if self._stopping.is_set():
+            return
         started = time.monotonic()
         collected = gc.collect()
         trimmed = bool(self._trim(0)) if self._trim is not None else False
-        for name, version, freed in waiting:
-            if not freed.is_set():
-                log.warning("Version %s of model %s is still referenced after its unload; its memory is not freed",
+        for name, version, released in unloaded:
+            if not released.is_set():
+                log.warning("Version %s of model %s is still referenced after its unload; its memory stays in use",
                             version, name)
         log.info("Reclaimed memory after %s: %d objects collected%s (%.2fs)",
                  ", ".join(f"{name}/{version}" for name, version, _ in jobs), collected,
@@ -305,8 +344,9 @@ class ModelServer:
         sock.setblocking(False)
         self.rest_port = sock.getsockname()[1]
         app = rest.create_app(self.handlers, self.settings, self.metrics, self._routes)
+        # No WebSocket routes: ws="none" also keeps every connection on _HttpProtocol's idle timer.
         config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, http=_HttpProtocol,
-                                timeout_keep_alive=self.settings.rest_api_keep_alive_timeout_seconds,
+                                ws="none", timeout_keep_alive=self.settings.rest_api_keep_alive_timeout_seconds,
                                 timeout_graceful_shutdown=5)
         self._uvicorn = _Uvicorn(config)
         self._uvicorn_task = asyncio.get_running_loop().create_task(self._uvicorn.serve(sockets=[sock]))
@@ -463,6 +503,10 @@ def run(settings: Settings) -> int:
 
     async def main() -> int:
         server = ModelServer(settings)
+        # NOTE: what the imports made (TensorFlow's 600,000 objects) lives as long as the process; out
+        # of the collector's sight, each memory reclaim's full collection walks only what came after.
+        gc.collect()
+        gc.freeze()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, server.request_stop)
