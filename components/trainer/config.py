@@ -33,6 +33,11 @@ PREPROCESS_FIT = "fit"
 VERIFICATION_RBF = "rbf"
 VERIFICATION_LINEAR = "linear"
 
+# Values of `TrainerConfig.cycle` (see components/trainer/cycles.py).
+CYCLE_AUTO = "auto"
+CYCLE_FAST = "fast"
+CYCLE_FULL = "full"
+
 
 @dataclass(frozen=True)
 class TrainerConfig:
@@ -138,6 +143,30 @@ class TrainerConfig:
     # other signers' negatives); with fewer than 2 enrolled signers there is no verify signature.
     verification_min_references: int = 2
 
+    # Cycles (components/trainer/cycles.py, docs/continuous-training.md#fast-and-full-cycles):
+    # "auto" trains only the head and the SVMs on the serving model's unchanged backbone
+    # (a fast cycle, from cached embeddings) when it can, and the whole network otherwise
+    # (a full cycle); "fast" and "full" ask for one (a fast cycle without a serving model
+    # to start from fails).
+    cycle: str = CYCLE_AUTO
+    # Where the pooled features of every example are kept per backbone (TFRecords, any
+    # tf.io.gfile filesystem). Empty: nothing is kept and a fast cycle embeds every
+    # example again; create_pipeline sets <pipeline root>/Embeddings.
+    embedding_cache_dir: str = ""
+    # Under "auto", a full cycle runs when the new records' embeddings have moved further
+    # than this from the ones the backbone was trained on (cycles.embedding_drift: the mean
+    # absolute standardised shift of the feature means), judged once at least
+    # `drift_min_records` new records are there.
+    max_embedding_drift: float = 0.5
+    drift_min_records: int = 20
+    # Under "auto", a full cycle also runs once the backbone is this old (its reference
+    # embeddings were written this long ago), whatever the drift: fast cycles in between,
+    # the backbone relearnt on everything on a slower schedule.
+    full_cycle_every_hours: float = 7 * 24.0
+    # Head training on cached embeddings: full passes over the train split's features.
+    fast_head_epochs: int = 150
+    fast_head_learning_rate: float = 3e-3
+
     def __post_init__(self) -> None:
         # JSON (custom_config) carries tuples as lists.
         for name in ("verification_c_grid", "verification_gamma_grid"):
@@ -177,6 +206,10 @@ class TrainerConfig:
                 raise ValueError(f"{name} must hold at least one positive value, got {list(values)}")
         if self.verification_cv_folds < 2:
             raise ValueError(f"verification_cv_folds must be >= 2, got {self.verification_cv_folds}")
+        if self.cycle not in (CYCLE_AUTO, CYCLE_FAST, CYCLE_FULL):
+            raise ValueError(f'cycle must be "{CYCLE_AUTO}", "{CYCLE_FAST}" or "{CYCLE_FULL}", got {self.cycle!r}')
+        if self.max_embedding_drift <= 0 or self.full_cycle_every_hours <= 0 or self.drift_min_records < 1 or self.fast_head_epochs < 1:
+            raise ValueError("max_embedding_drift and full_cycle_every_hours must be > 0, drift_min_records and fast_head_epochs >= 1")
         if self.verification_min_references < 2:
             raise ValueError("verification_min_references must be >= 2 (cross-validation holds one out), "
                              f"got {self.verification_min_references}")

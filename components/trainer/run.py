@@ -1,9 +1,11 @@
 """TFX Trainer entry point: `run_fn`, thin on purpose.
 
 It only wires the pieces, each testable without TFX: the typed config
-(config.py), training (train.py over data.py and model.py), verification on the
-trained model's features (verification.py over embeddings.py), the serving
-export (export.py) and the report (report.py).
+(config.py), the cycle's kind (cycles.py: a fast cycle trains a head on the
+serving backbone's cached features, a full one the network, train.py over
+data.py and model.py), the features kept per backbone (embedding_cache.py),
+verification on them (verification.py), the serving export (export.py) and the
+report (report.py).
 
     tfx.components.Trainer(run_fn="components.trainer.run.run_fn",
                            custom_config={CUSTOM_CONFIG_KEY: TrainerConfig(...).to_dict()}, ...)
@@ -11,12 +13,12 @@ export (export.py) and the report (report.py).
 from __future__ import annotations
 
 import logging
-
 import tensorflow as tf
 import tf_keras
 from tfx import v1 as tfx
 
-from components.trainer import data, report, train, verification
+from components.trainer import cycles, data, report, train, verification
+from components.trainer.embedding_cache import EmbeddingCache, backbone_id
 from components.trainer.config import CUSTOM_CONFIG_KEY, TrainerConfig
 from components.trainer.export import MAX_WARMUP_REQUESTS, export_serving_model
 
@@ -36,18 +38,36 @@ def keras_version() -> str:
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
-    """Train on fn_args' splits, export the serving model, write the report beside it."""
+    """Train (a fast or a full cycle) on fn_args' splits, export the serving model, write the report beside it."""
     version = keras_version()
     log.info("Keras %s (tf-keras), TensorFlow %s", version, tf.__version__)
     config = TrainerConfig.from_dict((fn_args.custom_config or {}).get(CUSTOM_CONFIG_KEY))
     train_files = data.expand_files(fn_args.train_files)
     eval_files = data.expand_files(fn_args.eval_files)
 
-    result = train.train(config, train_files, eval_files, log_dir=fn_args.model_run_dir,
-                         base_model_dir=fn_args.base_model, total_steps=fn_args.train_steps)
+    decision = cycles.decide(config, fn_args.base_model)
+    fast = None
+    if decision.kind == cycles.FAST:
+        fast = cycles.run_fast(config, fn_args.base_model, train_files, eval_files)
+        decision = cycles.judge(decision, config, fast)
+        if decision.kind != cycles.FAST:
+            fast = None
+    log.info("%s cycle: %s", decision.kind, decision.reason)
+    if fast is not None:
+        result, train_features = fast.result, fast.features
+    else:
+        result = train.train(config, train_files, eval_files, log_dir=fn_args.model_run_dir,
+                             base_model_dir=fn_args.base_model, total_steps=fn_args.train_steps)
+        # The new backbone's features of its own train split: the verification SVMs', the next fast
+        # cycle's and drift's reference.
+        cache = EmbeddingCache(config.embedding_cache_dir, backbone_id(result.model))
+        train_features = cache.embed_split(result.model, train_files, config, reference=True)
+        cache.embed_split(result.model, eval_files, config)
+
     verifier, verification_summary = None, {"skipped": "TrainerConfig.verification is off"}
     if config.verification:
-        fitted = verification.fit_for_classifier(result.model, train_files, config)
+        fitted = verification.fit_on_features(train_features.genuine, train_features.forged, config,
+                                              train_features.seconds)
         verifier, verification_summary = fitted.model, fitted.summary
     export_serving_model(result.model, result.labels, config.image_size, fn_args.serving_model_dir,
                          warmup_images=data.sample_images(eval_files, MAX_WARMUP_REQUESTS),
@@ -56,6 +76,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "keras_version": version,
         "tensorflow_version": tf.__version__,
         "labels": result.labels,
+        # Fast (head on cached embeddings, backbone unchanged) or full, and why.
+        "cycle": decision.to_dict(),
+        "embeddings": {"cached": train_features.cached, "embedded": train_features.embedded,
+                       "seconds": train_features.seconds},
         "schedule": result.schedule,
         "init": result.init,
         # The backbone's starting file and its checksum (None for random init and warm start).
@@ -71,3 +95,4 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "verification": verification_summary,
         "config": config.to_dict(),
     })
+

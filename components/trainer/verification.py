@@ -482,6 +482,14 @@ def fit_for_classifier(classifier, train_files: Sequence[str | os.PathLike], con
     embedding_seconds = time.monotonic() - started
     log.info("verification: pooled features of %d training examples and %d forgeries (%d-d) in %.1f s",
              len(features), len(forged), features.dim, embedding_seconds)
+    return fit_on_features(features, forged, config, embedding_seconds)
+
+
+def fit_on_features(features: Embeddings, forged: Embeddings, config: TrainerConfig,
+                    embedding_seconds: float = 0.0) -> TrainerVerification:
+    """`fit_verification` with the config's settings on a train split's pooled features (`features`: genuine
+    references; `forged`: its forgeries, labelled with the signer they claim to be, as that signer's extra
+    negatives). The fast cycle calls it on cached features; fit_for_classifier after a forward pass."""
     claimed = np.array(forged.labels, dtype=object)
     extra_negatives = {str(signer): forged.vectors[claimed == signer] for signer in sorted(set(forged.labels))}
     try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from components.ingest.landing import IngestPaths
 
 METADATA_FILE = "metadata.sqlite"
+EMBEDDINGS_DIR = "Embeddings"
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class PipelinePaths:
     serving_dir: str
     # Inbox, sample, landed spans and ledgers, quarantine and unlabelled records.
     ingest: IngestPaths
+
+    @property
+    def embeddings_dir(self) -> str:
+        """The Trainer's embeddings, per backbone (components/trainer/embedding_cache.py)."""
+        return posixpath.join(self.pipeline_root, EMBEDDINGS_DIR)
 
     def model_base_path(self, model_name: str) -> str:
         """TF Serving's model base path: the folder holding the numbered versions."""

@@ -3,7 +3,8 @@
     SignatureExampleGen (a new span from the inbox)
       -> StatisticsGen -> ExampleValidator (against the committed schema) -> AnomaliesGate
     spans (Resolver: every span, or the newest N) + serving baseline (Resolver)
-      -> Trainer (Xception; warm-starts from the serving model)
+      -> Trainer (a fast cycle: a new head on the serving model's backbone from cached
+                  embeddings; or a full cycle: Xception fine-tuned from the serving model)
       -> Evaluator (TFMA gate against the serving model)
       -> ServingCheck (loads and queries the candidate the way TF Serving would)
       -> Pusher (a new numbered version, atomically, in serving_model/<name>/)
@@ -84,6 +85,8 @@ def create_pipeline(
             pushed_model=tfx.dsl.Channel(type=standard_artifacts.PushedModel),
         ).with_id("serving_baseline")
 
+    if not trainer_config.embedding_cache_dir:
+        trainer_config = trainer_config.replace(embedding_cache_dir=paths.embeddings_dir)
     trainer = tfx.components.Trainer(
         run_fn=f"{TRAINER_MODULE}.run_fn",
         examples=training_examples,

@@ -8,7 +8,7 @@ import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
-from components.trainer import model as model_lib, train
+from components.trainer import cycles, model as model_lib, train
 from components.trainer.config import CUSTOM_CONFIG_KEY, TrainerConfig
 from serving.contract import MODEL_METADATA_FILE
 from serving.layout import LABELS_FILE, WARMUP_FILE
@@ -28,7 +28,8 @@ FIRST_SIGNERS = range(3)
 SECOND_SIGNERS = range(4)
 
 
-def _run_trainer(root: Path, name: str, examples_dir: Path, base_model_uri: str | None = None) -> dict[str, Path]:
+def _run_trainer(root: Path, name: str, examples_dir: Path, base_model_uri: str | None = None,
+                 config: TrainerConfig = CONFIG) -> dict[str, Path]:
     """Importer(s) -> Trainer(run_fn) through LocalDagRunner; returns the Trainer's output folders."""
     examples = tfx.dsl.Importer(
         source_uri=str(examples_dir), artifact_type=standard_artifacts.Examples,
@@ -46,7 +47,7 @@ def _run_trainer(root: Path, name: str, examples_dir: Path, base_model_uri: str 
         base_model=base_model,
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config={CUSTOM_CONFIG_KEY: CONFIG.to_dict()},
+        custom_config={CUSTOM_CONFIG_KEY: config.to_dict()},
     )
     pipeline_root = root / name
     tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
@@ -64,7 +65,9 @@ def first_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("trainer_tfx")
     examples_dir = root / "examples_1"
     splits = write_splits(examples_dir, rendered_items(FIRST_SIGNERS, per_signer=8), eval_every=4)
-    return {"root": root, "splits": splits, **_run_trainer(root, "first", examples_dir)}
+    config = CONFIG.replace(embedding_cache_dir=str(root / "Embeddings"))
+    return {"root": root, "splits": splits, "examples": examples_dir,
+            **_run_trainer(root, "first", examples_dir, config=config)}
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +147,8 @@ def test_warm_start_begins_from_the_previous_weights_and_grows_the_head_for_a_ne
         np.testing.assert_array_equal(value, reader.get_tensor(key))
     assert carried == 3 and kernel.shape[1] == 4
 
-    second = _run_trainer(root, "second", examples_dir, base_model_uri=str(first_run["model"]))
+    second = _run_trainer(root, "second", examples_dir, base_model_uri=str(first_run["model"]),
+                          config=CONFIG.replace(cycle="full"))
     assert (second["serving"] / LABELS_FILE).read_text().split() == labels
     out = tf.saved_model.load(str(second["serving"])).signatures["serving_default"](
         image_bytes=tf.constant([splits["eval"][0][0]]))
@@ -153,3 +157,47 @@ def test_warm_start_begins_from_the_previous_weights_and_grows_the_head_for_a_ne
     assert summary["init"] == "warm_start" and summary["carried_labels"] == 3
     assert summary["schedule"] == train.SCHEDULE_TWO_PHASE
     assert [h["phase"] for h in summary["history"]] == ["head", "fine_tune"]
+    assert summary["cycle"]["kind"] == "full" and summary["cycle"]["reason"].startswith("asked for")
+
+
+def _model_variables(export_dir: Path) -> dict[str, np.ndarray]:
+    """The classifier's variables in the export's checkpoint (the serving module's `model`), by key."""
+    reader = tf.train.load_checkpoint(str(export_dir / "variables" / "variables"))
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+            if key.startswith("model/")}
+
+
+def test_a_fast_cycle_trains_the_head_on_cached_embeddings_and_keeps_the_backbone_byte_for_byte(first_run):
+    """From the first model, with a new signer: the head trains on the cache the first (full) run filled, only
+    the new records are embedded, and every backbone variable of the export equals the base model's."""
+    root = first_run["root"]
+    examples_dir = root / "examples_fast"
+    splits = write_splits(examples_dir, rendered_items(SECOND_SIGNERS, per_signer=8), eval_every=4)
+    config = CONFIG.replace(embedding_cache_dir=str(root / "Embeddings"))
+    fast = _run_trainer(root, "fast", examples_dir, base_model_uri=str(first_run["model"]), config=config)
+    summary = json.loads((fast["model_run"] / "report" / "summary.json").read_text())
+    assert summary["cycle"]["kind"] == "fast", summary["cycle"]
+    assert summary["schedule"] == cycles.SCHEDULE_HEAD_ON_EMBEDDINGS and summary["carried_labels"] == 3
+    # The first run's rendering of signers 0-2 is the same bytes (same seed): cached; signer 3's is new.
+    new_train = sum(1 for _, label in splits["train"] if label == "signer_03")
+    assert summary["embeddings"] == {**summary["embeddings"], "embedded": new_train,
+                                     "cached": len(splits["train"]) - new_train}
+    assert (fast["serving"] / LABELS_FILE).read_text().split() == [f"signer_0{i}" for i in SECOND_SIGNERS]
+
+    before, after = _model_variables(first_run["serving"]), _model_variables(fast["serving"])
+    assert len(after) > 200 and before.keys() == after.keys()
+    # The head grew from 3 to 4 signers (its kernel and bias); every other variable is the backbone's.
+    head = [key for key in before if before[key].shape != after[key].shape]
+    assert sorted(after[key].shape for key in head) == [(4,), (2048, 4)]
+    for key in before.keys() - set(head):
+        assert before[key].tobytes() == after[key].tobytes(), key
+    # What the served model answers is what the Trainer predicted from the cached features.
+    lines = [json.loads(line) for line in (fast["model_run"] / "eval_predictions.jsonl").read_text().splitlines()]
+    served = tf.saved_model.load(str(fast["serving"])).signatures["predict_label"](
+        image_bytes=tf.constant([image for image, _ in splits["eval"]]))
+    for line, label, score in zip(lines, served["label"].numpy(), served["score"].numpy()):
+        assert line["predicted"] == label.decode() and abs(line["score"] - float(score)) < 1e-4
+
+    again = _run_trainer(root, "fast_again", examples_dir, base_model_uri=str(first_run["model"]), config=config)
+    summary = json.loads((again["model_run"] / "report" / "summary.json").read_text())
+    assert summary["cycle"]["kind"] == "fast" and summary["embeddings"]["embedded"] == 0
