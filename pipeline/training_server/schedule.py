@@ -193,8 +193,11 @@ class Scheduler:
         self.config = config
         self.settings = settings
         self.stop = threading.Event()
+        # Added to run_args for the cycle about to run (a full cycle after a fast one the gate refused).
+        self.cycle_args: tuple[str, ...] = ()
         self._run_cycle = run_cycle or (
-            lambda path, stop: run_child(settings.run_args, path, stop, prefix=settings.cycle_prefix))
+            lambda path, stop: run_child((*settings.run_args, *self.cycle_args), path, stop,
+                                         prefix=settings.cycle_prefix))
         self._on_status = on_status
         self._paths = config.paths().ingest
         self._key_cache: dict = {}
@@ -265,6 +268,8 @@ class Scheduler:
         last = self.status.get("last_cycle") or {}
         if last.get("result") in (FAILED, BUSY) and now < last.get("finished_at", 0) + s.retry_seconds:
             return None
+        if _fast_cycle_refused(last):
+            return FULL_AFTER_FAST
         if records > 0 and records >= s.min_new_records:
             return f"{records} new records"
         if now < self._next_due():
@@ -298,6 +303,9 @@ class Scheduler:
     def _cycle(self, trigger: str):
         started = time.time()
         records = self.status.get("records_waiting")
+        # The pipeline picks fast or full itself (components/trainer/cycles.py); after a fast cycle the gate
+        # refused, the backbone itself may be what fails the new data: relearn it at once.
+        self.cycle_args = ("--set", "trainer.cycle=full") if trigger == FULL_AFTER_FAST else ()
         log.info("cycle starts (%s)", trigger)
         self._set(state="running", current_cycle={"started_at": started, "trigger": trigger, "pid": os.getpid()})
         with tempfile.TemporaryDirectory(prefix="signflow-cycle-") as tmp:
@@ -316,6 +324,7 @@ class Scheduler:
             "serving_check": summary.get("serving_check"),
             "infra_reason": summary.get("infra_reason") or None,
             "metrics": summary.get("metrics", {}), "ingest": summary.get("ingest", {}),
+            "cycle": (summary.get("training") or {}).get("cycle"),
             "timings": summary.get("timings", {}),
         }
         cycles = dict(self.status.get("cycles") or {})
@@ -355,6 +364,14 @@ class Scheduler:
         # Readers (the serving server, `signflow status`) see the old file or the new one, never half.
         self.status_file.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.status_file, json.dumps(self.status, indent=1, default=str))
+
+
+FULL_AFTER_FAST = "the last fast cycle's candidate was not blessed: full cycle"
+
+
+def _fast_cycle_refused(last: dict[str, Any]) -> bool:
+    """Whether the last cycle was a fast one whose candidate the gate refused."""
+    return last.get("result") == "not_blessed" and (last.get("cycle") or {}).get("kind") == "fast"
 
 
 def human_duration(seconds: float) -> str:

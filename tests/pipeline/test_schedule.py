@@ -29,7 +29,8 @@ from components.ingest.landing import IngestPaths, collect_new_files, waiting
 from pipeline.definition.configs import PipelineConfig
 from pipeline.training_server.run_lock import RUN_LOCK, FileLock, LockHeld, holder
 from pipeline.training_server.run_summary import CHECK_FAILED, RunSummary, SignerResult
-from pipeline.training_server.schedule import (BUSY, FAILED, STOP_GRACE_SECONDS, CycleResult, Scheduler, ScheduleSettings,
+from pipeline.training_server.schedule import (BUSY, FAILED, FULL_AFTER_FAST, STOP_GRACE_SECONDS, CycleResult, Scheduler,
+                                               ScheduleSettings,
                                parse_duration, read_status, scheduler_lock_path, status_path)
 from pipeline.training_server.status import status_lines
 from tests.fixtures.tiny_model import make_image_bytes
@@ -160,6 +161,36 @@ def test_cycle_starts_when_enough_records_arrive(tmp_path):
     assert status["last_cycle"]["trigger"] == "5 new records"
     assert status["last_cycle"]["result"] == "pushed" and status["last_push"]["version"] == "1002"
     assert status["cycles"] == {"pushed": 2} and status["records_waiting"] == 0
+
+
+def test_a_fast_cycle_the_gate_refused_is_followed_at_once_by_a_full_cycle(tmp_path):
+    """The pipeline picks fast or full itself; the scheduler only forces a full cycle right after a fast one whose
+    candidate was not blessed, even with nothing new waiting and the interval an hour away."""
+    config = _config(tmp_path)
+    kinds = ["fast", "full"]
+    calls: list[tuple[str, ...]] = []
+
+    def cycle(summary_json: Path, stop: threading.Event) -> CycleResult:
+        calls.append(scheduler.cycle_args)
+        collection = collect_new_files(_paths(config))
+        if collection.latest_span is not None:
+            Path(_paths(config).seen_file(collection.latest_span)).parent.mkdir(parents=True, exist_ok=True)
+            Path(_paths(config).seen_file(collection.latest_span)).write_text("")
+        kind = kinds.pop(0)
+        result = "not_blessed" if kind == "fast" else "pushed"
+        return CycleResult(result, 0, {"result": result, "training": {"cycle": {"kind": kind, "reason": "test"}},
+                                       "pushed_version": "7" if result == "pushed" else None})
+
+    scheduler = Scheduler(config, ScheduleSettings(interval_seconds=3600, min_new_records=5, poll_seconds=0.05,
+                                                   max_cycles=2), run_cycle=cycle)
+    _drop(config, "first.jsonl", 6)
+    thread = _run_in_thread(scheduler)
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert calls == [(), ("--set", "trainer.cycle=full")]
+    status = read_status(status_path(config))
+    assert status["last_cycle"]["trigger"] == FULL_AFTER_FAST
+    assert status["last_cycle"]["cycle"]["kind"] == "full" and status["last_cycle"]["result"] == "pushed"
 
 
 def test_a_failed_cycle_is_recorded_and_the_schedule_goes_on(tmp_path, caplog):

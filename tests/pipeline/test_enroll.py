@@ -1,0 +1,73 @@
+"""`signflow enroll`: what it refuses before any pipeline runs, and how it lands the references.
+
+The fast cycle it runs is tested with the real Trainer in tests/trainer/test_trainer_tfx.py
+and end to end in tests/e2e/test_continuous_training.py.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.runners.enroll_runner import MIN_REFERENCES, land
+from tests.fixtures.tiny_model import make_image_bytes
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _enroll(root: Path, *args: str) -> subprocess.CompletedProcess:
+    config = root / "config.json"
+    config.write_text(json.dumps({"pipeline_root": str(root / "pipeline_root"), "inbox_dir": str(root / "inbox"),
+                                  "sample_dir": None, "serving_dir": str(root / "serving_model")}))
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "enroll", "--config", str(config), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def _references(folder: Path, count: int, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        (folder / f"ref-{i}.png").write_bytes(make_image_bytes(seed=seed + i))
+    return folder
+
+
+def test_fewer_than_five_usable_references_are_refused_naming_what_was_wrong(tmp_path):
+    images = _references(tmp_path / "refs", MIN_REFERENCES - 1)
+    (images / "scan.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (images / "notes.txt").write_text("hello")
+    done = _enroll(tmp_path, "--signer", "alice", "--images", str(images))
+    assert done.returncode == 2, done.stderr
+    assert f"at least {MIN_REFERENCES} reference signatures" in done.stderr
+    assert f"has {MIN_REFERENCES - 1} usable image(s)" in done.stderr
+    assert "scan.png:" in done.stderr and "notes.txt: not an image file" in done.stderr
+    assert not (tmp_path / "inbox").exists()
+
+
+def test_without_a_served_model_enrolment_says_to_train_first(tmp_path):
+    images = _references(tmp_path / "refs", MIN_REFERENCES)
+    done = _enroll(tmp_path, "--signer", "alice", "--images", str(images))
+    assert done.returncode == 2
+    assert "no model is served" in done.stderr and "signflow run" in done.stderr
+    assert not (tmp_path / "inbox").exists()
+
+
+def test_a_label_ingestion_would_refuse_is_refused(tmp_path):
+    images = _references(tmp_path / "refs", MIN_REFERENCES)
+    done = _enroll(tmp_path, "--signer", "alice ", "--images", str(images))
+    assert done.returncode == 2 and "leading or trailing whitespace" in done.stderr
+
+
+def test_references_land_in_the_signers_inbox_folder_once(tmp_path):
+    images = sorted(_references(tmp_path / "refs", MIN_REFERENCES).iterdir())
+    inbox = tmp_path / "inbox"
+    first = land("alice", images, inbox)
+    assert [p.parent for p in first] == [inbox / "alice"] * MIN_REFERENCES
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in images]
+    # Landing the same files again adds nothing; another file of the same name gets its own name.
+    assert land("alice", images, inbox) == first
+    other = tmp_path / "other" / images[0].name
+    other.parent.mkdir()
+    other.write_bytes(make_image_bytes(seed=99))
+    (renamed,) = land("alice", [other], inbox)
+    assert renamed.name == f"{other.stem}-1{other.suffix}" and renamed.read_bytes() == other.read_bytes()
+    assert not list(inbox.rglob("*.part"))
