@@ -1,13 +1,22 @@
 """The ExampleGen executor: one landed span -> validated, de-duplicated tf.Examples.
 
-TFX's BaseExampleGenExecutor owns the frame: it calls our PTransform on the
-resolved span pattern, splits its tf.Examples into train/eval by the hash of the
-`sha256` feature (output_config.partition_feature_name) and writes GZIP
-TFRecords. The PTransform also writes, as side branches of the same Beam
+Follows TFX's BaseExampleGenExecutor: its GenerateExamplesByBeam calls our
+PTransform on the resolved span pattern and splits the tf.Examples into
+train/eval by the hash of the `sha256` feature (output_config.partition_feature_name);
+the artifact gets the same split names, payload and file format properties and
+the same GZIP TFRecords. What differs is how files are written: every output
+goes through tf.io.gfile (so the Examples artifact may be on gs://, s3:// or
+any filesystem TensorFlow knows, not only those Beam knows), each Beam bundle
+writing one shard file into a staging folder inside the artifact
+(`_WriteShards`). The PTransform also writes, as a side branch of the same Beam
 pipeline, everything that did not become an example. After the pipeline, `Do`
-moves those files into place, writes `<examples uri>/ingest_summary.json`, and
+moves the shards into place, writes `<examples uri>/ingest_summary.json`, and
 writes the span's examples ledger last (the "span processed" marker, see
 `components.ingest.landing`).
+
+The landing folder and the ledger stay on the local disk of the machine that
+collects the inbox (see `components.ingest.landing`); the quarantine and
+unlabelled stores, like the Examples, may be anywhere.
 """
 from __future__ import annotations
 
@@ -16,23 +25,25 @@ import functools
 import itertools
 import json
 import logging
-import os
-import shutil
+import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 import tensorflow as tf
+from apache_beam.transforms.window import GlobalWindows
 from tfx import types
-from tfx.components.example_gen import base_example_gen_executor
+from tfx.components.example_gen import base_example_gen_executor, write_split
 from tfx.components.example_gen import utils as example_gen_utils
+from tfx.components.util import examples_utils
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.utils import proto_utils
 
+from components import storage
 from components.ingest import landing, spec
 from components.ingest.records import Accepted, LandedFile, Rejected, read_landed_file, to_example, unlabelled_entry
-from serving.contract import RECORD_LABEL_KEY, write_atomic
+from serving.contract import RECORD_LABEL_KEY
 from serving.images import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
@@ -51,6 +62,15 @@ QUARANTINED_PROPERTY = "ingest_quarantined"
 FORGERIES_PROPERTY = "ingest_forgeries"  # of the examples, those marked as forgeries
 
 _SIDE = "side"
+# Threads validating the records of one JSON Lines file (image decoding releases
+# the GIL). Two: the pipeline's machines have a few cores, and the Beam runner and
+# the shard compression (executor's _ShardFile) use the rest.
+VALIDATION_THREADS = 2
+# TFX's .gz TFRecords.
+_COMPRESSION = "GZIP"
+# Shard kinds: the examples of one split, or side records (JSON lines).
+_EXAMPLES_SHARD = "examples"
+_SIDE_SHARD = "side"
 
 
 @dataclass(frozen=True)
@@ -68,8 +88,12 @@ class _SpanPlan:
     max_pixels: int
 
     @property
-    def side_file(self) -> str:
-        return os.path.join(self.staging, "side.jsonl")
+    def example_shard_list(self) -> str:
+        return storage.join(self.staging, "example-shards.json")
+
+    @property
+    def side_shard_list(self) -> str:
+        return storage.join(self.staging, "side-shards.json")
 
 
 class Executor(base_example_gen_executor.BaseExampleGenExecutor):
@@ -81,11 +105,13 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         output_dict: dict[str, list[types.Artifact]],
         exec_properties: dict[str, Any],
     ) -> None:
+        self._log_startup(input_dict, output_dict, exec_properties)
         span = int(exec_properties[example_gen_utils.SPAN_PROPERTY_NAME])
         paths = spec.ingest_paths(exec_properties)
         examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
-        staging = os.path.join(examples.uri, _STAGING)
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = storage.join(examples.uri, _STAGING)
+        storage.rmtree(staging)  # left by an attempt that died; its shards are not listed anywhere
+        storage.makedirs(staging)
         self._plan = _SpanPlan(
             span=span,
             files=landing.landed_files(paths, span),
@@ -95,11 +121,28 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
             label_keys=spec.label_keys(exec_properties),
             max_pixels=int(exec_properties[spec.MAX_PIXELS_KEY]),
         )
-        super().Do(input_dict, output_dict, exec_properties)
-
+        input_config = example_gen_pb2.Input()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
         output_config = example_gen_pb2.Output()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY], output_config)
-        split_names = [split.name for split in output_config.split_config.splits]
+        split_names = example_gen_utils.generate_output_split_names(input_config, output_config)
+        examples.split_names = artifact_utils.encode_split_names(split_names)
+
+        with self._make_beam_pipeline() as pipeline:
+            splits = self.GenerateExamplesByBeam(pipeline, exec_properties)
+            # NOTE: no Reshuffle before writing, unlike TFX's WriteSplit: consumers
+            # shuffle their input themselves, and moving every image through a
+            # shuffle was a large part of the executor's time.
+            shards = [
+                examples_split
+                | f"WriteSplit[{name}]" >> beam.ParDo(_WriteShards(staging, _EXAMPLES_SHARD, name, tfrecord=True))
+                for name, examples_split in splits.items()
+            ]
+            _ = shards | "AllSplits" >> beam.Flatten() | "ListSplitShards" >> _ListShards(self._plan.example_shard_list)
+
+        examples_utils.set_payload_format(examples, exec_properties[standard_component_specs.OUTPUT_DATA_FORMAT_KEY])
+        examples_utils.set_file_format(
+            examples, write_split.to_file_format_str(exec_properties[standard_component_specs.OUTPUT_FILE_FORMAT_KEY]))
         summary = _publish(self._plan, paths, examples.uri, split_names, split_assigner(output_config))
         for prop, key in (
             (RECORDS_READ_PROPERTY, "records_read"),
@@ -165,8 +208,7 @@ def run_executor(
     examples.uri = examples_uri
     executor = Executor(Executor.Context(beam_pipeline_args=list(beam_pipeline_args)))
     executor.Do({}, {standard_component_specs.EXAMPLES_KEY: [examples]}, exec_properties)
-    with open(os.path.join(examples_uri, SUMMARY_FILE), encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(storage.read_text(storage.join(examples_uri, SUMMARY_FILE)))
 
 
 def split_assigner(output_config: example_gen_pb2.Output) -> Callable[[str], str]:
@@ -190,12 +232,12 @@ def split_assigner(output_config: example_gen_pb2.Output) -> Callable[[str], str
 
 @beam.ptransform_fn
 def _IngestSpan(pipeline: beam.Pipeline, exec_properties: dict, split_pattern: str, plan: _SpanPlan):  # noqa: N802
-    """Landed files of one span -> tf.Examples; everything else goes to one staged side file.
+    """Landed files of one span -> tf.Examples; everything else goes to staged side shards.
 
-    The side file holds one JSON object per line, by "kind": "read" (records read
-    in one file), "example" (the ledger entry of an example), "quarantine",
-    "unlabelled" and "duplicate". One sink rather than five keeps the Beam graph
-    small, which is most of the cost of a small span.
+    The side shards hold one JSON object per line, by "kind": "read" (records
+    read in one file), "example" (the ledger entry of an example), "quarantine",
+    "unlabelled" and "duplicate". One kind of shard rather than five keeps the
+    Beam graph small, which is most of the cost of a small span.
     """
     del exec_properties, split_pattern  # the plan holds the files of the resolved span
     outcomes = (
@@ -217,9 +259,73 @@ def _IngestSpan(pipeline: beam.Pipeline, exec_properties: dict, split_pattern: s
     _ = (
         (side | "SideJson" >> beam.Map(_side_line, span=plan.span), decided[_SIDE])
         | "AllSide" >> beam.Flatten()
-        | "WriteSide" >> beam.io.WriteToText(plan.side_file, num_shards=1, shard_name_template="")
+        | "WriteSide" >> beam.ParDo(_WriteShards(plan.staging, _SIDE_SHARD, "", tfrecord=False))
+        | "ListSideShards" >> _ListShards(plan.side_shard_list)
     )
     return decided.examples | "ToExample" >> beam.Map(to_example, ingested_at=plan.ingested_at)
+
+
+# -- shards: one file per Beam bundle, written through tf.io.gfile ---------------------------------------------
+
+class _ShardFile:
+    """One shard being written: GZIP TFRecords (TensorFlow's own writer), or UTF-8 lines; through tf.io.gfile."""
+
+    def __init__(self, path: str, tfrecord: bool):
+        self._records = tf.io.TFRecordWriter(path, options=_COMPRESSION) if tfrecord else None
+        self._lines = None if tfrecord else tf.io.gfile.GFile(path, "wb")
+
+    def add(self, record: bytes) -> None:
+        if self._records is not None:
+            self._records.write(record)
+        else:
+            self._lines.write(record + b"\n")
+
+    def close(self) -> None:
+        (self._records or self._lines).close()
+
+
+class _WriteShards(beam.DoFn):
+    """Writes each bundle's elements to one new file in `folder`; outputs (kind, split, file name).
+
+    Examples (tf.train.Example) become GZIP TFRecords, side records (str) lines.
+    Only the files named in the output count (`_ListShards` lists them): a
+    bundle that a runner retries leaves a file that nothing lists, and that is
+    deleted with the staging folder.
+    """
+
+    def __init__(self, folder: str, kind: str, split: str, tfrecord: bool):
+        self._folder = folder
+        self._kind = kind
+        self._split = split
+        self._tfrecord = tfrecord
+        self._name: str | None = None
+        self._shard: _ShardFile | None = None
+
+    def start_bundle(self) -> None:
+        self._name, self._shard = None, None
+
+    def process(self, element: tf.train.Example | str) -> None:
+        if self._shard is None:
+            suffix = ".gz" if self._tfrecord else ".jsonl"
+            self._name = f"{self._kind}-{self._split or 'all'}-{uuid.uuid4().hex}{suffix}"
+            self._shard = _ShardFile(storage.join(self._folder, self._name), self._tfrecord)
+        self._shard.add(element.SerializeToString() if self._tfrecord else element.encode("utf-8"))
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if self._shard is None:
+            return
+        self._shard.close()
+        yield GlobalWindows.windowed_value((self._kind, self._split, self._name))
+
+
+@beam.ptransform_fn
+def _ListShards(shards: beam.PCollection, path: str):  # noqa: N802
+    """Write the (kind, split, file name) of every committed shard to `path`, as one JSON list."""
+    return (
+        shards
+        | "ToList" >> beam.combiners.ToList()
+        | "Write" >> beam.Map(lambda names: storage.write(path, json.dumps(sorted(names))))
+    )
 
 
 @dataclass(frozen=True)
@@ -231,7 +337,7 @@ class _FileRead:
 def _read_counted(landed: LandedFile, **kwargs):
     """The outcomes of one file, then how many there were (counted apart from how they end)."""
     count = 0
-    for outcome in read_landed_file(landed, **kwargs):
+    for outcome in read_landed_file(landed, threads=VALIDATION_THREADS, **kwargs):
         count += 1
         yield outcome
     yield _FileRead(landed.name, count)
@@ -301,7 +407,7 @@ def _read_prior(paths: landing.IngestPaths, span: int) -> dict[str, tuple[int, s
     for earlier in landing.committed_spans(paths):
         if earlier >= span or not landing.is_processed(paths, earlier):
             continue
-        for line in _lines(paths.seen_file(earlier)):
+        for line in storage.read_lines(paths.seen_file(earlier)):
             sha256, label, genuine = _parse_ledger_line(line)
             prior.setdefault(sha256, (earlier, label, genuine))
     return prior
@@ -310,22 +416,23 @@ def _read_prior(paths: landing.IngestPaths, span: int) -> dict[str, tuple[int, s
 def _publish(
     plan: _SpanPlan, paths: landing.IngestPaths, uri: str, split_names: list[str], assign: Callable[[str], str]
 ) -> dict:
-    """Sort the staged side file into its places, write the summary, then the ledger (last)."""
+    """Move the listed shards into place, sort the side records into their files, write the summary, then the
+    ledger (last)."""
+    _place_examples(plan, uri, split_names)
     kinds: dict[str, list[dict]] = collections.defaultdict(list)
-    for line in _lines(plan.side_file):
-        entry = json.loads(line)
-        kinds[entry.pop("kind")].append(entry)
+    for _, _, name in _listed_shards(plan.side_shard_list):
+        for line in storage.read_lines(storage.join(plan.staging, name)):
+            entry = json.loads(line)
+            kinds[entry.pop("kind")].append(entry)
     records_read = sum(entry["records"] for entry in kinds["read"])
     ledger = sorted(_ledger_line(e["sha256"], e["label"], e["genuine"]) for e in kinds["example"])
     quarantine, unlabelled, duplicates = (
         sorted(kinds[kind], key=_by_source) for kind in ("quarantine", "unlabelled", "duplicate")
     )
 
-    for folder in (paths.quarantine_dir, paths.unlabelled_dir, uri, paths.seen_dir):
-        os.makedirs(folder, exist_ok=True)  # write_atomic needs the folder to exist
-    write_atomic(paths.quarantine_file(plan.span), _jsonl(quarantine))
-    write_atomic(paths.unlabelled_file(plan.span), _jsonl(unlabelled))
-    write_atomic(os.path.join(uri, DUPLICATES_FILE), _jsonl(duplicates))
+    storage.write_atomic(paths.quarantine_file(plan.span), _jsonl(quarantine))
+    storage.write_atomic(paths.unlabelled_file(plan.span), _jsonl(unlabelled))
+    storage.write_atomic(storage.join(uri, DUPLICATES_FILE), _jsonl(duplicates))
 
     labels = collections.Counter(e["label"] for e in kinds["example"])
     forged = collections.Counter(e["label"] for e in kinds["example"] if not e["genuine"])
@@ -349,26 +456,44 @@ def _publish(
         "landing_dir": paths.span_dir(plan.span),
         "quarantine_file": paths.quarantine_file(plan.span),
         "unlabelled_file": paths.unlabelled_file(plan.span),
-        "duplicates_file": os.path.join(uri, DUPLICATES_FILE),
+        "duplicates_file": storage.join(uri, DUPLICATES_FILE),
     }
     accounted = summary["examples"] + summary["duplicates"] + summary["unlabelled"] + summary["quarantined"]
     if accounted != records_read:
         raise RuntimeError(f"ingest span {plan.span}: {records_read} records read but {accounted} accounted for")
-    write_atomic(os.path.join(uri, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
-    write_atomic(paths.seen_file(plan.span), "".join(f"{line}\n" for line in ledger))
-    shutil.rmtree(plan.staging, ignore_errors=True)
+    storage.write_atomic(storage.join(uri, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
+    storage.write_atomic(paths.seen_file(plan.span), "".join(f"{line}\n" for line in ledger))
+    storage.rmtree(plan.staging)
     return summary
+
+
+def _listed_shards(path: str) -> list[tuple[str, str, str]]:
+    """The (kind, split, file name) of the shards a finished pipeline committed."""
+    return [tuple(item) for item in json.loads(storage.read_text(path))]
+
+
+def _place_examples(plan: _SpanPlan, uri: str, split_names: list[str]) -> None:
+    """Move each split's shards to `Split-<name>/data_tfrecord-NNNNN-of-NNNNN.gz`, TFX's own names.
+
+    A split without examples gets one empty file, as Beam's TFRecord sink writes:
+    readers that list the split's files then find a (valid, empty) TFRecord.
+    """
+    by_split: dict[str, list[str]] = collections.defaultdict(list)
+    for _, split, name in _listed_shards(plan.example_shard_list):
+        by_split[split].append(name)
+    for split in split_names:
+        folder = storage.join(uri, f"Split-{split}")
+        storage.makedirs(folder)
+        names = by_split[split]
+        if not names:
+            _ShardFile(storage.join(folder, f"{write_split.DEFAULT_FILE_NAME}-00000-of-00001.gz"), tfrecord=True).close()
+        for index, name in enumerate(names):
+            target = storage.join(folder, f"{write_split.DEFAULT_FILE_NAME}-{index:05d}-of-{len(names):05d}.gz")
+            storage.rename(storage.join(plan.staging, name), target)
 
 
 def _jsonl(entries: list[dict]) -> str:
     return "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
-
-
-def _lines(path: str) -> list[str]:
-    if not os.path.exists(path):  # a sink given no element may write no file
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
 
 
 def _by_source(entry: dict) -> tuple[str, int]:

@@ -16,14 +16,16 @@ retention.
 
 The push record, with all of that, is written when the version number is
 reserved, before the copy, and outside the version folder: what TF Serving
-loads is only ever the complete copy of the Trainer's export.
+loads is only ever the complete copy of the Trainer's export. The serving
+folder, the Model and the PushedModel may be on any filesystem TensorFlow knows
+(components.storage); on an object store the publish is a copy with
+saved_model.pb last instead of a rename (components.pusher.publish).
 """
 from __future__ import annotations
 
 import json
 import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from absl import logging
@@ -34,9 +36,10 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
+from components import storage
 from components.pusher import lineage, models_config, publish, records
+from components.pusher.publish import version_path
 from components.pusher.records import PushRecord
-from serving.layout import version_path
 
 if TYPE_CHECKING:
     from components.pusher.evaluation import EvaluationSummary
@@ -95,10 +98,12 @@ class Executor(tfx_pusher_executor.Executor):
         self._log_startup(input_dict, output_dict, exec_properties)
         pushed_model = artifact_utils.get_single_instance(output_dict[PUSHED_MODEL_KEY])
         model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
-        serving_dir = Path(exec_properties[SERVING_DIR_KEY]).absolute()
+        serving_dir = exec_properties[SERVING_DIR_KEY]
+        if storage.is_local(serving_dir):
+            serving_dir = os.path.abspath(storage.local_path(serving_dir))
         model_name = exec_properties.get(MODEL_NAME_KEY) or DEFAULT_MODEL_NAME
         keep_versions = exec_properties.get(KEEP_VERSIONS_KEY) or DEFAULT_KEEP_VERSIONS
-        model_base_path = serving_dir / model_name
+        model_base_path = storage.join(serving_dir, model_name)
         pushed_model.set_string_custom_property(lineage.MODEL_NAME, model_name)
         pushed_model.set_string_custom_property(lineage.MODEL_URI, model.uri)
         pushed_model.set_int_custom_property(lineage.MODEL_ID, model.id or 0)
@@ -152,17 +157,17 @@ class Executor(tfx_pusher_executor.Executor):
             result = publish.push_model(record.source_path, model_base_path, record)
             _log_recovery(model_base_path, result)
             logging.info("Pusher: model %s pushed as %s.", model.uri, result.path)
-        models_config.write_models_config(serving_dir / models_config.MODELS_CONFIG_FILE, model_name, model_base_path)
+        models_config.write_models_config(
+            storage.join(serving_dir, models_config.MODELS_CONFIG_FILE), model_name, model_base_path)
         self._retain(serving_dir, model_name, keep_versions)
 
         destination = version_path(model_base_path, record.version)
-        self._MarkPushed(pushed_model, pushed_destination=str(destination), pushed_version=str(record.version))
+        self._MarkPushed(pushed_model, pushed_destination=destination, pushed_version=str(record.version))
         pushed_model.set_int_custom_property(lineage.PUSHED_AT, int(record.pushed_at or record.adopted_at or time.time()))
         if record.eval_metrics:
             pushed_model.set_string_custom_property(lineage.EVAL_METRICS, json.dumps(record.eval_metrics, sort_keys=True))
         # The PushedModel's own folder keeps the push record, not a second copy of the model.
-        os.makedirs(pushed_model.uri, exist_ok=True)
-        (Path(pushed_model.uri) / PUSH_RECORD_FILE).write_text(record.to_json(), encoding="utf-8")
+        storage.write_atomic(storage.join(pushed_model.uri, PUSH_RECORD_FILE), record.to_json())
 
     def _blessing_problem(self, input_dict: dict[str, list[types.Artifact]], model: types.Artifact,
                           summary: EvaluationSummary | None) -> str | None:
@@ -181,11 +186,11 @@ class Executor(tfx_pusher_executor.Executor):
             return f"not blessed: infra_blessing (serving check): {reason}"
         return None
 
-    def _retain(self, serving_dir: Path, model_name: str, keep_versions: int) -> None:
-        model_base_path = serving_dir / model_name
+    def _retain(self, serving_dir: str, model_name: str, keep_versions: int) -> None:
+        model_base_path = storage.join(serving_dir, model_name)
         try:
             pinned = records.read_pins(model_base_path) | models_config.labelled_versions(
-                serving_dir / models_config.MODELS_CONFIG_FILE, model_name)
+                storage.join(serving_dir, models_config.MODELS_CONFIG_FILE), model_name)
         except ValueError as err:
             # A pin file we cannot read must not turn into deleted versions.
             logging.error("Pusher: retention skipped: %s", err)
@@ -196,15 +201,15 @@ class Executor(tfx_pusher_executor.Executor):
                          removed, keep_versions, sorted(pinned) or "none")
 
 
-def _log_recovery(model_base_path: Path, recovery: publish.Recovery | publish.PushResult) -> None:
+def _log_recovery(model_base_path: str, recovery: publish.Recovery | publish.PushResult) -> None:
     for name in recovery.stale_removed:
-        logging.info("Pusher: removed %s left by a push or retention that died.", model_base_path / name)
+        logging.info("Pusher: removed %s left by a push or retention that died.", storage.join(model_base_path, name))
     for version in recovery.adopted:
         logging.warning("Pusher: version %d was published by a push that died before recording it; "
                         "it is complete and served, and is now recorded as live.", version)
 
 
-def _rolled_back_problem(model_base_path: Path, model_uri: str) -> str | None:
+def _rolled_back_problem(model_base_path: str, model_uri: str) -> str | None:
     found = records.find_rolled_back_push(model_base_path, model_uri)
     if found is None:
         return None

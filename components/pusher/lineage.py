@@ -13,12 +13,12 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from components import storage
 from serving.model_folder import record_counts
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def trained_on(examples: Sequence[Any]) -> tuple[list[int], dict[str, int]]:
 
     spans, summaries = set(), []
     for artifact in examples:
-        summary = _read_summary(Path(artifact.uri) / SUMMARY_FILE)
+        summary = _read_summary(storage.join(artifact.uri, SUMMARY_FILE))
         span = _int(artifact.mlmd_artifact, SPAN)
         span = span if span is not None else summary.get(SPAN)
         if isinstance(span, int) and not isinstance(span, bool):
@@ -82,12 +82,12 @@ def trained_on(examples: Sequence[Any]) -> tuple[list[int], dict[str, int]]:
     return sorted(spans), record_counts(summaries)
 
 
-def _read_summary(path: Path) -> dict[str, Any]:
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+def _read_summary(path: str) -> dict[str, Any]:
+    if not storage.exists(path):
         return {}
-    except (OSError, ValueError) as err:
+    try:
+        summary = json.loads(storage.read_text(path))
+    except (OSError, ValueError, storage.StorageError) as err:
         log.warning("Pusher: cannot read %s (%s): its records are not counted", path, err)
         return {}
     return summary if isinstance(summary, dict) else {}

@@ -1,6 +1,7 @@
-"""Publishing a SavedModel as a new TF Serving version: numbered, atomic, with retention.
+"""Publishing a SavedModel as a new TF Serving version: numbered, atomic where the filesystem allows, with retention.
 
-A push copies the model into a hidden staging folder inside the model folder
+On a filesystem that renames folders atomically (local disk, HDFS:
+storage.renames_folders), a push copies the model into a hidden staging folder inside the model folder
 (`.incoming-<version>-<pid>`, a name TF Serving ignores), fsyncs every file and
 folder, then renames the folder to `<version>` in one step. A model server that
 polls the folder sees either no new version or a complete one. A push that dies
@@ -9,22 +10,36 @@ process that owned it is gone. A push that dies after the rename but before
 recording the version as live leaves a complete, served version: the next push
 adopts it (records it as live) rather than removing what TF Serving serves.
 
-Standard library only (no TensorFlow), so a push is cheap to start.
+On an object store (gs://, s3://, and any scheme not known to rename folders)
+a folder cannot appear in one step. A push there uploads the model into the
+same hidden staging folder, then copies it into `<version>/` with
+saved_model.pb last, and deletes the staging copy. TF Serving loads a version
+once saved_model.pb is there (and loads it even if files are still missing),
+so the numbered folder is incomplete only while it has no saved_model.pb; the
+copy inside the store is fast next to the upload. A push that dies during that
+copy leaves a numbered folder without saved_model.pb: the next push deletes it
+(and records the push as failed) instead of adopting it. Retention deletes a
+version's saved_model.pb first, then the rest. docs/deployment.md, "Artifacts
+on object stores", says what this means for TF Serving.
+
+Every file operation goes through components.storage (tf.io.gfile).
 """
 from __future__ import annotations
 
+import logging
 import os
-import shutil
 import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
+from components import storage
+from components.storage import fsync_dir
 from components.pusher import records
-from components.pusher.records import PushRecord
-from serving.contract import fsync_dir
-from serving.layout import SAVED_MODEL_FILE, STAGING_PREFIX, list_versions, parse_version, version_path
+from components.pusher.records import PathLike, PushRecord
+from serving.layout import SAVED_MODEL_FILE, STAGING_PREFIX, parse_version
+
+log = logging.getLogger(__name__)
 
 # Retention first renames a version to this hidden name, then deletes it, so a
 # server never sees a numbered folder with half its files gone.
@@ -37,10 +52,21 @@ Clock = Callable[[], float]
 _publishing: set[tuple[str, int]] = set()
 
 
+def list_versions(model_base_path: PathLike) -> list[int]:
+    """serving.layout.list_versions on any filesystem: numbered child folders, ascending."""
+    base = os.fspath(model_base_path)
+    return sorted(version for version in (parse_version(name) for name in storage.listdir(base))
+                  if version is not None and storage.isdir(version_path(base, version)))
+
+
+def version_path(model_base_path: PathLike, version: int) -> str:
+    return storage.join(os.fspath(model_base_path), str(version))
+
+
 @dataclass(frozen=True)
 class PushResult:
     version: int
-    path: Path
+    path: str
     stale_removed: list[str]
     adopted: list[int]
 
@@ -54,8 +80,8 @@ class Recovery:
 
 
 def push_model(
-    model_dir: str | Path,
-    model_base_path: str | Path,
+    model_dir: PathLike,
+    model_base_path: PathLike,
     record: PushRecord,
     clock: Clock = time.time,
 ) -> PushResult:
@@ -66,33 +92,41 @@ def push_model(
     push that crashed), so versions strictly increase even if the clock goes back.
     `record` says where the model came from; its version and timestamps are set here.
     """
-    model_dir = Path(model_dir)
-    base = Path(model_base_path)
-    if not (model_dir / SAVED_MODEL_FILE).is_file():
+    model_dir, base = os.fspath(model_dir), os.fspath(model_base_path)
+    if not storage.exists(storage.join(model_dir, SAVED_MODEL_FILE)):
         raise FileNotFoundError(f"{model_dir} has no {SAVED_MODEL_FILE}: not a SavedModel")
-    base.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(base)
     recovery = recover_interrupted_pushes(base)
     version = _reserve_version(base, record, clock)
-    staging = base / f"{STAGING_PREFIX}{version}-{os.getpid()}"
+    staging = storage.join(base, f"{STAGING_PREFIX}{version}-{os.getpid()}")
     final = version_path(base, version)
-    in_flight = (str(base.resolve()), version)
+    in_flight = (_identity(base), version)
     _publishing.add(in_flight)
     try:
         try:
             _copy_saved_model(model_dir, staging)
-            # The one step that makes the version visible. os.rename of a folder onto
-            # an existing non-empty folder fails rather than merging, and the number
-            # was reserved above, so an existing target would be a bug, not a race.
-            os.rename(staging, final)
+            if storage.renames_folders(base):
+                # The one step that makes the version visible. A rename onto an existing
+                # folder fails rather than merging, and the number was reserved above, so
+                # an existing target would be a bug, not a race.
+                storage.rename(staging, final)
+            else:
+                log.info("Pusher: %s cannot rename a folder in one step: copying version %d from %s with %s last, "
+                         "then deleting the staging copy.", base, version, staging, SAVED_MODEL_FILE)
+                _copy_saved_model(staging, final)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            storage.rmtree(staging)
+            if not storage.renames_folders(base):
+                _remove_version_folder(final)
             record.state = records.FAILED
             records.update_record(base, record)
             raise
-        # Outside the inner try: once renamed the version is served, so a failure
+        # Outside the inner try: once published the version is served, so a failure
         # from here on leaves the record saying "staging" for the next push to
         # adopt, never "failed".
         fsync_dir(base)
+        if not storage.renames_folders(base):
+            storage.rmtree(staging)
         record.state = records.LIVE
         record.pushed_at = clock()
         records.update_record(base, record)
@@ -101,14 +135,14 @@ def push_model(
     return PushResult(version=version, path=final, stale_removed=recovery.stale_removed, adopted=recovery.adopted)
 
 
-def recover_interrupted_pushes(model_base_path: str | Path) -> Recovery:
+def recover_interrupted_pushes(model_base_path: PathLike) -> Recovery:
     """Clean up after pushes and retentions that died: see remove_stale_folders and adopt_published_versions."""
     return Recovery(stale_removed=remove_stale_folders(model_base_path),
                     adopted=adopt_published_versions(model_base_path))
 
 
-def adopt_published_versions(model_base_path: str | Path) -> list[int]:
-    """Record as live every version folder whose push died after the rename. Returns those versions.
+def adopt_published_versions(model_base_path: PathLike) -> list[int]:
+    """Record as live every version folder whose push died after publishing it. Returns those versions.
 
     The rename is a push's commit point: a numbered folder exists only once its
     copy is complete and fsynced, so a record still saying `staging` next to one
@@ -117,12 +151,21 @@ def adopt_published_versions(model_base_path: str | Path) -> list[int]:
     live process, or in this one) is about to write its own record and is left
     alone. A pid names a process on one host only: a record written on another
     host (a pod sharing the volume may even have our pid) is left as it is.
+
+    On an object store the numbered folder is complete only once it has
+    saved_model.pb (copied last): one without it is what a push that died
+    mid-copy left, and is deleted (its record says failed) rather than adopted.
     """
-    base = Path(model_base_path)
+    base = os.fspath(model_base_path)
     adopted = []
     for version in list_versions(base):
         record = records.read_record(base, version)
         if record is None or record.state != records.STAGING or not _owner_is_gone(base, version, record):
+            continue
+        if not storage.exists(storage.join(version_path(base, version), SAVED_MODEL_FILE)):
+            _remove_version_folder(version_path(base, version))
+            record.state = records.FAILED
+            records.update_record(base, record)
             continue
         # Read again now that the owner is known to be gone: it may have written `live`
         # just before it ended, and that record must not be overwritten with a stale copy.
@@ -136,22 +179,21 @@ def adopt_published_versions(model_base_path: str | Path) -> list[int]:
     return adopted
 
 
-def highest_used_version(model_base_path: str | Path) -> int:
+def highest_used_version(model_base_path: PathLike) -> int:
     """The highest version number ever used under `model_base_path` (0 if none)."""
-    base = Path(model_base_path)
+    base = os.fspath(model_base_path)
     used = list_versions(base) + records.rolled_back_versions(base) + records.recorded_versions(base)
-    if base.is_dir():
-        used += [version for version, _ in (_parse_owned(child.name) for child in base.iterdir()) if version is not None]
+    used += [version for version, _ in (_parse_owned(name) for name in storage.listdir(base)) if version is not None]
     return max(used, default=0)
 
 
-def serving_version(model_base_path: str | Path) -> int | None:
+def serving_version(model_base_path: PathLike) -> int | None:
     """The version TF Serving's `latest` policy serves: the highest numbered folder."""
     versions = list_versions(model_base_path)
     return versions[-1] if versions else None
 
 
-def apply_retention(model_base_path: str | Path, keep: int, pinned: Iterable[int] = ()) -> list[int]:
+def apply_retention(model_base_path: PathLike, keep: int, pinned: Iterable[int] = ()) -> list[int]:
     """Remove live versions older than the newest `keep`, except the serving and pinned ones.
 
     Returns the removed versions. Rolled-back versions are not live and are left
@@ -159,7 +201,7 @@ def apply_retention(model_base_path: str | Path, keep: int, pinned: Iterable[int
     """
     if keep < 1:
         raise ValueError(f"keep must be at least 1 (the serving version), got {keep}")
-    base = Path(model_base_path)
+    base = os.fspath(model_base_path)
     live = list_versions(base)
     if not live:
         return []
@@ -168,13 +210,16 @@ def apply_retention(model_base_path: str | Path, keep: int, pinned: Iterable[int
     for version in live:
         if version in kept:
             continue
-        doomed = base / f"{REMOVING_PREFIX}{version}-{os.getpid()}"
-        try:
-            os.rename(version_path(base, version), doomed)
-        except FileNotFoundError:
-            # Removed meanwhile by a concurrent push's retention, or rolled back.
-            continue
-        shutil.rmtree(doomed)
+        if storage.renames_folders(base):
+            doomed = storage.join(base, f"{REMOVING_PREFIX}{version}-{os.getpid()}")
+            try:
+                storage.rename(version_path(base, version), doomed)
+            except storage.StorageError:
+                # Removed meanwhile by a concurrent push's retention, or rolled back.
+                continue
+            storage.rmtree(doomed)
+        else:
+            _remove_version_folder(version_path(base, version))
         record = records.read_record(base, version)
         if record is not None:
             record.removed_at = time.time()
@@ -185,7 +230,7 @@ def apply_retention(model_base_path: str | Path, keep: int, pinned: Iterable[int
     return removed
 
 
-def remove_stale_folders(model_base_path: str | Path) -> list[str]:
+def remove_stale_folders(model_base_path: PathLike) -> list[str]:
     """Delete staging and removal folders whose owning process is gone. Returns their names.
 
     Folder names carry the owner's pid; a live owner (another Pusher still
@@ -193,22 +238,22 @@ def remove_stale_folders(model_base_path: str | Path) -> list[str]:
     folder shared by several pushing hosts needs one pusher at a time. A removal
     folder's record gets the `removed_at` its dead retention did not write.
     """
-    base = Path(model_base_path)
+    base = os.fspath(model_base_path)
     removed = []
-    for child in sorted(base.iterdir()) if base.is_dir() else []:
-        version, pid = _parse_owned(child.name)
+    for name in storage.listdir(base):
+        version, pid = _parse_owned(name)
         if version is None or pid is None or _process_alive(pid):
             continue
-        shutil.rmtree(child, ignore_errors=True)
-        removed.append(child.name)
-        record = records.read_record(base, version) if child.name.startswith(REMOVING_PREFIX) else None
+        storage.rmtree(storage.join(base, name))
+        removed.append(name)
+        record = records.read_record(base, version) if name.startswith(REMOVING_PREFIX) else None
         if record is not None and record.removed_at is None:
             record.removed_at = time.time()
             records.update_record(base, record)
     return removed
 
 
-def _reserve_version(base: Path, record: PushRecord, clock: Clock) -> int:
+def _reserve_version(base: str, record: PushRecord, clock: Clock) -> int:
     now = clock()
     version = max(int(now), highest_used_version(base) + 1)
     record.reserved_at = now
@@ -223,40 +268,47 @@ def _reserve_version(base: Path, record: PushRecord, clock: Clock) -> int:
         version += 1
 
 
-def _copy_saved_model(source: Path, destination: Path) -> None:
-    """Copy a SavedModel folder with every file and folder fsynced; saved_model.pb last.
+def _copy_saved_model(source: str, destination: str) -> None:
+    """Copy a SavedModel folder, saved_model.pb last; on local disk every file and folder is fsynced.
 
-    Servers that watch a folder in place (TFX's own Pusher target) take
-    saved_model.pb as "this version is complete", so it goes last here too, even
-    though the rename already hides the partial copy.
+    Servers take saved_model.pb as "this version is complete" (TFX's own Pusher
+    copies it last for that reason), so it goes last here too: where a rename
+    then hides the partial copy that is belt and braces; on an object store it
+    is what keeps a half-copied version from being loaded.
     """
-    destination.mkdir()
+    storage.makedirs(destination)
     folders = [destination]
     last = None
-    for root, dirs, files in os.walk(source):
-        dirs.sort()
-        relative = Path(root).relative_to(source)
+    for root, dirs, files in storage.walk(source):
+        relative = os.path.relpath(root, source)
+        target_root = destination if relative == "." else storage.join(destination, relative)
         for name in dirs:
-            (destination / relative / name).mkdir()
-            folders.append(destination / relative / name)
-        for name in sorted(files):
-            if relative == Path(".") and name == SAVED_MODEL_FILE:
-                last = Path(root) / name
+            storage.makedirs(storage.join(target_root, name))
+            folders.append(storage.join(target_root, name))
+        for name in files:
+            if relative == "." and name == SAVED_MODEL_FILE:
+                last = storage.join(root, name)
                 continue
-            _copy_file(Path(root) / name, destination / relative / name)
+            storage.copy_file(storage.join(root, name), storage.join(target_root, name))
     if last is not None:
-        _copy_file(last, destination / SAVED_MODEL_FILE)
+        storage.copy_file(last, storage.join(destination, SAVED_MODEL_FILE))
     for folder in reversed(folders):
         fsync_dir(folder)
 
 
-def _copy_file(source: Path, destination: Path) -> None:
-    shutil.copyfile(source, destination)
-    fd = os.open(destination, os.O_RDONLY)
+def _remove_version_folder(folder: str) -> None:
+    """Delete a version folder where renaming it away first is not possible: saved_model.pb first, so that
+    what is left is never loaded as a model."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        storage.remove(storage.join(folder, SAVED_MODEL_FILE))
+    except storage.StorageError:
+        pass  # already gone, or never copied
+    storage.rmtree(folder)
+
+
+def _identity(base: str) -> str:
+    """One name per model folder for the in-flight set (a local folder may be reached by several paths)."""
+    return os.path.realpath(storage.local_path(base)) if storage.is_local(base) else base
 
 
 def _parse_owned(name: str) -> tuple[int | None, int | None]:
@@ -268,12 +320,12 @@ def _parse_owned(name: str) -> tuple[int | None, int | None]:
     return None, None
 
 
-def _owner_is_gone(base: Path, version: int, record: PushRecord) -> bool:
+def _owner_is_gone(base: str, version: int, record: PushRecord) -> bool:
     """Whether the push that reserved `version` can no longer write its record."""
     if record.host is not None and record.host != socket.gethostname():
         return False
     if record.pid == os.getpid():
-        return (str(base.resolve()), version) not in _publishing
+        return (_identity(base), version) not in _publishing
     return record.pid is None or not _process_alive(record.pid)
 
 

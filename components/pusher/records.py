@@ -15,18 +15,23 @@ what keeps a version number from ever being handed out twice, and what tells
 the Pusher which Model artifact a rolled-back version came from, and what the
 dashboard (serving/model_folder.py) and `signflow versions` show about a version:
 its pipeline run, the spans and record counts it was trained on, its eval metrics
-and its per-signer accuracy. This module uses the standard library only, so a bare
-push (and its crash test) starts fast.
+and its per-signer accuracy.
+
+Paths are strings, read and written through components.storage
+(tf.io.gfile), so a model folder on gs:// or s3:// works like a local one.
 """
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from serving.contract import fsync_dir, write_atomic, write_synced
-from serving.layout import PUSH_RECORDS_DIR, parse_version, push_record_path, rollback_note_path, rolled_back_dir
+from components import storage
+from serving.layout import PUSH_RECORDS_DIR, ROLLBACK_NOTE_FILE, ROLLED_BACK_DIR, parse_version
+
+# Accepted wherever a model folder is passed: callers outside the Pusher hold Paths.
+PathLike = str | os.PathLike
 
 PIN_FILE = ".pinned"
 
@@ -108,70 +113,71 @@ class RollbackNote:
         )
 
 
-def records_dir(model_base_path: str | Path) -> Path:
-    return Path(model_base_path) / PUSH_RECORDS_DIR
+def records_dir(model_base_path: PathLike) -> str:
+    return storage.join(os.fspath(model_base_path), PUSH_RECORDS_DIR)
 
 
-def read_record(model_base_path: str | Path, version: int) -> PushRecord | None:
+def push_record_path(model_base_path: PathLike, version: int) -> str:
+    """serving.layout.push_record_path as a string (a Path would turn "gs://" into "gs:/")."""
+    return storage.join(records_dir(model_base_path), f"{version}.json")
+
+
+def rolled_back_dir(model_base_path: PathLike) -> str:
+    return storage.join(os.fspath(model_base_path), ROLLED_BACK_DIR)
+
+
+def read_record(model_base_path: PathLike, version: int) -> PushRecord | None:
     """The push record of `version`, or None if there is none or it is unreadable.
 
     A record can be unreadable only if a push died while creating it, before any
     of its files were copied, so treating it as absent loses nothing.
     """
     try:
-        return PushRecord.from_json(push_record_path(model_base_path, version).read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
+        return PushRecord.from_json(storage.read_text(push_record_path(model_base_path, version)))
+    except (OSError, ValueError, TypeError, storage.StorageError):
         return None
 
 
-def recorded_versions(model_base_path: str | Path) -> list[int]:
+def recorded_versions(model_base_path: PathLike) -> list[int]:
     """Every version number a push record exists for (handed out at least once), ascending."""
-    directory = records_dir(model_base_path)
-    if not directory.is_dir():
-        return []
-    versions = (parse_version(path.stem) for path in directory.glob("*.json"))
+    names = storage.listdir(records_dir(model_base_path))
+    versions = (parse_version(name.removesuffix(".json")) for name in names if name.endswith(".json"))
     return sorted(v for v in versions if v is not None)
 
 
-def create_record_exclusively(model_base_path: str | Path, record: PushRecord) -> bool:
+def create_record_exclusively(model_base_path: PathLike, record: PushRecord) -> bool:
     """Create the record file only if no record for that version exists yet.
 
-    O_EXCL makes this the reservation of the version number: two Pushers racing
-    for the same number cannot both win. Returns False if the number is taken.
+    On local disk O_EXCL makes this the reservation of the version number: two
+    Pushers racing for the same number cannot both win. On an object store it is
+    a check then a write (storage.create_exclusively): one Pusher per model folder.
+    Returns False if the number is taken.
     """
-    directory = records_dir(model_base_path)
-    directory.mkdir(parents=True, exist_ok=True)
-    try:
-        write_synced(push_record_path(model_base_path, record.version), record.to_json(), exclusive=True)
-    except FileExistsError:
-        return False
-    fsync_dir(directory)
-    return True
+    storage.makedirs(records_dir(model_base_path))
+    return storage.create_exclusively(push_record_path(model_base_path, record.version), record.to_json())
 
 
-def update_record(model_base_path: str | Path, record: PushRecord) -> None:
+def update_record(model_base_path: PathLike, record: PushRecord) -> None:
     """Replace the record of `record.version` atomically."""
-    records_dir(model_base_path).mkdir(parents=True, exist_ok=True)
-    write_atomic(push_record_path(model_base_path, record.version), record.to_json())
+    storage.write_atomic(push_record_path(model_base_path, record.version), record.to_json())
 
 
-def rolled_back_versions(model_base_path: str | Path) -> list[int]:
+def rolled_back_versions(model_base_path: PathLike) -> list[int]:
     """Versions under `.rolled_back/`, ascending."""
     directory = rolled_back_dir(model_base_path)
-    if not directory.is_dir():
-        return []
-    versions = (parse_version(child.name) for child in directory.iterdir() if child.is_dir())
+    versions = (parse_version(name) for name in storage.listdir(directory) if storage.isdir(storage.join(directory, name)))
     return sorted(v for v in versions if v is not None)
 
 
-def read_rollback_note(model_base_path: str | Path, version: int) -> RollbackNote | None:
+def read_rollback_note(model_base_path: PathLike, version: int) -> RollbackNote | None:
     try:
-        return RollbackNote.from_json(rollback_note_path(model_base_path, version).read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError, KeyError):
+        path = storage.join(rolled_back_dir(model_base_path), str(version), ROLLBACK_NOTE_FILE)
+        return RollbackNote.from_json(storage.read_text(path))
+    except (OSError, ValueError, TypeError, KeyError, storage.StorageError):
         return None
 
 
-def find_rolled_back_push(model_base_path: str | Path, model_uri: str) -> tuple[int, RollbackNote | None] | None:
+def find_rolled_back_push(model_base_path: PathLike, model_uri: str) -> tuple[int, RollbackNote | None] | None:
     """The rolled-back version that `model_uri` was pushed as, with its note; None if none was.
 
     The push record is the authority on which model a version held; the note's
@@ -185,17 +191,17 @@ def find_rolled_back_push(model_base_path: str | Path, model_uri: str) -> tuple[
     return None
 
 
-def read_pins(model_base_path: str | Path) -> set[int]:
+def read_pins(model_base_path: PathLike) -> set[int]:
     """Versions listed in `<model_base_path>/.pinned`. Raises ValueError on a line that is not a version.
 
     A typo must not silently unpin a version (retention would then delete it),
     so a bad line is an error rather than skipped.
     """
-    path = Path(model_base_path) / PIN_FILE
-    if not path.is_file():
+    path = storage.join(os.fspath(model_base_path), PIN_FILE)
+    if not storage.exists(path):
         return set()
     pins = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(storage.read_text(path).splitlines(), start=1):
         text = line.split("#", 1)[0].strip()
         if not text:
             continue

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import abc
 import json
-import shutil
+import os
 import socket
 import subprocess
 import time
@@ -32,6 +32,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from components import storage
 from components.serving_check.checks import CLASSIFY_SIGNATURE, SERVING_SIGNATURE
 from serving.contract import call_signature
 from serving.images import decode_b64, inspect_image
@@ -129,7 +130,7 @@ class ModelServerBackend:
 
     def __init__(self, binary: str, model_path: str | Path, model_name: str, workdir: Path, deadline: float):
         self._binary = binary
-        self._model_path = Path(model_path)
+        self._model_path = os.fspath(model_path)
         self._model_name = model_name
         self._workdir = workdir
         self._deadline = deadline
@@ -139,9 +140,10 @@ class ModelServerBackend:
         self._rest_port = 0
 
     def load(self) -> None:
-        # TF Serving wants <base>/<version>/; the candidate becomes version 1 of a private base.
+        # TF Serving wants <base>/<version>/; the candidate becomes version 1 of a private, local base
+        # (copied through tf.io.gfile, so the candidate itself may be on gs:// or s3://).
         base = self._workdir / self._model_name
-        shutil.copytree(self._model_path, base / "1")
+        _copy_tree(self._model_path, str(base / "1"))
         grpc_port, self._rest_port = _free_port(), _free_port()
         self._log = open(self._workdir / "tensorflow_model_server.log", "wb")
         self._process = subprocess.Popen(
@@ -262,3 +264,12 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _copy_tree(source: str, destination: str) -> None:
+    for root, _, files in storage.walk(source):
+        relative = os.path.relpath(root, source)
+        folder = destination if relative == "." else storage.join(destination, relative)
+        storage.makedirs(folder)
+        for name in files:
+            storage.copy_file(storage.join(root, name), storage.join(folder, name))

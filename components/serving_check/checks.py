@@ -93,8 +93,12 @@ def check_same_probabilities(served: Mapping[str, np.ndarray], labelled: Mapping
     return []
 
 
-def check_predict(outputs: Mapping[str, np.ndarray], count: int, labels: Sequence[str], where: str) -> list[str]:
-    """predict_label's answer to `count` images: keys, shapes, dtypes, probabilities, label, score."""
+def check_predict(outputs: Mapping[str, np.ndarray], count: int, labels: Sequence[str], where: str,
+                  unknown_label: str | None = None) -> list[str]:
+    """predict_label's answer to `count` images: keys, shapes, dtypes, probabilities, label, score.
+
+    With open-set identification (`unknown_label`, from the model's metadata) a row may answer that label
+    instead of a signer; its score is then a verification score, not a probability, and is not compared."""
     expected = {PROBABILITIES_OUTPUT, LABEL_OUTPUT, SCORE_OUTPUT}
     if not expected <= set(outputs):
         return [f"{where}: outputs {sorted(outputs)} lack {sorted(expected - set(outputs))}"]
@@ -110,6 +114,8 @@ def check_predict(outputs: Mapping[str, np.ndarray], count: int, labels: Sequenc
         return problems
     for row, (name, value) in enumerate(zip(label, score)):
         text = as_text(name)
+        if unknown_label is not None and text == unknown_label:
+            continue
         if text not in labels:
             problems.append(f"{where}: row {row} label {text!r} is not in labels.txt")
             continue
@@ -174,6 +180,13 @@ def compare_with_eval_predictions(
             problems.append(f"{where}: image {sha256[:12]} score {score:.6f} differs from the Trainer's "
                             f"{trainer.score:.6f} by more than {tolerance}")
     return compared, problems
+
+
+def softmax_answers(outputs: Mapping[str, np.ndarray], labels: Sequence[str]) -> tuple[list[str], list[float]]:
+    """The most probable label and its probability per row of `probabilities`: what the Trainer predicted, whether
+    or not predict_label's open set answered "unknown" for the row."""
+    probabilities = np.asarray(outputs[PROBABILITIES_OUTPUT])
+    return [labels[int(i)] for i in probabilities.argmax(axis=1)], [float(p) for p in probabilities.max(axis=1)]
 
 
 def as_text(value: object) -> str:

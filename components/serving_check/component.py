@@ -10,6 +10,12 @@ output is a standard InfraBlessing, so TFX's Pusher and signflow's accept it:
 
     custom properties  blessed (1/0), current_model, current_model_id, reason
     files              INFRA_BLESSED or INFRA_NOT_BLESSED, serving_check.json, serving_check.log
+
+Artifacts are read and written through components.storage (tf.io.gfile),
+so they may be on gs:// or s3://. The probe process reads the model, the eval
+split and the Trainer's predictions where they are (TensorFlow's filesystems
+work in any process); only its request, result and log live in a local
+temporary folder, and the log is copied into the InfraBlessing afterwards.
 """
 from __future__ import annotations
 
@@ -30,8 +36,9 @@ from tfx.components.util import model_utils
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
-from tfx.utils import io_utils, path_utils
+from tfx.utils import path_utils
 
+from components import storage
 from components.serving_check.probe import IN_PROCESS, MODEL_SERVER, ProbeRequest
 from components.trainer.predictions import EVAL_PREDICTIONS_FILE
 
@@ -107,14 +114,17 @@ class Executor(base_executor.BaseExecutor):
         eval_predictions = None
         model_run = input_dict.get(MODEL_RUN_KEY)
         if model_run:
-            eval_predictions = Path(artifact_utils.get_single_uri(model_run)) / EVAL_PREDICTIONS_FILE
-            if not eval_predictions.is_file():
-                problems.append(f"the Trainer's {EVAL_PREDICTIONS_FILE} is missing from {eval_predictions.parent}")
+            run_uri = artifact_utils.get_single_uri(model_run)
+            eval_predictions = storage.join(run_uri, EVAL_PREDICTIONS_FILE)
+            if not storage.exists(eval_predictions):
+                problems.append(f"the Trainer's {EVAL_PREDICTIONS_FILE} is missing from {run_uri}")
         # Several Examples artifacts when the Trainer reads a window of spans.
-        split_dirs = [Path(uri) for uri in artifact_utils.get_split_uris(input_dict[EXAMPLES_KEY], options["eval_split"])]
-        example_files = sorted(str(path) for folder in split_dirs if folder.is_dir() for path in folder.iterdir() if path.is_file())
+        split_dirs = artifact_utils.get_split_uris(input_dict[EXAMPLES_KEY], options["eval_split"])
+        example_files = sorted(
+            path for folder in split_dirs for path in (storage.join(folder, name) for name in storage.listdir(folder))
+            if not storage.isdir(path))
         if not example_files:
-            problems.append(f"no {options['eval_split']!r} split files under {', '.join(map(str, split_dirs))}")
+            problems.append(f"no {options['eval_split']!r} split files under {', '.join(split_dirs)}")
         server, binary = _choose_server(options["server"])
         if server is None:
             problems.append(f"server={options['server']!r} but no {MODEL_SERVER_BINARY} on PATH")
@@ -124,6 +134,11 @@ class Executor(base_executor.BaseExecutor):
 
         workdir = Path(tempfile.mkdtemp(prefix="serving-check-", dir=self._get_tmp_dir() if self._context else None))
         try:
+            if eval_predictions:
+                # A local copy: the Trainer's reader (components.trainer.predictions) opens local files only.
+                local_predictions = str(workdir / EVAL_PREDICTIONS_FILE)
+                storage.copy_file(eval_predictions, local_predictions)
+                eval_predictions = local_predictions
             request = ProbeRequest(
                 model_path=path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model)),
                 example_files=example_files,
@@ -132,10 +147,13 @@ class Executor(base_executor.BaseExecutor):
                 score_tolerance=float(options["score_tolerance"]),
                 server=server,
                 workdir=str(workdir),
-                eval_predictions=str(eval_predictions) if eval_predictions else None,
+                eval_predictions=eval_predictions,
                 model_server_binary=binary,
             )
-            report = run_probe_process(request, workdir, Path(infra_blessing.uri) / LOG_FILE, int(options["timeout_seconds"]))
+            report = run_probe_process(request, workdir, workdir / LOG_FILE, int(options["timeout_seconds"]))
+            # Copied even when the probe failed: the log is what explains it.
+            storage.makedirs(infra_blessing.uri)
+            storage.copy_file(str(workdir / LOG_FILE), storage.join(infra_blessing.uri, LOG_FILE))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         _mark(infra_blessing, report.pop("problems"), report)
@@ -144,6 +162,7 @@ class Executor(base_executor.BaseExecutor):
 def run_probe_process(request: ProbeRequest, workdir: Path, log_path: Path, timeout_seconds: int) -> dict[str, Any]:
     """Run the probe in a new process (and process group) with a hard deadline; returns its result.
 
+    `workdir` and `log_path` are local (the process writes there through the OS).
     A probe that crashes or overruns yields a result with that as its problem.
     The whole group is killed on timeout, so a tensorflow_model_server the probe
     started goes with it.
@@ -189,8 +208,9 @@ def _mark(infra_blessing: types.Artifact, problems: list[str], report: dict[str,
     """Write TFX's marker file and properties, the full report, and the one log line that explains it."""
     blessed = not problems
     uri = infra_blessing.uri
-    io_utils.write_string_file(os.path.join(uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE), "")
-    io_utils.write_string_file(os.path.join(uri, REPORT_FILE), json.dumps({"blessed": blessed, "problems": problems, **report}, indent=2))
+    storage.write_atomic(storage.join(uri, REPORT_FILE), json.dumps({"blessed": blessed, "problems": problems, **report}, indent=2))
+    # The marker last: a reader that finds it finds the report too.
+    storage.write_atomic(storage.join(uri, BLESSED_FILE if blessed else NOT_BLESSED_FILE), "")
     infra_blessing.set_int_custom_property(BLESSED_KEY, 1 if blessed else 0)
     if blessed:
         infra_blessing.set_string_custom_property(REASON_KEY, "")
@@ -200,7 +220,7 @@ def _mark(infra_blessing: types.Artifact, problems: list[str], report: dict[str,
         return
     reason = "; ".join(problems[:REASON_PROBLEMS])
     if len(problems) > REASON_PROBLEMS:
-        reason += f" (+{len(problems) - REASON_PROBLEMS} more in {os.path.join(uri, REPORT_FILE)})"
+        reason += f" (+{len(problems) - REASON_PROBLEMS} more in {storage.join(uri, REPORT_FILE)})"
     infra_blessing.set_string_custom_property(REASON_KEY, reason)
     logging.warning("ServingCheck: not blessed: %s", reason)
 

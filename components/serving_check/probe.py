@@ -5,7 +5,9 @@
 Runs apart from the pipeline so that a model which crashes, hangs or leaks on
 load takes down only this process (the executor enforces the deadline), and so
 that the model is loaded fresh, as a model server would. RESULT.json lists the
-problems found; none means infra-blessed.
+problems found; none means infra-blessed. The model, the eval files and the
+Trainer's predictions are read through tf.io.gfile (components.storage),
+so they may be on gs:// or s3://.
 """
 from __future__ import annotations
 
@@ -22,9 +24,11 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
+from components import storage
 from components.serving_check import checks
 from components.serving_check.backends import BackendError, ModelServerBackend, ObjectBackend, SessionBackend
 from components.trainer.predictions import Prediction, read_eval_predictions
+from serving.contract import MODEL_METADATA_FILE
 from serving.images import InvalidImage
 from serving.layout import LABELS_FILE, SAVED_MODEL_FILE, WARMUP_FILE
 
@@ -71,17 +75,18 @@ class EvalImage:
 def run_probe(request: ProbeRequest) -> ProbeResult:
     """Check the SavedModel file, then load and exercise it with each backend; collect every problem."""
     result = ProbeResult()
-    model = Path(request.model_path)
-    if not (model / SAVED_MODEL_FILE).is_file():
+    model = request.model_path
+    if not storage.exists(storage.join(model, SAVED_MODEL_FILE)):
         result.problems.append(f"{model} has no {SAVED_MODEL_FILE}")
         return result
-    labels_path = model / LABELS_FILE
-    if not labels_path.is_file():
+    labels_path = storage.join(model, str(LABELS_FILE))
+    if not storage.exists(labels_path):
         result.problems.append(f"{LABELS_FILE} missing from the SavedModel")
         return result
-    labels = [line for line in labels_path.read_text(encoding="utf-8").splitlines() if line]
-    result.problems += _check_saved_model_file(model / SAVED_MODEL_FILE, len(labels))
-    warmup, warmup_problems = _read_warmup(model / WARMUP_FILE)
+    labels = [line for line in storage.read_text(labels_path).splitlines() if line]
+    unknown_label = _unknown_label(model)
+    result.problems += _check_saved_model_file(storage.join(model, SAVED_MODEL_FILE), len(labels))
+    warmup, warmup_problems = _read_warmup(storage.join(model, str(WARMUP_FILE)))
     result.problems += warmup_problems
     images = _read_eval_images(request.example_files, request.num_examples)
     if not images:
@@ -115,14 +120,15 @@ def run_probe(request: ProbeRequest) -> ProbeResult:
         if seconds > request.max_loading_seconds:
             result.problems.append(f"{backend.name}: loading took {seconds:.1f}s, the limit is {request.max_loading_seconds}s")
         try:
-            _exercise(backend, labels, warmup, images, expected, request.score_tolerance, result)
+            _exercise(backend, labels, warmup, images, expected, request.score_tolerance, result, unknown_label)
         finally:
             backend.close()
     return result
 
 
 def _exercise(backend, labels: list[str], warmup: list[prediction_log_pb2.PredictionLog], images: list[EvalImage],
-              expected: dict[str, Prediction] | None, tolerance: float, result: ProbeResult) -> None:
+              expected: dict[str, Prediction] | None, tolerance: float, result: ProbeResult,
+              unknown_label: str | None = None) -> None:
     """Send warmup, base64 and classify requests to one backend; append what is wrong to `result`."""
     name = backend.name
 
@@ -145,7 +151,8 @@ def _exercise(backend, labels: list[str], warmup: list[prediction_log_pb2.Predic
         if outputs is not None and signature == checks.SERVING_SIGNATURE:
             result.problems += checks.check_probabilities(outputs, count, labels, f"{name} warmup request {index}")
         elif outputs is not None and signature == checks.PREDICT_LABEL_SIGNATURE:
-            result.problems += checks.check_predict(outputs, count, labels, f"{name} warmup request {index}")
+            result.problems += checks.check_predict(outputs, count, labels, f"{name} warmup request {index}",
+                                                    unknown_label)
 
     # Base64 requests in TF Serving's REST shape, on predict_label (labels): all images in one batch, then one
     # alone; then the seed's request (no signature_name: serving_default, probabilities only) on the batch.
@@ -160,17 +167,19 @@ def _exercise(backend, labels: list[str], warmup: list[prediction_log_pb2.Predic
         outputs = attempt(where, lambda: backend.predict_rest(body))
         if outputs is None:
             continue
-        problems = checks.check_predict(outputs, len(batch), labels, where)
+        problems = checks.check_predict(outputs, len(batch), labels, where, unknown_label)
         result.problems += problems
         if problems or batch is not images:
             continue
         labelled = outputs
-        served_labels = [checks.as_text(value) for value in outputs[checks.LABEL_OUTPUT]]
+        # The softmax's answers, compared with the Trainer's and classify's: an open-set "unknown" row
+        # still has them.
+        served_labels, served_scores = checks.softmax_answers(outputs, labels)
         if expected is not None:
             compared, mismatches = checks.compare_with_eval_predictions(
                 [hashlib.sha256(item.image).hexdigest() for item in images],
                 served_labels,
-                [float(value) for value in outputs[checks.SCORE_OUTPUT]],
+                served_scores,
                 expected,
                 tolerance,
                 name,
@@ -205,11 +214,21 @@ def _exercise(backend, labels: list[str], warmup: list[prediction_log_pb2.Predic
                                    f"predict_label said {served_labels}")
 
 
-def _check_saved_model_file(path: Path, num_labels: int) -> list[str]:
+def _unknown_label(model: str) -> str | None:
+    """The label predict_label answers for a stranger when the model's metadata says open-set is on."""
+    path = storage.join(model, str(MODEL_METADATA_FILE))
+    try:
+        verification = json.loads(storage.read_text(path)).get("verification") or {}
+    except (OSError, ValueError, tf.errors.OpError):
+        return None
+    return verification.get("unknown_label") if verification.get("open_set") else None
+
+
+def _check_saved_model_file(path: str, num_labels: int) -> list[str]:
     """The SignatureDefs TF Serving reads from saved_model.pb (the `serve` MetaGraph)."""
     saved_model = saved_model_pb2.SavedModel()
     try:
-        saved_model.ParseFromString(path.read_bytes())
+        saved_model.ParseFromString(storage.read_bytes(path))
     except Exception as err:  # noqa: BLE001  protobuf raises DecodeError or RuntimeWarning-like errors
         return [f"{SAVED_MODEL_FILE} does not parse: {_one_line(err)}"]
     serving = [graph for graph in saved_model.meta_graphs if tf.saved_model.SERVING in graph.meta_info_def.tags]
@@ -218,12 +237,12 @@ def _check_saved_model_file(path: Path, num_labels: int) -> list[str]:
     return checks.check_signature_defs(serving[0].signature_def, num_labels)
 
 
-def _read_warmup(path: Path) -> tuple[list[prediction_log_pb2.PredictionLog], list[str]]:
-    if not path.is_file():
+def _read_warmup(path: str) -> tuple[list[prediction_log_pb2.PredictionLog], list[str]]:
+    if not storage.exists(path):
         return [], [f"{WARMUP_FILE} missing (the export contract requires warmup requests)"]
     logs = []
     try:
-        for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+        for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
             logs.append(prediction_log_pb2.PredictionLog.FromString(raw))
     except Exception as err:  # noqa: BLE001  a corrupt file is a finding
         return [], [f"{WARMUP_FILE} is not a TFRecord of PredictionLog: {_one_line(err)}"]

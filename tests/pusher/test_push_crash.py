@@ -1,8 +1,9 @@
 """Pushes and retentions killed with SIGKILL at chosen points: what TF Serving sees, and how the next push recovers.
 
 Each crash runs the real publish code in a child process; the child's script
-wraps one call (shutil.copyfile, os.rename, shutil.rmtree) so that the process
-kills itself at exactly the point under test.
+wraps one of the file operations publish goes through (storage.copy_file,
+storage.rename, storage.rmtree) so that the process kills itself at exactly
+the point under test.
 """
 from __future__ import annotations
 
@@ -30,51 +31,54 @@ CHILD_TIMEOUT = 60
 # Dies in the middle of the copy: once the first file under variables/ is in the
 # staging folder (the folder's top-level files are copied before its subfolders).
 PUSH_KILLED_MID_COPY = """
-import os, shutil, signal, sys
+import os, signal, sys
 from pathlib import Path
+from components import storage
 from components.pusher.publish import push_model
 from components.pusher.records import PushRecord
 
-copyfile = shutil.copyfile
+copy_file = storage.copy_file
 
-def copy_then_die(source, destination, *args, **kwargs):
-    copyfile(source, destination, *args, **kwargs)
+def copy_then_die(source, destination):
+    copy_file(source, destination)
     if Path(destination).parent.name == "variables":
         os.kill(os.getpid(), signal.SIGKILL)
 
-shutil.copyfile = copy_then_die
+storage.copy_file = copy_then_die
 push_model(sys.argv[1], sys.argv[2], PushRecord(0, "xception", "model-killed-mid-copy"))
 """
 
 # Dies right after the rename that publishes the version, before the record says "live".
 PUSH_KILLED_AFTER_RENAME = """
 import os, signal, sys
+from components import storage
 from components.pusher.publish import push_model
 from components.pusher.records import PushRecord
 from serving.layout import parse_version
 
-rename = os.rename
+rename = storage.rename
 
 def rename_then_die(source, destination):
     rename(source, destination)
     if parse_version(os.path.basename(destination)) is not None:
         os.kill(os.getpid(), signal.SIGKILL)
 
-os.rename = rename_then_die
+storage.rename = rename_then_die
 push_model(sys.argv[1], sys.argv[2], PushRecord(0, "xception", sys.argv[3]), clock=lambda: 1000.0)
 """
 
 # Dies once retention has started deleting a version's files (saved_model.pb gone, the rest not).
 RETENTION_KILLED_MID_DELETE = """
-import os, shutil, signal, sys
+import os, signal, sys
 from pathlib import Path
+from components import storage
 from components.pusher.publish import apply_retention
 
-def delete_one_file_then_die(path, *args, **kwargs):
+def delete_one_file_then_die(path):
     os.unlink(Path(path) / "saved_model.pb")
     os.kill(os.getpid(), signal.SIGKILL)
 
-shutil.rmtree = delete_one_file_then_die
+storage.rmtree = delete_one_file_then_die
 apply_retention(sys.argv[1], keep=1)
 """
 
