@@ -56,9 +56,9 @@ PROBABILITIES_OUTPUT = "probabilities"
 """serving_default and predict_label: float32 [N, K], in the order of the version's assets/labels.txt
 (and of "labels" in assets.extra/signflow_model.json)."""
 LABEL_OUTPUT = "label"
-"""predict_label: string [N], the most likely label."""
+"""predict_label: string [N], the most likely label (or UNKNOWN_LABEL, see there)."""
 SCORE_OUTPUT = "score"
-"""predict_label: float32 [N], that label's probability."""
+"""predict_label: float32 [N], that label's probability (for UNKNOWN_LABEL, see there)."""
 
 MODEL_METADATA_FILE = "assets.extra/signflow_model.json"
 """A version folder's own description, relative to it: {"labels": [...] in probabilities order, "image_size":
@@ -85,6 +85,25 @@ GENUINE_OUTPUT = "genuine"
 """verify: bool [N], score >= threshold."""
 THRESHOLD_OUTPUT = "threshold"
 """verify: float32 [N], the threshold `genuine` was decided with (the same on every row)."""
+
+UNKNOWN_LABEL = "unknown"
+"""predict_label's `label` when open-set identification is on (the version's MODEL_METADATA_FILE says so under
+"verification": "open_set") and no enrolled signer's verifier accepts the image: its `score` is then the best
+calibrated verification score, below the threshold, instead of a probability. Never a signer's label (the export
+refuses a model with a class of that name while open-set is on)."""
+
+VERIFICATION_SCORES_SIGNATURE = "transformed_features"
+"""Serialized tf.Examples in (CLASSIFY_INPUT, the image as in classify), every enrolled signer's calibrated score
+out: what the Evaluator computes verification error rates from. Exported with the verify signature only. The
+name is TFMA's: its Evaluator calls a signature of this name on every eval batch when a model has one and skips
+models without it, so a serving version from before verification still evaluates."""
+VERIFICATION_SCORES_OUTPUT = "verification_scores"
+"""VERIFICATION_SCORES_SIGNATURE: float32 [N, S], the calibrated score of each image for each enrolled signer."""
+VERIFICATION_SIGNERS_OUTPUT = "verification_signers"
+"""VERIFICATION_SCORES_SIGNATURE: string [N, S], the enrolled signers in the columns' order (the same on every row)."""
+VERIFICATION_THRESHOLD_OUTPUT = "verification_threshold"
+"""VERIFICATION_SCORES_SIGNATURE: float32 [N], the verify signature's threshold (the same on every row). It also
+returns PROBABILITIES_OUTPUT, classify's scores, by which the Evaluator tells whose outputs they are."""
 
 # -- records -----------------------------------------------------------------------------------
 
@@ -132,6 +151,32 @@ SIGNER_CORRECT_SUFFIX = "/correct"
 SIGNER_CORRECT_METRIC = SIGNER_BOUND_METRIC + SIGNER_CORRECT_SUFFIX
 EXAMPLE_COUNT_METRIC = "example_count"
 """TFMA's ExampleCount: the examples in a slice."""
+
+# Verification, computed on the overall slice from VERIFICATION_SCORES_SIGNATURE (pipeline/definition/
+# verification_metrics.py). Trials: an eval image claimed as its own enrolled signer (genuine), as every other
+# enrolled signer (random forgery), and a `genuine` = 0 example claimed as its label (skilled forgery).
+VERIFICATION_METRIC_PREFIX = "verification_"
+"""Every verification metric's name starts with it."""
+VERIFICATION_EER_METRIC = "verification_eer"
+"""Equal error rate of genuine against all forgery trials, pooled over signers: the gate's absolute bound."""
+VERIFICATION_EER_INCREASE_METRIC = "verification_eer_increase"
+"""The candidate's VERIFICATION_EER_METRIC minus the serving version's: the gate's bound against the baseline.
+0 when either model has no verification, or on a first run."""
+VERIFICATION_FRR_METRIC = "verification_frr"
+"""Genuine trials rejected at the model's threshold."""
+VERIFICATION_FAR_METRIC = "verification_far"
+"""Forgery trials (random and skilled) accepted at the model's threshold."""
+VERIFICATION_RANDOM_SUFFIX = "_random"
+VERIFICATION_SKILLED_SUFFIX = "_skilled"
+"""EER and FAR names + a suffix: the same on random or on skilled forgeries only (skilled: only when the eval
+split has some)."""
+VERIFICATION_THRESHOLD_METRIC = "verification_threshold"
+"""The threshold FAR and FRR were taken at."""
+VERIFICATION_TRIALS_METRIC = "verification_trials"
+"""+ "_genuine", "_random", "_skilled": how many trials of each kind the rates come from."""
+VERIFICATION_SIGNER_SEPARATOR = "/"
+"""Per signer: `<metric>/<signer>` (EER, FRR, FAR_random, FAR_skilled), computed on the overall slice, since a
+signer's random forgeries are the other signers' images."""
 
 # -- reason codes --------------------------------------------------------------------------------
 # Short, stable codes written to the quarantine, to feedback answers and to batch prediction's

@@ -31,6 +31,9 @@ from serving.contract import (
     LABEL_FEATURE,
     SIGNER_BOUND_METRIC,
     SIGNER_CORRECT_METRIC,
+    VERIFICATION_METRIC_PREFIX,
+    VERIFICATION_SIGNER_SEPARATOR,
+    VERIFICATION_TRIALS_METRIC,
 )
 
 
@@ -64,13 +67,24 @@ def summarize_evaluation(uri: str | Path) -> EvaluationSummary:
                 continue
             values[_metric_name(key)] = item.value.double_value.value
         if not keys:
-            summary.metrics = {name: value for name, value in values.items() if not _is_signer_bound(name)}
+            summary.metrics = {name: value for name, value in values.items()
+                               if not _is_signer_bound(name) and _is_recorded_verification(name, values)}
         elif keys[0].column == LABEL_FEATURE:
             figures = _signer_figures(values)
             if figures is not None:
                 per_signer[_slice_value(keys[0])] = figures
     summary.per_signer = dict(sorted(per_signer.items()))
     return summary
+
+
+def _is_recorded_verification(name: str, overall: dict[str, float]) -> bool:
+    """Whether `name` is recorded as far as verification goes: every other metric is; verification's overall
+    figures are when the model was measured (it verifies, and the eval split had genuine trials); its per-signer
+    keys (`<metric>/<signer>`) never are."""
+    if not name.startswith(VERIFICATION_METRIC_PREFIX):
+        return True
+    measured = overall.get(f"{VERIFICATION_TRIALS_METRIC}_genuine", 0.0) > 0
+    return measured and VERIFICATION_SIGNER_SEPARATOR not in name
 
 
 def _is_signer_bound(name: str) -> bool:

@@ -142,6 +142,9 @@ class TrainerConfig:
     # Signers with fewer training references are not enrolled (their images still serve as
     # other signers' negatives); with fewer than 2 enrolled signers there is no verify signature.
     verification_min_references: int = 2
+    # With verification, predict_label answers "unknown" when no enrolled signer's verifier
+    # accepts the image (docs/trainer.md#open-set-identification).
+    open_set: bool = True
 
     # Cycles (components/trainer/cycles.py, docs/continuous-training.md#fast-and-full-cycles):
     # "auto" trains only the head and the SVMs on the serving model's unchanged backbone
@@ -163,8 +166,8 @@ class TrainerConfig:
     # embeddings were written this long ago), whatever the drift: fast cycles in between,
     # the backbone relearnt on everything on a slower schedule.
     full_cycle_every_hours: float = 7 * 24.0
-    # Head training on cached embeddings: full passes over the train split's features.
-    fast_head_epochs: int = 150
+    # Head training on cached embeddings: Adam steps of 64 feature rows.
+    fast_head_steps: int = 400
     fast_head_learning_rate: float = 3e-3
 
     def __post_init__(self) -> None:
@@ -208,8 +211,10 @@ class TrainerConfig:
             raise ValueError(f"verification_cv_folds must be >= 2, got {self.verification_cv_folds}")
         if self.cycle not in (CYCLE_AUTO, CYCLE_FAST, CYCLE_FULL):
             raise ValueError(f'cycle must be "{CYCLE_AUTO}", "{CYCLE_FAST}" or "{CYCLE_FULL}", got {self.cycle!r}')
-        if self.max_embedding_drift <= 0 or self.full_cycle_every_hours <= 0 or self.drift_min_records < 1 or self.fast_head_epochs < 1:
-            raise ValueError("max_embedding_drift and full_cycle_every_hours must be > 0, drift_min_records and fast_head_epochs >= 1")
+        if self.max_embedding_drift <= 0 or self.full_cycle_every_hours <= 0:
+            raise ValueError("max_embedding_drift and full_cycle_every_hours must be > 0")
+        if min(self.drift_min_records, self.fast_head_steps) < 1:
+            raise ValueError("drift_min_records and fast_head_steps must be >= 1")
         if self.verification_min_references < 2:
             raise ValueError("verification_min_references must be >= 2 (cross-validation holds one out), "
                              f"got {self.verification_min_references}")

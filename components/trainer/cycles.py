@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 FAST = CYCLE_FAST
 FULL = CYCLE_FULL
 SCHEDULE_HEAD_ON_EMBEDDINGS = "head_on_cached_embeddings"
+# The head's training, reported as this many epochs of fast_head_steps / FAST_HEAD_EPOCHS steps.
+FAST_HEAD_EPOCHS = 10
+FAST_HEAD_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ class FastCycle:
 
     result: TrainingResult
     features: SplitEmbeddings
+    eval_features: SplitEmbeddings
     reference: np.ndarray | None
     backbone_age_seconds: float | None
 
@@ -142,7 +146,7 @@ def run_fast(config: TrainerConfig, base_model_dir: str | os.PathLike, train_fil
     train_features = cache.embed_split(base, train_files, config)
     eval_features = cache.embed_split(base, eval_files, config)
     result = train_head(base, base_labels, train_features.genuine, eval_features.genuine, config)
-    return FastCycle(result, train_features, cache.reference(), cache.reference_age_seconds())
+    return FastCycle(result, train_features, eval_features, cache.reference(), cache.reference_age_seconds())
 
 
 def train_head(base: keras.Model, base_labels: Sequence[str], train: Embeddings, evaluation: Embeddings,
@@ -166,9 +170,13 @@ def train_head(base: keras.Model, base_labels: Sequence[str], train: Embeddings,
     compile_classifier(head, config.fast_head_learning_rate, config.label_smoothing)
     index = {label: i for i, label in enumerate(labels)}
     targets = np.array([index[label] for label in train.labels], dtype=np.int64)
+    # Few rows: Keras' per-epoch overhead would dominate many tiny epochs, so a few "epochs" of a fixed
+    # number of steps each over a shuffled, repeating dataset.
+    steps = max(1, config.fast_head_steps // FAST_HEAD_EPOCHS)
+    dataset = (tf.data.Dataset.from_tensor_slices((train.vectors, targets)).shuffle(len(targets), seed=config.seed)
+               .repeat().batch(FAST_HEAD_BATCH))
     epoch_timer = time.monotonic()
-    fit = head.fit(train.vectors, targets, batch_size=max(config.batch_size, 64), epochs=config.fast_head_epochs,
-                   shuffle=True, verbose=0)
+    fit = head.fit(dataset, epochs=FAST_HEAD_EPOCHS, steps_per_epoch=steps, verbose=0)
     seconds = time.monotonic() - epoch_timer
     head_layer.set_weights(head.get_layer(model_lib.HEAD_NAME).get_weights())
     history = [{"phase": "head", "epoch": i + 1, "seconds": seconds / len(fit.epoch),

@@ -18,6 +18,13 @@ Signatures (tf.functions: TF 2.16 has no Estimator export):
                       check call)
         image_bytes: string [N]
         -> label: string [N], score: float32 [N] (max of the row), probabilities: float32 [N, K]
+        Open set (`open_set`, on by default with `verification`): an image that no enrolled signer's verifier
+        accepts (every calibrated score below the threshold) is answered label "unknown"
+        (contract.UNKNOWN_LABEL) with score = its best calibrated verification score (so below the threshold,
+        and on the verify signature's scale, not a probability). Any other image keeps the answer above:
+        the softmax's top label and its probability, even when the verifier that accepted it is another
+        signer's (the classifier ranks the enrolled signers; the verifiers only say "none of them").
+        probabilities are the softmax's on every row.
     classify         (tensorflow/serving/classify, for TF Serving's Classify API and the Evaluator)
         inputs: string [N]  serialized tf.Example, image bytes under "image" (the
                             seed's classify request) or "image_raw" (ExampleGen's)
@@ -27,6 +34,15 @@ Signatures (tf.functions: TF 2.16 has no Estimator export):
         -> score: float32 [N] (calibrated), genuine: bool [N] (score >= threshold),
            threshold: float32 [N] (the same on every row)
         A claimed signer that is not enrolled fails the call with INVALID_ARGUMENT naming it.
+    transformed_features  (tensorflow/serving/predict; only with `verification`; for the Evaluator)
+        inputs: string [N]  serialized tf.Example, the image as classify reads it
+        -> verification_scores: float32 [N, S] (calibrated, each enrolled signer), verification_signers:
+           string [N, S] (the columns' signers), verification_threshold: float32 [N],
+           probabilities: float32 [N, K] (classify's scores: how the Evaluator tells which model's outputs
+           these are when TFMA stores them unnamed, see pipeline/definition/verification_metrics.py)
+        The name is TFMA's: the Evaluator calls a signature of this name when a model has one (and skips a
+        model without it), which is how verification error rates are measured inside TFMA while classify keeps
+        the two outputs TF Serving's Classify API allows (it refuses a third).
 
 The verify signature's SVMs are variables of the SavedModel (so they live in
 variables/, not in the graph), under `verifier` (a tf.Module):
@@ -89,6 +105,11 @@ from serving.contract import (
     SCORES_OUTPUT,
     SERVING_SIGNATURE,
     THRESHOLD_OUTPUT,
+    UNKNOWN_LABEL,
+    VERIFICATION_SCORES_OUTPUT,
+    VERIFICATION_SCORES_SIGNATURE,
+    VERIFICATION_SIGNERS_OUTPUT,
+    VERIFICATION_THRESHOLD_OUTPUT,
     VERIFY_SCORE_OUTPUT,
     VERIFY_SIGNATURE,
     write_atomic,
@@ -136,18 +157,32 @@ class _Verifier(tf.Module):
         check = tf.debugging.Assert(tf.reduce_all(enrolled), [message])
         return tf.argmax(tf.cast(matches, tf.int32), axis=1), check
 
-    def score(self, features: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
-        """Calibrated scores (float64 [N]) of pooled `features` [N, D] for the signers at `index` [N]."""
+    def _kernel(self, features: tf.Tensor) -> tf.Tensor:
+        """k(x_i, v_u) of the unit-length `features` [N, D] against every support vector (float64 [N, U])."""
         x = tf.cast(features, tf.float64)
         x = x / tf.maximum(tf.norm(x, axis=1, keepdims=True), NORM_EPSILON)
         dots = tf.matmul(x, self.support_vectors, transpose_b=True)  # [N, U]
         if self._linear:
-            kernel = dots
-        else:
-            squared = (tf.reduce_sum(x * x, axis=1, keepdims=True)
-                       + tf.expand_dims(tf.reduce_sum(self.support_vectors * self.support_vectors, axis=1), 0)
-                       - 2.0 * dots)
-            kernel = tf.exp(-self.gamma * tf.maximum(squared, 0.0))
+            return dots
+        squared = (tf.reduce_sum(x * x, axis=1, keepdims=True)
+                   + tf.expand_dims(tf.reduce_sum(self.support_vectors * self.support_vectors, axis=1), 0)
+                   - 2.0 * dots)
+        return tf.exp(-self.gamma * tf.maximum(squared, 0.0))
+
+    def score_all(self, features: tf.Tensor) -> tf.Tensor:
+        """Calibrated scores (float64 [N, S]) of pooled `features` [N, D] for every enrolled signer, in `signers`
+        order: the kernel rows times one [U, S] matrix holding each signer's dual coefficients in its column."""
+        signer_of_entry = tf.ragged.range(self.offsets[:-1], self.offsets[1:]).value_rowids()
+        # scatter_nd sums duplicates; there are none (a signer's SVM holds a support vector once).
+        coefficients = tf.scatter_nd(
+            tf.stack([tf.cast(self.sv_index, tf.int64), signer_of_entry], axis=1), self.dual_coef,
+            tf.stack([tf.shape(self.support_vectors, out_type=tf.int64)[0], tf.cast(self._count, tf.int64)]))
+        decision = tf.matmul(self._kernel(features), coefficients) + self.intercept
+        return (decision - self.score_mean) / self.score_std
+
+    def score(self, features: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+        """Calibrated scores (float64 [N]) of pooled `features` [N, D] for the signers at `index` [N]."""
+        kernel = self._kernel(features)
         # Row i uses entries offsets[index[i]] .. offsets[index[i] + 1] of sv_index and dual_coef.
         entries = tf.ragged.range(tf.gather(self.offsets, index), tf.gather(self.offsets, index + 1))
         row = entries.value_rowids()
@@ -163,8 +198,9 @@ class _ServingModule(tf.Module):
     """What gets saved: the Keras model, its labels, the serving functions, and the verifier if there is one."""
 
     def __init__(self, model: tf.keras.Model, labels: Sequence[str], image_size: tuple[int, int], labels_file: str,
-                 preprocessing: str, verification: VerificationModel | None = None):
+                 preprocessing: str, verification: VerificationModel | None = None, open_set: bool = False):
         super().__init__()
+        self._open_set = open_set
         self.model = model
         self.labels = tf.constant(list(labels), dtype=tf.string)
         # Tracked so SavedModel copies it into assets/ under its own name.
@@ -174,11 +210,15 @@ class _ServingModule(tf.Module):
         if verification is not None:
             # The classifier's pooled features, sharing its weights (saved once).
             self.embedder = feature_model(model)
+            # The softmax and the pooled features from one pass (open-set predict_label needs both).
+            self.classifier_and_embedder = tf.keras.Model(model.inputs, [model.output, self.embedder.output])
             self.verifier = _Verifier(verification)
             self.verify = tf.function(self._verify, input_signature=[
                 tf.TensorSpec([None], tf.string, name=IMAGE_INPUT),
                 tf.TensorSpec([None], tf.string, name=CLAIMED_SIGNER_INPUT),
             ])
+            self.verification_scores = tf.function(self._verification_scores, input_signature=[
+                tf.TensorSpec([None], tf.string, name=CLASSIFY_INPUT)])
 
     def model_inputs(self, image_bytes: tf.Tensor) -> tf.Tensor:
         return tf.map_fn(
@@ -189,6 +229,21 @@ class _ServingModule(tf.Module):
 
     def probabilities(self, image_bytes: tf.Tensor) -> tf.Tensor:
         return self.model(self.model_inputs(image_bytes), training=False)
+
+    def _probabilities_and_scores(self, image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The softmax and every enrolled signer's calibrated score (float32 [N, S]), from one backbone pass."""
+        probabilities, features = self.classifier_and_embedder(self.model_inputs(image_bytes), training=False)
+        return probabilities, tf.cast(self.verifier.score_all(features), tf.float32)
+
+    def _verification_scores(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+        probabilities, scores = self._probabilities_and_scores(example_images(inputs))
+        count = tf.shape(scores)[0]
+        return {
+            PROBABILITIES_OUTPUT: probabilities,
+            VERIFICATION_SCORES_OUTPUT: scores,
+            VERIFICATION_SIGNERS_OUTPUT: tf.tile(tf.expand_dims(self.verifier.signers, 0), [count, 1]),
+            VERIFICATION_THRESHOLD_OUTPUT: tf.fill([count], tf.identity(self.verifier.threshold)),
+        }
 
     def _verify(self, image_bytes: tf.Tensor, claimed_signer: tf.Tensor) -> dict[str, tf.Tensor]:
         same_size = tf.debugging.assert_equal(
@@ -212,27 +267,43 @@ class _ServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_INPUT)])
     def predict_label(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        probabilities = self.probabilities(image_bytes)
+        if not self._open_set:
+            probabilities = self.probabilities(image_bytes)
+            return {
+                LABEL_OUTPUT: tf.gather(self.labels, tf.argmax(probabilities, axis=1)),
+                SCORE_OUTPUT: tf.reduce_max(probabilities, axis=1),
+                PROBABILITIES_OUTPUT: probabilities,
+            }
+        probabilities, scores = self._probabilities_and_scores(image_bytes)
+        best = tf.reduce_max(scores, axis=1)
+        # Open set: no enrolled signer's verifier accepts the image, so it is none of them.
+        unknown = best < self.verifier.threshold
         return {
-            LABEL_OUTPUT: tf.gather(self.labels, tf.argmax(probabilities, axis=1)),
-            SCORE_OUTPUT: tf.reduce_max(probabilities, axis=1),
+            LABEL_OUTPUT: tf.where(unknown, tf.constant(UNKNOWN_LABEL),
+                                   tf.gather(self.labels, tf.argmax(probabilities, axis=1))),
+            SCORE_OUTPUT: tf.where(unknown, best, tf.reduce_max(probabilities, axis=1)),
             PROBABILITIES_OUTPUT: probabilities,
         }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=CLASSIFY_INPUT)])
     def classify(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-        features = tf.io.parse_example(
-            inputs,
-            {
-                REQUEST_IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string, default_value=""),
-                IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string, default_value=""),
-            },
-        )
-        images = tf.where(tf.strings.length(features[REQUEST_IMAGE_FEATURE]) > 0,
-                          features[REQUEST_IMAGE_FEATURE], features[IMAGE_FEATURE])
-        scores = self.probabilities(images)
+        scores = self.probabilities(example_images(inputs))
         classes = tf.tile(tf.expand_dims(self.labels, 0), [tf.shape(scores)[0], 1])
         return {CLASSES_OUTPUT: classes, SCORES_OUTPUT: scores}
+
+
+def example_images(inputs: tf.Tensor) -> tf.Tensor:
+    """The image bytes of serialized tf.Examples: under "image" (a Classify request's) or else "image_raw"
+    (ExampleGen's)."""
+    features = tf.io.parse_example(
+        inputs,
+        {
+            REQUEST_IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string, default_value=""),
+            IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        },
+    )
+    return tf.where(tf.strings.length(features[REQUEST_IMAGE_FEATURE]) > 0,
+                    features[REQUEST_IMAGE_FEATURE], features[IMAGE_FEATURE])
 
 
 def export_serving_model(
@@ -243,24 +314,32 @@ def export_serving_model(
     warmup_images: Sequence[bytes] = (),
     preprocessing: str = PREPROCESS_SCAN,
     verification: VerificationModel | None = None,
+    open_set: bool | None = None,
 ) -> Path:
     """Write the serving SavedModel for `model` (softmax over `labels`) into `export_dir`.
 
     `preprocessing` is the mode of preprocess.image_to_model_input the model was
     trained with; it becomes part of every image signature's graph.
     `verification` (SVMs fitted on this model's pooled features) adds the verify
-    signature, its variables and its metadata.
+    and verification-scores signatures, their variables and their metadata.
+    `open_set` makes predict_label answer contract.UNKNOWN_LABEL for an image no
+    enrolled signer's verifier accepts; None means on when there is `verification`.
     """
     labels = [str(label) for label in labels]
     if not labels:
         raise ValueError("cannot export a classifier with no labels")
     if any("\n" in label for label in labels):
         raise ValueError("labels may not contain newlines (labels.txt is one label per line)")
+    open_set = verification is not None if open_set is None else open_set
+    if open_set and verification is None:
+        raise ValueError("open-set identification needs a verification model: its verifiers decide 'unknown'")
+    if open_set and UNKNOWN_LABEL in labels:
+        raise ValueError(f"a class is named {UNKNOWN_LABEL!r}, the open-set answer for no enrolled signer")
     export_dir = Path(export_dir)
     with tempfile.TemporaryDirectory() as scratch:
         labels_file = Path(scratch) / LABELS_FILE.name
         labels_file.write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
-        module = _ServingModule(model, labels, image_size, str(labels_file), preprocessing, verification)
+        module = _ServingModule(model, labels, image_size, str(labels_file), preprocessing, verification, open_set)
         signatures = {
             SERVING_SIGNATURE: module.serve,
             PREDICT_LABEL_SIGNATURE: module.predict_label,
@@ -272,9 +351,10 @@ def export_serving_model(
                 raise ValueError(f"the verification SVMs were fitted on {verification.dim}-d features; "
                                  f"this model's pooled features are {dim}-d")
             signatures[VERIFY_SIGNATURE] = module.verify
+            signatures[VERIFICATION_SCORES_SIGNATURE] = module.verification_scores
         tf.saved_model.save(module, str(export_dir), signatures=signatures)
     _mark_classify_signature(export_dir)
-    write_model_metadata(export_dir, labels, image_size, preprocessing, verification)
+    write_model_metadata(export_dir, labels, image_size, preprocessing, verification, open_set)
     if warmup_images:
         write_warmup_requests(export_dir, warmup_images[:MAX_WARMUP_REQUESTS],
                               verification.signers[0] if verification is not None else None)
@@ -299,9 +379,9 @@ def _mark_classify_signature(export_dir: Path) -> None:
 
 
 def model_metadata(labels: Sequence[str], image_size: tuple[int, int], preprocessing: str = PREPROCESS_SCAN,
-                   verification: VerificationModel | None = None) -> dict:
+                   verification: VerificationModel | None = None, open_set: bool = False) -> dict:
     """What assets.extra/signflow_model.json holds: the label order of `probabilities`, the signatures, and
-    with `verification` its threshold, calibration and enrolled signers."""
+    with `verification` its threshold, calibration, enrolled signers and whether predict_label is open-set."""
     image = {IMAGE_INPUT: "string [N]"}
     metadata = {
         "format": METADATA_FORMAT,
@@ -322,16 +402,23 @@ def model_metadata(labels: Sequence[str], image_size: tuple[int, int], preproces
         metadata["signatures"][VERIFY_SIGNATURE] = {
             "method": PREDICT_METHOD, "inputs": {**image, CLAIMED_SIGNER_INPUT: "string [N]"},
             "outputs": {VERIFY_SCORE_OUTPUT: "float32 [N]", GENUINE_OUTPUT: "bool [N]", THRESHOLD_OUTPUT: "float32 [N]"}}
-        metadata["verification"] = verification.metadata()
+        metadata["signatures"][VERIFICATION_SCORES_SIGNATURE] = {
+            "method": PREDICT_METHOD, "inputs": {CLASSIFY_INPUT: "string [N] (tf.Example)"},
+            "outputs": {VERIFICATION_SCORES_OUTPUT: "float32 [N, S]", VERIFICATION_SIGNERS_OUTPUT: "string [N, S]",
+                        VERIFICATION_THRESHOLD_OUTPUT: "float32 [N]", PROBABILITIES_OUTPUT: "float32 [N, K]"}}
+        metadata["verification"] = {**verification.metadata(), "open_set": open_set}
+        if open_set:
+            metadata["verification"]["unknown_label"] = UNKNOWN_LABEL
     return metadata
 
 
 def write_model_metadata(export_dir: str | os.PathLike, labels: Sequence[str], image_size: tuple[int, int],
-                         preprocessing: str = PREPROCESS_SCAN, verification: VerificationModel | None = None) -> Path:
+                         preprocessing: str = PREPROCESS_SCAN, verification: VerificationModel | None = None,
+                         open_set: bool = False) -> Path:
     """Write assets.extra/signflow_model.json (contract.MODEL_METADATA_FILE)."""
     path = Path(export_dir) / MODEL_METADATA_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = model_metadata(labels, image_size, preprocessing, verification)
+    metadata = model_metadata(labels, image_size, preprocessing, verification, open_set)
     write_atomic(path, json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
     return path
 

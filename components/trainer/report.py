@@ -7,6 +7,10 @@
     <model_run_dir>/report/curves.png               loss and accuracy per epoch, train and eval
     <model_run_dir>/report/confusion_matrix.png     eval split, true label x predicted label
     <model_run_dir>/report/per_signer_accuracy.png  eval accuracy of each signer, weakest first
+    <model_run_dir>/report/verification_det.png     the verifiers' DET curve on the eval split, one per kind of
+                                                    forgery, the threshold's operating point marked (plot_det
+                                                    over verification_trials, when there is a verification
+                                                    model; run_fn draws it)
     <model_run_dir>/report/summary.json             schedule, init (and its weights file's sha256), accuracy,
                                                     per-signer counts, the weakest signers, timings, config,
                                                     Keras version
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +32,12 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy.special import ndtri  # noqa: E402
 
 from components.trainer.predictions import (  # noqa: E402
     EVAL_PREDICTIONS_FILE, Prediction, write_eval_predictions)
 from components.trainer.train import accuracy  # noqa: E402
+from components.trainer.verification import VerificationModel, equal_error_rate  # noqa: E402
 
 REPORT_DIR = "report"
 # How many of the weakest signers summary.json lists under "weakest".
@@ -41,6 +47,12 @@ MAX_LABEL_CHARS = 28
 WEAK_COLOR, STRONG_COLOR = "#d95f02", "#1f77b4"
 # Charts with more signers than this also get the accuracy scale above the bars.
 TOP_AXIS_FROM = 25
+DET_FILE = "verification_det.png"
+# The DET chart's ticks (error rates); its axes span the ones the data reaches.
+DET_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6)
+# Error rates above this are off the chart (drawn at its edge): a verifier is judged where its errors are few.
+DET_MAX_RATE = 0.6
+DET_COLORS = ("#1f77b4", "#d95f02", "#7570b3", "#1b9e77")
 
 
 @dataclass(frozen=True)
@@ -186,3 +198,88 @@ def plot_per_signer_accuracy(signers: Sequence[SignerAccuracy], path: Path) -> P
 
 def _shorten(label: str) -> str:
     return label if len(label) <= MAX_LABEL_CHARS else label[:MAX_LABEL_CHARS - 3] + "..."
+
+
+def verification_trials(verification: VerificationModel, labels: Sequence[str], vectors: np.ndarray,
+                        forged_labels: Sequence[str] = (), forged_vectors: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The eval split's verification trials, as the Evaluator counts them (pipeline/definition/
+    verification_metrics.py), from pooled features (embeddings.embed_examples, genuine and forgeries=True):
+    (genuine scores: each genuine image for its own enrolled signer, {"random": each genuine image for every
+    other enrolled signer, "skilled": each forgery for the enrolled signer it claims}) - what plot_det takes."""
+    genuine, random_forgeries, skilled = [], [], []
+    vectors = np.asarray(vectors)
+    own = np.array(labels, dtype=object)
+    for signer in verification.signers:
+        if len(vectors):
+            scores = verification.score(vectors, [signer] * len(vectors))
+            genuine.append(scores[own == signer])
+            random_forgeries.append(scores[own != signer])
+        claimed = np.array(forged_labels, dtype=object) == signer
+        if forged_vectors is not None and claimed.any():
+            skilled.append(verification.score(np.asarray(forged_vectors)[claimed], [signer] * int(claimed.sum())))
+
+    def joined(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    return joined(genuine), {"random": joined(random_forgeries), "skilled": joined(skilled)}
+
+
+def error_rates(genuine: np.ndarray, impostor: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FAR, FRR) at each threshold, "genuine" meaning score >= threshold."""
+    genuine, impostor = np.sort(genuine), np.sort(impostor)
+    far = 1.0 - np.searchsorted(impostor, thresholds, side="left") / len(impostor)
+    frr = np.searchsorted(genuine, thresholds, side="left") / len(genuine)
+    return far, frr
+
+
+def plot_det(genuine_scores: Sequence[float], impostor_scores_by_kind: Mapping[str, Sequence[float]],
+             threshold: float, path: str | os.PathLike) -> Path:
+    """The verifiers' DET curve: false rejects of `genuine_scores` against false accepts of each kind of forgery
+    (e.g. {"random": ..., "skilled": ...}; empty kinds are left out), both on normal-deviate axes, where equal
+    error rates lie on the diagonal. Each curve's legend gives its EER and its rates at `threshold` (the
+    model's), whose operating point is marked on it. Rates of 0 and above DET_MAX_RATE are drawn at the
+    chart's edges.
+    """
+    path = Path(path)
+    genuine = np.asarray(genuine_scores, dtype=np.float64)
+    kinds = {kind: np.asarray(scores, dtype=np.float64) for kind, scores in impostor_scores_by_kind.items()
+             if len(scores)}
+    if not len(genuine) or not kinds:
+        raise ValueError("a DET curve needs genuine scores and at least one kind of forgery scores")
+    # Half a trial of the largest set: the smallest rate drawn, where rates of 0 go.
+    floor = 0.5 / max(len(genuine), *(len(scores) for scores in kinds.values()))
+    low = max(floor, min(DET_TICKS))
+
+    def deviate(rate: np.ndarray | float) -> np.ndarray:
+        return ndtri(np.clip(rate, low, DET_MAX_RATE))
+
+    figure, axis = plt.subplots(figsize=(6.4, 6.0))
+    for (kind, impostor), color in zip(kinds.items(), DET_COLORS):
+        scores = np.unique(np.concatenate([genuine, impostor]))
+        thresholds = np.concatenate([[scores[0] - 1.0], (scores[:-1] + scores[1:]) / 2.0, [scores[-1] + 1.0]])
+        far, frr = error_rates(genuine, impostor, thresholds)
+        eer, _ = equal_error_rate(genuine, impostor)
+        [at_far], [at_frr] = error_rates(genuine, impostor, np.array([threshold]))
+        axis.plot(deviate(far), deviate(frr), "-", color=color, linewidth=1.8, drawstyle="steps-post",
+                  label=f"{kind} forgeries ({len(impostor)}): EER {eer:.1%}\n"
+                        f"    at the threshold: FAR {at_far:.1%}, FRR {at_frr:.1%}")
+        axis.plot(deviate(at_far), deviate(at_frr), "o", color=color, markersize=8, markeredgecolor="black",
+                  zorder=3)
+    limits = deviate(np.array([low, DET_MAX_RATE]))
+    axis.plot(limits, limits, ":", color="grey", linewidth=1, label="FAR = FRR (equal error)")
+    ticks = [t for t in DET_TICKS if low <= t <= DET_MAX_RATE]
+    for setter in (axis.set_xticks, axis.set_yticks):
+        setter(deviate(np.array(ticks)), [f"{t:.1%}".replace(".0%", "%") for t in ticks], fontsize=8)
+    axis.set_xlim(*limits)
+    axis.set_ylim(*limits)
+    axis.set_xlabel("false accept rate (forgeries accepted)")
+    axis.set_ylabel("false reject rate (genuine signatures rejected)")
+    axis.set_title(f"verification DET, eval split: {len(genuine)} genuine trials\n"
+                   f"dots: the model's threshold {threshold:.3f}", fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower left", fontsize=8)  # where a DET curve only goes for a near-perfect verifier
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

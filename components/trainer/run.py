@@ -54,7 +54,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
             fast = None
     log.info("%s cycle: %s", decision.kind, decision.reason)
     if fast is not None:
-        result, train_features = fast.result, fast.features
+        result, train_features, eval_features = fast.result, fast.features, fast.eval_features
     else:
         result = train.train(config, train_files, eval_files, log_dir=fn_args.model_run_dir,
                              base_model_dir=fn_args.base_model, total_steps=fn_args.train_steps)
@@ -62,7 +62,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         # cycle's and drift's reference.
         cache = EmbeddingCache(config.embedding_cache_dir, backbone_id(result.model))
         train_features = cache.embed_split(result.model, train_files, config, reference=True)
-        cache.embed_split(result.model, eval_files, config)
+        eval_features = cache.embed_split(result.model, eval_files, config)
 
     verifier, verification_summary = None, {"skipped": "TrainerConfig.verification is off"}
     if config.verification:
@@ -71,8 +71,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         verifier, verification_summary = fitted.model, fitted.summary
     export_serving_model(result.model, result.labels, config.image_size, fn_args.serving_model_dir,
                          warmup_images=data.sample_images(eval_files, MAX_WARMUP_REQUESTS),
-                         preprocessing=config.preprocessing, verification=verifier)
-    report.write_report(fn_args.model_run_dir, result.history, result.eval_predictions, result.labels, {
+                         preprocessing=config.preprocessing, verification=verifier,
+                         open_set=None if config.open_set else False)
+    report_dir = report.write_report(fn_args.model_run_dir, result.history, result.eval_predictions, result.labels, {
         "keras_version": version,
         "tensorflow_version": tf.__version__,
         "labels": result.labels,
@@ -96,3 +97,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         "config": config.to_dict(),
     })
 
+    if verifier is not None:
+        genuine, forgeries = report.verification_trials(
+            verifier, eval_features.genuine.labels, eval_features.genuine.vectors, eval_features.forged.labels,
+            eval_features.forged.vectors)
+        if len(genuine) and any(len(scores) for scores in forgeries.values()):
+            report.plot_det(genuine, forgeries, verifier.threshold, report_dir / report.DET_FILE)

@@ -45,9 +45,15 @@ class GateConfig:
     # A signer with fewer eval examples is not judged (the run summary lists it). 3 is the smallest slice
     # the defaults can fail at all: 0 right of 2 still has an upper bound of 0.66, 0 of 3 has 0.56 < 0.6.
     min_signer_examples: int = 3
+    # Verification (a model with a verify signature; one without is not judged on it): the equal error rate on
+    # the eval split, genuine images against random and skilled forgeries pooled, may not exceed max_eer ...
+    max_eer: float = 0.2
+    # ... nor exceed the serving version's by more than this (when both verify). An eval split of ~2 genuine
+    # images per signer moves the EER in steps of a few hundredths: a tighter margin would block on noise.
+    max_eer_increase: float = 0.05
 
     def __post_init__(self) -> None:
-        for name in ("min_accuracy", "max_accuracy_drop", "min_signer_accuracy"):
+        for name in ("min_accuracy", "max_accuracy_drop", "min_signer_accuracy", "max_eer", "max_eer_increase"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"gate.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.signer_confidence_z < 0:

@@ -19,7 +19,16 @@ Three bounds, each on its own slices:
   its 2 eval images was wrong. Plain per-signer accuracy is still computed, for
   the run summary.
 
-Layer: definition. May import TFMA, serving.contract, definition.configs and definition.signer_metrics.
+And two on verification (verification_metrics, from the `transformed_features`
+signature a model with verification exports; a model without one is not judged):
+- overall equal error rate, genuine against random and skilled forgeries
+  (verification_metrics.VerificationErrorRates) <= gate.max_eer;
+- its increase over the serving version's (verification_metrics.VerificationEerIncrease,
+  0 unless both verify) <= gate.max_eer_increase.
+FAR and FRR at the model's threshold, per kind and per signer, are computed with them, for the run summary.
+
+Layer: definition. May import TFMA, serving.contract, definition.configs, definition.signer_metrics and
+definition.verification_metrics.
 """
 from __future__ import annotations
 
@@ -27,7 +36,7 @@ import json
 
 import tensorflow_model_analysis as tfma
 
-from pipeline.definition import signer_metrics
+from pipeline.definition import signer_metrics, verification_metrics
 from pipeline.definition.configs import GateConfig
 from serving.contract import CLASSIFY_SIGNATURE, LABEL_FEATURE, SCORES_OUTPUT
 
@@ -37,6 +46,9 @@ ACCURACY = signer_metrics.ACCURACY
 SIGNER_BOUND = signer_metrics.UPPER_BOUND
 # Its companion key: the correct answers it counted, per slice.
 SIGNER_CORRECT = signer_metrics.correct_key_name(SIGNER_BOUND)
+# The verification bounds are set on them.
+EER = verification_metrics.EER
+EER_INCREASE = verification_metrics.EER_INCREASE
 
 
 def eval_config(gate: GateConfig) -> tfma.EvalConfig:
@@ -80,10 +92,32 @@ def eval_config(gate: GateConfig) -> tfma.EvalConfig:
                            "min_examples": gate.min_signer_examples}),
         per_slice_thresholds=[per_signer],
     )
+    overall_only = [tfma.SlicingSpec()]
+    eer = tfma.MetricConfig(
+        class_name=verification_metrics.VerificationErrorRates.__name__,
+        module=verification_metrics.__name__,
+        config=json.dumps({"name": EER}),
+        per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+            slicing_specs=overall_only,
+            threshold=tfma.MetricThreshold(
+                value_threshold=tfma.GenericValueThreshold(upper_bound={"value": gate.max_eer})))],
+    )
+    # NOTE: a value threshold on the increase, not a change threshold on the EER: see verification_metrics.
+    eer_increase = tfma.MetricConfig(
+        class_name=verification_metrics.VerificationEerIncrease.__name__,
+        module=verification_metrics.__name__,
+        config=json.dumps({"name": EER_INCREASE}),
+        per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+            slicing_specs=overall_only,
+            threshold=tfma.MetricThreshold(
+                value_threshold=tfma.GenericValueThreshold(upper_bound={"value": gate.max_eer_increase})))],
+    )
     metrics = tfma.MetricsSpec(
         metrics=[
             accuracy,
             signer_bound,
+            eer,
+            eer_increase,
             tfma.MetricConfig(class_name="ExampleCount"),
         ]
     )

@@ -4,11 +4,13 @@ The runner prints this after every run: spans and record counts from ingestion,
 the Evaluator's metrics and verdict (with the failing metric, value and
 threshold when a model is not blessed), the weakest signers and those with too
 few eval examples to be judged (from the Evaluator's per-signer slices), the
+verifiers' EER, FAR and FRR overall and the signers with the worst EER (keys of
+the Evaluator's overall slice, pipeline/definition/verification_metrics.py), the
 serving check's verdict (or that it did not run), the version pushed, and how
 long each component took.
 
-Layer: training_server. May import ML Metadata, and TFMA and definition.evaluation when a run has an
-evaluation.
+Layer: training_server. May import ML Metadata and serving.contract, and TFMA, definition.evaluation and
+definition.verification_metrics when a run has an evaluation.
 """
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ from typing import Any
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
+from serving.contract import VERIFICATION_METRIC_PREFIX
+
 PIPELINE_RUN_CONTEXT = "pipeline_run"
 # The counts of ingest_summary.json, in the order of its invariant: read = the rest.
 INGEST_COUNTS = ("records_read", "examples", "duplicates", "unlabelled", "quarantined")
 NODE_CONTEXT = "node"
-# Signers printed as the weakest, lowest accuracy first.
+# Signers printed as the weakest, lowest accuracy first; verifiers printed as the worst, highest EER first.
 WEAKEST_SIGNERS = 3
 # What `serving_check` says: ServingCheck's verdict, or that it skipped a model the Evaluator did not bless.
 CHECK_PASSED, CHECK_FAILED, CHECK_NOT_RUN = "passed", "failed", "not run"
@@ -60,6 +64,28 @@ class SignerResult:
                    data.get("judged", True))
 
 
+@dataclass(frozen=True)
+class VerifierResult:
+    """One enrolled signer's verifier on the eval split, as the Evaluator measured the candidate's (None: the
+    signer lacked the trials that rate needs)."""
+
+    signer: str
+    eer: float | None
+    frr: float | None
+    far_random: float | None
+    far_skilled: float | None
+
+    def describe(self) -> str:
+        rates = [f"{name} {value:.2f}" for name, value in (("FRR", self.frr), ("FAR random", self.far_random),
+                                                          ("FAR skilled", self.far_skilled)) if value is not None]
+        eer = f"EER {self.eer:.2f}" if self.eer is not None else "EER -"
+        return f"{self.signer} {eer}" + (f" ({', '.join(rates)})" if rates else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"signer": self.signer, "eer": self.eer, "frr": self.frr, "far_random": self.far_random,
+                "far_skilled": self.far_skilled}
+
+
 @dataclass
 class RunSummary:
     run_id: str
@@ -75,6 +101,10 @@ class RunSummary:
     # Per-signer slices of the candidate, in the Evaluator's order; min_signer_examples is the gate's, as run.
     signers: list[SignerResult] = field(default_factory=list)
     min_signer_examples: int | None = None
+    # The candidate's verification metrics on the overall slice (names as verification_metrics writes them,
+    # the per-signer ones left out), and each enrolled signer's verifier.
+    verification: dict[str, float] = field(default_factory=dict)
+    verifiers: list[VerifierResult] = field(default_factory=list)
     # None when ServingCheck did not run or skipped the model (serving_check then says which).
     infra_blessed: bool | None = None
     infra_reason: str = ""
@@ -86,6 +116,12 @@ class RunSummary:
     def weakest_signers(self) -> list[SignerResult]:
         """The WEAKEST_SIGNERS signers with the lowest accuracy (on a tie, the one with more evidence first)."""
         ranked = sorted(self.signers, key=lambda s: (s.accuracy, -s.examples, s.signer))
+        return ranked[:WEAKEST_SIGNERS]
+
+    @property
+    def worst_verifiers(self) -> list[VerifierResult]:
+        """The WEAKEST_SIGNERS verifiers with the highest EER (those without one last)."""
+        ranked = sorted(self.verifiers, key=lambda v: (v.eer is None, -(v.eer or 0.0), v.signer))
         return ranked[:WEAKEST_SIGNERS]
 
     @property
@@ -114,6 +150,8 @@ class RunSummary:
             "weakest_signers": [s.to_json() for s in self.weakest_signers],
             "signers_too_few_examples": [s.to_json() for s in self.signers_too_few_examples],
             "min_signer_examples": self.min_signer_examples,
+            "verification": self.verification,
+            "worst_verifiers": [v.to_json() for v in self.worst_verifiers],
             "serving_check": self.serving_check,
             "infra_blessed": self.infra_blessed,
             "infra_reason": self.infra_reason,
@@ -141,6 +179,7 @@ class RunSummary:
         elif self.blessed is False:
             out.append("not blessed: " + ("; ".join(self.not_blessed_reasons) or "see the Evaluator's output"))
         out += signer_lines(self.weakest_signers, self.signers_too_few_examples, self.min_signer_examples)
+        out += verification_lines(self.verification, self.worst_verifiers)
         out += serving_check_lines(self.serving_check, self.infra_reason)
         if self.pushed_version:
             out.append(f"pushed: version {self.pushed_version} -> {self.pushed_path}")
@@ -160,6 +199,29 @@ def signer_lines(weakest: Sequence[SignerResult], too_few: Sequence[SignerResult
     if too_few:
         out.append(f"too few eval examples to judge (< {min_examples}): "
                    + ", ".join(f"{s.signer} {s.correct}/{s.examples}" for s in too_few))
+    return out
+
+
+def verification_lines(verification: dict[str, float], worst: Sequence[VerifierResult]) -> list[str]:
+    """The verifiers' error rates overall and the worst signers' (nothing for an evaluation without them)."""
+    if not verification:
+        return []
+    # NOTE: imported here, as TFMA is: only a summary with an evaluation gets this far.
+    from pipeline.definition import verification_metrics as vm
+
+    if not verification.get(vm.TRIALS[vm.GENUINE]):
+        return ["verification: not measured (no verify signature, or no genuine eval image of an enrolled signer)"]
+    trials = ", ".join(f"{round(verification.get(vm.TRIALS[kind], 0))} {kind}" for kind in vm.TRIALS)
+    kinds = ", ".join(f"{kind} {verification[name]:.4f}" for kind, name in (("random", vm.FAR_RANDOM),
+                                                                          ("skilled", vm.FAR_SKILLED))
+                      if name in verification)
+    line = (f"verification: EER {verification[vm.EER]:.4f}; at threshold {verification[vm.THRESHOLD]:.4f} "
+            f"FRR {verification[vm.FRR]:.4f}, FAR {verification[vm.FAR]:.4f} ({kinds}); trials: {trials}")
+    if verification.get(vm.EER_INCREASE):
+        line += f"; EER {verification[vm.EER_INCREASE]:+.4f} vs serving"
+    out = [line]
+    if worst:
+        out.append("worst verifiers: " + ", ".join(v.describe() for v in worst))
     return out
 
 
@@ -297,7 +359,10 @@ def _read_evaluation_folder(summary: RunSummary, uri: str | os.PathLike) -> None
         if keys:
             per_signer[_slice_name(sliced.slice_key)] = values
         else:  # the overall slice; the signer bound belongs to the per-signer slices
-            summary.metrics.update({k: v for k, v in values.items() if k not in (SIGNER_BOUND, SIGNER_CORRECT)})
+            # Verification has lines of its own (verification_lines).
+            summary.metrics.update({k: v for k, v in values.items() if k not in (SIGNER_BOUND, SIGNER_CORRECT)
+                                    and not k.startswith(VERIFICATION_METRIC_PREFIX)})
+            _read_verification(summary, values)
     counts = {}  # slice name -> " (3/4 right)"
     for where, values in per_signer.items():
         if ACCURACY not in values or "example_count" not in values:
@@ -323,6 +388,23 @@ def _read_evaluation_folder(summary: RunSummary, uri: str | os.PathLike) -> None
         summary.not_blessed_reasons.append("some thresholds could not be checked (missing slices or metrics)")
 
 
+def _read_verification(summary: RunSummary, overall: dict[str, float]) -> None:
+    """The verification metrics of the overall slice: the overall ones, and per signer its verifier's."""
+    from pipeline.definition import verification_metrics as vm
+
+    per_signer: dict[str, dict[str, float]] = {}
+    for name, value in overall.items():
+        if not name.startswith(VERIFICATION_METRIC_PREFIX):
+            continue
+        metric, separator, signer = name.partition(vm.VERIFICATION_SIGNER_SEPARATOR)
+        if separator:
+            per_signer.setdefault(signer, {})[metric] = value
+        else:
+            summary.verification[name] = value
+    summary.verifiers = [VerifierResult(signer, rates.get(vm.EER), rates.get(vm.FRR), rates.get(vm.FAR_RANDOM),
+                                        rates.get(vm.FAR_SKILLED)) for signer, rates in sorted(per_signer.items())]
+
+
 def _metric_setting(eval_config: Any, class_name: str, name: str) -> Any:
     """A setting of the first metric of class `class_name` in `eval_config` (None when there is none)."""
     for spec in eval_config.metrics_specs if eval_config else ():
@@ -340,7 +422,10 @@ def _slice_name(slice_key: Any) -> str:
 
 def _threshold(threshold: Any) -> str:
     if threshold.HasField("value_threshold"):
-        return f">= {threshold.value_threshold.lower_bound.value}"
+        bounds = threshold.value_threshold
+        if bounds.HasField("upper_bound") and not bounds.HasField("lower_bound"):
+            return f"<= {bounds.upper_bound.value}"
+        return f">= {bounds.lower_bound.value}"
     if threshold.HasField("change_threshold"):
         return f"change >= {threshold.change_threshold.absolute.value} vs serving"
     return str(threshold)

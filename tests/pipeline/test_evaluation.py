@@ -9,7 +9,7 @@ from tensorflow_model_analysis.evaluators import metrics_validator
 from tensorflow_model_analysis.metrics import metric_specs
 
 from pipeline.definition.configs import GateConfig
-from pipeline.definition.evaluation import ACCURACY, LABEL_FEATURE, SIGNER_BOUND, eval_config
+from pipeline.definition.evaluation import ACCURACY, EER, EER_INCREASE, LABEL_FEATURE, SIGNER_BOUND, eval_config
 from pipeline.definition.signer_metrics import SignerAccuracyBound, TopOneAccuracy
 
 GATE = GateConfig(min_accuracy=0.9, max_accuracy_drop=0.02, min_signer_accuracy=0.6)
@@ -20,14 +20,18 @@ def _signer(name: str):
     return ((LABEL_FEATURE, name),)
 
 
-def _failures(slice_key, accuracy: float, bound: float = 1.0, change: float | None = None) -> list[str]:
-    """Failed metric names for one slice; `bound` = the signer upper bound, `change` = candidate - serving."""
+def _failures(slice_key, accuracy: float, bound: float = 1.0, change: float | None = None, eer: float = 0.0,
+              eer_increase: float = 0.0) -> list[str]:
+    """Failed metric names for one slice; `bound` = the signer upper bound, `change` = candidate - serving,
+    `eer` and `eer_increase` the verification metrics (0 for a model without verification)."""
     # What TFX's Evaluator does: name the models, and drop change thresholds without a baseline.
     config = tfma.utils.update_eval_config_with_defaults(
         eval_config(GATE), has_baseline=change is not None, rubber_stamp=change is None)
     model = config.model_specs[0].name
     metrics = {tfma.metrics.MetricKey(name=ACCURACY, model_name=model): accuracy,
-               tfma.metrics.MetricKey(name=SIGNER_BOUND, model_name=model): bound}
+               tfma.metrics.MetricKey(name=SIGNER_BOUND, model_name=model): bound,
+               tfma.metrics.MetricKey(name=EER, model_name=model): eer,
+               tfma.metrics.MetricKey(name=EER_INCREASE, model_name=model): eer_increase}
     if change is not None:
         metrics[tfma.metrics.MetricKey(name=ACCURACY, model_name=model, is_diff=True)] = change
     result = metrics_validator.validate_metrics((slice_key, metrics), config)
@@ -53,6 +57,13 @@ def test_each_bound_applies_to_its_own_slices(slice_key, accuracy, bound, failed
 def test_no_worse_than_serving_by_more_than_the_margin():
     assert _failures(OVERALL, 0.95, change=-0.01) == []
     assert _failures(OVERALL, 0.95, change=-0.05) == [f"change {ACCURACY}"]
+
+
+def test_verification_bounds_apply_to_the_overall_slice_only():
+    assert _failures(OVERALL, 0.95, eer=0.1, eer_increase=0.04) == []
+    assert _failures(OVERALL, 0.95, eer=0.25) == [EER]  # over max_eer (0.2)
+    assert _failures(OVERALL, 0.95, eer=0.1, eer_increase=0.06) == [EER_INCREASE]  # over max_eer_increase (0.05)
+    assert _failures(_signer("signer_03"), 0.9, eer=0.5, eer_increase=0.5) == []
 
 
 def _metric_config(config: tfma.EvalConfig, metric_class: type) -> tfma.MetricConfig:
@@ -81,7 +92,8 @@ def test_the_signer_bound_carries_the_gate_settings():
 
 
 @pytest.mark.parametrize("setting", [
-    {"min_signer_examples": 0}, {"signer_confidence_z": -1.0}, {"min_signer_accuracy": 1.2}, {"min_accuracy": -0.1}])
+    {"min_signer_examples": 0}, {"signer_confidence_z": -1.0}, {"min_signer_accuracy": 1.2}, {"min_accuracy": -0.1},
+    {"max_eer": 1.5}, {"max_eer_increase": -0.1}])
 def test_the_gate_refuses_settings_outside_their_range(setting):
     with pytest.raises(ValueError, match=next(iter(setting))):
         GateConfig(**setting)
