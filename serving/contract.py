@@ -88,8 +88,8 @@ THRESHOLD_OUTPUT = "threshold"
 
 UNKNOWN_LABEL = "unknown"
 """predict_label's `label` when open-set identification is on (the version's MODEL_METADATA_FILE says so under
-"verification": "open_set") and no enrolled signer's verifier accepts the image: its `score` is then the best
-calibrated verification score, below the threshold, instead of a probability. Never a signer's label (the export
+"verification": "open_set") and the verifier of the most probable signer scores the image under the version's
+"open_set_threshold": its `score` is then that calibrated verification score instead of a probability. Never a signer's label (the export
 refuses a model with a class of that name while open-set is on)."""
 
 VERIFICATION_SCORES_SIGNATURE = "transformed_features"

@@ -145,6 +145,10 @@ class TrainerConfig:
     # With verification, predict_label answers "unknown" when no enrolled signer's verifier
     # accepts the image (docs/trainer.md#open-set-identification).
     open_set: bool = True
+    # Open set: the softmax's answer stands when its signer's verifier gives the image at least the
+    # score this share of that signer's cross-validated genuine references reached (never less
+    # than the verify threshold); otherwise the answer is "unknown".
+    open_set_acceptance: float = 0.98
 
     # Cycles (components/trainer/cycles.py, docs/continuous-training.md#fast-and-full-cycles):
     # "auto" trains only the head and the SVMs on the serving model's unchanged backbone
@@ -209,6 +213,8 @@ class TrainerConfig:
                 raise ValueError(f"{name} must hold at least one positive value, got {list(values)}")
         if self.verification_cv_folds < 2:
             raise ValueError(f"verification_cv_folds must be >= 2, got {self.verification_cv_folds}")
+        if not 0.5 <= self.open_set_acceptance <= 1.0:
+            raise ValueError(f"open_set_acceptance must be in [0.5, 1], got {self.open_set_acceptance}")
         if self.cycle not in (CYCLE_AUTO, CYCLE_FAST, CYCLE_FULL):
             raise ValueError(f'cycle must be "{CYCLE_AUTO}", "{CYCLE_FAST}" or "{CYCLE_FULL}", got {self.cycle!r}')
         if self.max_embedding_drift <= 0 or self.full_cycle_every_hours <= 0:

@@ -18,13 +18,13 @@ Signatures (tf.functions: TF 2.16 has no Estimator export):
                       check call)
         image_bytes: string [N]
         -> label: string [N], score: float32 [N] (max of the row), probabilities: float32 [N, K]
-        Open set (`open_set`, on by default with `verification`): an image that no enrolled signer's verifier
-        accepts (every calibrated score below the threshold) is answered label "unknown"
-        (contract.UNKNOWN_LABEL) with score = its best calibrated verification score (so below the threshold,
-        and on the verify signature's scale, not a probability). Any other image keeps the answer above:
-        the softmax's top label and its probability, even when the verifier that accepted it is another
-        signer's (the classifier ranks the enrolled signers; the verifiers only say "none of them").
-        probabilities are the softmax's on every row.
+        Open set (`open_set`, on by default with `verification`): when the verifier of the softmax's top
+        signer scores the image under the open-set threshold (metadata "open_set_threshold": the score
+        TrainerConfig.open_set_acceptance of that signer's cross-validated references reach, at least the
+        verify threshold), the answer is label "unknown" (contract.UNKNOWN_LABEL) with score = that
+        calibrated verification score (on the verify signature's scale, not a probability). Any other
+        image keeps the answer above: the softmax's top label and its probability (a top label too rare to
+        have a verifier included). probabilities are the softmax's on every row.
     classify         (tensorflow/serving/classify, for TF Serving's Classify API and the Evaluator)
         inputs: string [N]  serialized tf.Example, image bytes under "image" (the
                             seed's classify request) or "image_raw" (ExampleGen's)
@@ -142,6 +142,7 @@ class _Verifier(tf.Module):
         self.score_std = constant(verification.score_std, tf.float64)
         self.gamma = constant(verification.gamma or 0.0, tf.float64)
         self.threshold = constant(verification.threshold, tf.float32)
+        self.open_set_threshold = constant(verification.open_set_cut, tf.float32)
 
     def signer_index(self, claimed_signer: tf.Tensor) -> tuple[tf.Tensor, tf.Operation]:
         """Each claimed signer's position in `signers`, and the assertion that every one is enrolled."""
@@ -213,6 +214,9 @@ class _ServingModule(tf.Module):
             # The softmax and the pooled features from one pass (open-set predict_label needs both).
             self.classifier_and_embedder = tf.keras.Model(model.inputs, [model.output, self.embedder.output])
             self.verifier = _Verifier(verification)
+            # Each label's verifier (its position in verification.signers), -1 for labels not enrolled.
+            position = {signer: j for j, signer in enumerate(verification.signers)}
+            self.label_signer = tf.constant([position.get(label, -1) for label in labels], tf.int64)
             self.verify = tf.function(self._verify, input_signature=[
                 tf.TensorSpec([None], tf.string, name=IMAGE_INPUT),
                 tf.TensorSpec([None], tf.string, name=CLAIMED_SIGNER_INPUT),
@@ -275,13 +279,15 @@ class _ServingModule(tf.Module):
                 PROBABILITIES_OUTPUT: probabilities,
             }
         probabilities, scores = self._probabilities_and_scores(image_bytes)
-        best = tf.reduce_max(scores, axis=1)
-        # Open set: no enrolled signer's verifier accepts the image, so it is none of them.
-        unknown = best < self.verifier.threshold
+        top = tf.argmax(probabilities, axis=1)
+        signer = tf.gather(self.label_signer, top)
+        top_score = tf.gather(scores, tf.maximum(signer, 0), batch_dims=1)
+        # Open set: the softmax's signer's own verifier does not accept the image, so it is nobody enrolled
+        # (a top label too rare to have a verifier stands as it is).
+        unknown = tf.logical_and(signer >= 0, top_score < self.verifier.open_set_threshold)
         return {
-            LABEL_OUTPUT: tf.where(unknown, tf.constant(UNKNOWN_LABEL),
-                                   tf.gather(self.labels, tf.argmax(probabilities, axis=1))),
-            SCORE_OUTPUT: tf.where(unknown, best, tf.reduce_max(probabilities, axis=1)),
+            LABEL_OUTPUT: tf.where(unknown, tf.constant(UNKNOWN_LABEL), tf.gather(self.labels, top)),
+            SCORE_OUTPUT: tf.where(unknown, top_score, tf.reduce_max(probabilities, axis=1)),
             PROBABILITIES_OUTPUT: probabilities,
         }
 

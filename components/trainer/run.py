@@ -17,7 +17,7 @@ import tensorflow as tf
 import tf_keras
 from tfx import v1 as tfx
 
-from components.trainer import cycles, data, report, train, verification
+from components.trainer import cycles, data, embeddings, report, train, verification
 from components.trainer.embedding_cache import EmbeddingCache, backbone_id
 from components.trainer.config import CUSTOM_CONFIG_KEY, TrainerConfig
 from components.trainer.export import MAX_WARMUP_REQUESTS, export_serving_model
@@ -66,8 +66,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
 
     verifier, verification_summary = None, {"skipped": "TrainerConfig.verification is off"}
     if config.verification:
+        strangers = embeddings.embed_images(result.model, verification.stranger_images(), config)
         fitted = verification.fit_on_features(train_features.genuine, train_features.forged, config,
-                                              train_features.seconds)
+                                              train_features.seconds, strangers)
         verifier, verification_summary = fitted.model, fitted.summary
     export_serving_model(result.model, result.labels, config.image_size, fn_args.serving_model_dir,
                          warmup_images=data.sample_images(eval_files, MAX_WARMUP_REQUESTS),

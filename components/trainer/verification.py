@@ -41,6 +41,7 @@ verification (NotEnoughSigners), since there is nothing to calibrate against.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import os
 import time
@@ -82,6 +83,7 @@ class VerificationSettings:
     gamma_grid: tuple[float, ...] = TrainerConfig.verification_gamma_grid
     cv_folds: int = TrainerConfig.verification_cv_folds
     min_references: int = TrainerConfig.verification_min_references
+    open_set_acceptance: float = TrainerConfig.open_set_acceptance
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -101,7 +103,8 @@ class VerificationSettings:
     def from_config(cls, config: TrainerConfig) -> VerificationSettings:
         return cls(kernel=config.verification_kernel, c_grid=config.verification_c_grid,
                    gamma_grid=config.verification_gamma_grid, cv_folds=config.verification_cv_folds,
-                   min_references=config.verification_min_references, seed=config.seed)
+                   min_references=config.verification_min_references,
+                   open_set_acceptance=config.open_set_acceptance, seed=config.seed)
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,13 @@ class VerificationModel:
     skipped: Mapping[str, str] = field(default_factory=dict)
     grid: tuple[GridPoint, ...] = ()
     seconds: float = 0.0
+    # Open set: the least score the top signer's verifier must give an image for the softmax's answer to
+    # stand (None: `threshold`); see fit_verification.
+    open_set_threshold: float | None = None
+
+    @property
+    def open_set_cut(self) -> float:
+        return self.threshold if self.open_set_threshold is None else self.open_set_threshold
 
     @property
     def dim(self) -> int:
@@ -193,6 +203,7 @@ class VerificationModel:
         """What assets.extra/signflow_model.json says about verification."""
         return {
             "threshold": self.threshold,
+            "open_set_threshold": self.open_set_cut,
             "calibration": CALIBRATION,
             "kernel": self.kernel,
             "C": self.c,
@@ -381,8 +392,10 @@ def _znorm(scores: np.ndarray, random_negative: np.ndarray) -> tuple[float, floa
     return float(negatives.mean()), max(float(negatives.std()), MIN_SCORE_STD)
 
 
-def _pooled(problem: _Problem, scores: list[np.ndarray]) -> tuple[float, float, float, list[tuple[float, float]]]:
-    """Calibrate each signer's out-of-fold scores and pool them: (EER, AUC, EER threshold, per-signer (mean, std))."""
+def _pooled(problem: _Problem, scores: list[np.ndarray]
+            ) -> tuple[float, float, float, list[tuple[float, float]], np.ndarray]:
+    """Calibrate each signer's out-of-fold scores and pool them: (EER, AUC, EER threshold, per-signer (mean, std),
+    the pooled genuine scores)."""
     genuine, impostor, calibration = [], [], []
     for s, signer_scores in enumerate(scores):
         mean, std = _znorm(signer_scores, problem.random_negatives(s))
@@ -394,7 +407,7 @@ def _pooled(problem: _Problem, scores: list[np.ndarray]) -> tuple[float, float, 
     genuine, impostor = np.concatenate(genuine), np.concatenate(impostor)
     eer, threshold = equal_error_rate(genuine, impostor)
     auc = float(roc_auc_score(np.r_[np.ones(len(genuine)), np.zeros(len(impostor))], np.r_[genuine, impostor]))
-    return eer, auc, threshold, calibration
+    return eer, auc, threshold, calibration, genuine
 
 
 def fit_verification(embeddings: Embeddings, settings: VerificationSettings = VerificationSettings(),
@@ -419,11 +432,15 @@ def fit_verification(embeddings: Embeddings, settings: VerificationSettings = Ve
         for gamma in gammas:
             kernel = kernels(gamma)
             for c, scores in _out_of_fold(problem, kernel, settings.c_grid, settings.cv_folds).items():
-                eer, auc, threshold, calibration = _pooled(problem, scores)
+                eer, auc, threshold, calibration, genuine = _pooled(problem, scores)
                 point = GridPoint(float(c), None if gamma is None else float(gamma), eer, auc)
-                results.append((point, threshold, calibration))
-        best, threshold, calibration = min(
+                results.append((point, threshold, calibration, genuine))
+        best, threshold, calibration, genuine = min(
             results, key=lambda r: (r[0].cv_eer, -r[0].cv_auc, r[0].c, r[0].gamma or 0.0))
+        # A stranger is most often taken for the signer it looks most like, and scores well under genuine
+        # references: the open set's cut sits where `open_set_acceptance` of the cross-validated genuine
+        # references still pass, which is above the EER threshold when genuine scores are high.
+        open_set_threshold = max(threshold, float(np.quantile(genuine, 1.0 - settings.open_set_acceptance)))
         kernel = kernels(best.gamma)
 
         # Final SVMs on all of each signer's rows; the calibration is that of its out-of-fold
@@ -446,7 +463,8 @@ def fit_verification(embeddings: Embeddings, settings: VerificationSettings = Ve
         sv_index=sv_index.astype(np.int32), dual_coef=np.concatenate(coefficients), offsets=offsets,
         intercept=np.array(intercepts), score_mean=np.array([mean for mean, _ in calibration]),
         score_std=np.array([std for _, std in calibration]), counts=dict(problem.counts), skipped=problem.skipped,
-        grid=tuple(point for point, _, _ in results), seconds=time.monotonic() - started,
+        grid=tuple(point for point, *_ in results), seconds=time.monotonic() - started,
+        open_set_threshold=open_set_threshold,
     )
     log.info("verification: %d signers, %s kernel, C=%g%s, cross-validated EER %.4f at threshold %.4f; "
              "%d distinct support vectors; %.1f s", len(model.signers), model.kernel, model.c,
@@ -485,8 +503,38 @@ def fit_for_classifier(classifier, train_files: Sequence[str | os.PathLike], con
     return fit_on_features(features, forged, config, embedding_seconds)
 
 
+def stranger_images(size: tuple[int, int] = (160, 400)) -> list[bytes]:
+    """Pages no signer wrote: blank white, grey and tinted paper, paper noise, a ruled line, a smudge (PNG).
+
+    Every signer's SVM gets their features as extra negatives. Without them an image
+    far from every training image (a blank page) gets an RBF decision near the SVM's
+    intercept, which can lie above the threshold: such pages were accepted by
+    `verify` and the open set in tests until these negatives were added.
+    """
+    from PIL import Image, ImageDraw, ImageFilter  # only here: the rest of the module needs no images
+
+    height, width = size
+    rng = np.random.default_rng(0)
+    pages = [Image.new("RGB", (width, height), colour) for colour in
+             ((255, 255, 255), (200, 200, 200), (128, 128, 128), (245, 235, 200), (220, 230, 245))]
+    noise = np.clip(235 + rng.normal(0, 25, (height, width, 1)), 0, 255).astype(np.uint8).repeat(3, axis=2)
+    pages.append(Image.fromarray(noise))
+    ruled = Image.new("RGB", (width, height), (255, 255, 255))
+    ImageDraw.Draw(ruled).line([(10, height * 2 // 3), (width - 10, height * 2 // 3)], fill=(40, 40, 40), width=3)
+    pages.append(ruled)
+    smudge = Image.new("RGB", (width, height), (255, 255, 255))
+    ImageDraw.Draw(smudge).ellipse([width // 3, height // 3, width // 2, height // 2], fill=(90, 90, 90))
+    pages.append(smudge.filter(ImageFilter.GaussianBlur(6)))
+    encoded = []
+    for page in pages:
+        buffer = io.BytesIO()
+        page.save(buffer, "PNG")
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
 def fit_on_features(features: Embeddings, forged: Embeddings, config: TrainerConfig,
-                    embedding_seconds: float = 0.0) -> TrainerVerification:
+                    embedding_seconds: float = 0.0, strangers: np.ndarray | None = None) -> TrainerVerification:
     """`fit_verification` with the config's settings on a train split's pooled features (`features`: genuine
     references; `forged`: its forgeries, labelled with the signer they claim to be, as that signer's extra
     negatives). The fast cycle calls it on cached features; fit_for_classifier after a forward pass."""

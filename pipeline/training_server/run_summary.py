@@ -171,6 +171,8 @@ class RunSummary:
             splits = ", ".join(f"{n} {split}" for split, n in self.ingest.get("splits", {}).items())
             out.append(f"ingested span {self.ingest.get('span', '?')}: {counts}" + (f" ({splits})" if splits else ""))
         if self.training:
+            if self.training.get("cycle"):
+                out.append(cycle_line(self.training))
             out.append(training_line(self.training))
         if self.metrics:
             out.append("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(self.metrics.items())))
@@ -301,7 +303,7 @@ def _read_ingest(summary: RunSummary) -> None:
 
 
 # What the run summary keeps of the Trainer's report/summary.json (components/trainer/report.py).
-TRAINING_KEYS = ("init", "init_weights_sha256", "schedule", "best_epoch", "eval_accuracy", "num_train_examples",
+TRAINING_KEYS = ("cycle", "embeddings", "init", "init_weights_sha256", "schedule", "best_epoch", "eval_accuracy", "num_train_examples",
                  "num_eval_examples", "train_seconds")
 
 
@@ -311,6 +313,19 @@ def _read_training(summary: RunSummary) -> None:
         if report.exists():
             values = json.loads(report.read_text())
             summary.training = {key: values.get(key) for key in TRAINING_KEYS}
+
+
+def cycle_line(training: dict[str, Any]) -> str:
+    """One line: a fast or a full cycle, why, and how many embeddings came from the cache."""
+    cycle = training["cycle"]
+    line = f"cycle: {cycle.get('kind')} ({cycle.get('reason')})"
+    if cycle.get("drift") is not None:
+        line += f", embedding drift {cycle['drift']:.2f}"
+    embeddings = training.get("embeddings") or {}
+    if embeddings:
+        line += (f"; train embeddings {embeddings.get('cached', 0)} cached, {embeddings.get('embedded', 0)} "
+                 "computed")
+    return line
 
 
 def training_line(training: dict[str, Any]) -> str:

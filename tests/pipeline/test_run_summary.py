@@ -88,3 +88,23 @@ def test_the_summary_says_how_the_backbone_started_from_the_trainers_report(tmp_
             "eval accuracy 0.9643") in summary.lines()
     assert summary.to_json()["training"]["init"] == "imported"
     assert "history" not in summary.to_json()["training"]
+
+
+def test_the_summary_says_which_cycle_ran_and_why(tmp_path):
+    report = tmp_path / "model_run" / "report"
+    report.mkdir(parents=True)
+    (report / "summary.json").write_text(json.dumps({
+        "cycle": {"kind": "fast", "reason": "same backbone, new head", "drift": 0.23},
+        "embeddings": {"cached": 246, "embedded": 5, "seconds": 2.1},
+        "init": "warm_start", "schedule": "head_on_cached_embeddings", "eval_accuracy": 0.9818,
+        "num_train_examples": 251}))
+    summary = RunSummary(run_id="test", outputs={"Trainer.model_run": [
+        metadata_store_pb2.Artifact(uri=str(tmp_path / "model_run"))]})
+    read_outputs(summary)
+    lines = summary.lines()
+    assert ("cycle: fast (same backbone, new head), embedding drift 0.23; train embeddings 246 cached, 5 computed"
+            in lines)
+    assert lines.index(next(line for line in lines if line.startswith("cycle:"))) + 1 == lines.index(
+        next(line for line in lines if line.startswith("trained:")))
+    # What the training server reads to run a full cycle after a fast one the gate refused.
+    assert summary.to_json()["training"]["cycle"]["kind"] == "fast"

@@ -135,17 +135,19 @@ def _call(export_dir, signature: str, **inputs) -> dict[str, np.ndarray]:
     return {name: value.numpy() for name, value in function(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
 
 
-def test_predict_label_is_unknown_exactly_when_no_enrolled_verifier_accepts(exported):
+def test_predict_label_is_unknown_exactly_when_the_top_signers_verifier_does_not_accept(exported):
     verification = exported["verification"]
     served = _call(exported["export_dir"], PREDICT_LABEL_SIGNATURE, image_bytes=exported["images"])
-    best = all_scores(verification, exported["features"]).max(axis=1)
-    threshold = verification.threshold
-    decided = np.abs(best - threshold) > 1e-4  # rows this close to the threshold may round either way
-    expect_unknown = best < threshold
     labels = np.array([label.decode() for label in served[LABEL_OUTPUT]])
     # The closed-set answer: the softmax's top label and its probability.
     probabilities = served[PROBABILITIES_OUTPUT]
     closed_labels = np.array(exported["labels"])[probabilities.argmax(axis=1)]
+    # Every label is enrolled here: the top signer's own verifier decides.
+    best = verification.score(exported["features"], list(closed_labels))
+    threshold = verification.open_set_cut
+    assert threshold >= verification.threshold
+    decided = np.abs(best - threshold) > 1e-4  # rows this close to the threshold may round either way
+    expect_unknown = best < threshold
 
     np.testing.assert_array_equal((labels == UNKNOWN_LABEL)[decided], expect_unknown[decided])
     # Unknown rows carry their best verification score; the others keep the closed-set answer unchanged.
@@ -183,6 +185,7 @@ def test_metadata_says_open_set_is_on_with_the_threshold(exported):
     assert metadata["verification"]["open_set"] is True
     assert metadata["verification"]["unknown_label"] == UNKNOWN_LABEL
     assert metadata["verification"]["threshold"] == exported["verification"].threshold
+    assert metadata["verification"]["open_set_threshold"] == exported["verification"].open_set_cut
     assert set(metadata["signatures"]) >= {PREDICT_LABEL_SIGNATURE, VERIFY_SIGNATURE, VERIFICATION_SCORES_SIGNATURE}
     closed = model_metadata(exported["labels"], CONFIG.image_size, CONFIG.preprocessing, exported["verification"],
                             open_set=False)
