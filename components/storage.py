@@ -1,7 +1,7 @@
 """Files on any filesystem TensorFlow knows (local disk, gs://, s3:// with tensorflow-io, hdfs://, ram://).
 
 Layer: bottom of the components. Shared by ingestion's executor, the Pusher and
-the serving check. Imports tf.io.gfile and serving.contract only.
+the serving check. Imports _tf().io.gfile and serving.contract only.
 
 Paths are plain strings: `pathlib.Path("gs://b/m")` turns into "gs:/b/m", so
 nothing here takes or returns a Path.
@@ -24,14 +24,26 @@ import os
 import secrets
 from collections.abc import Iterator
 
-import tensorflow as tf
-
 from serving.contract import fsync_dir as _fsync_local_dir
 from serving.contract import write_atomic as _write_atomic_local
 from serving.contract import write_synced as _write_synced_local
 
-# What tf.io.gfile raises (NotFoundError, PermissionDeniedError, ...); not an OSError.
-StorageError = tf.errors.OpError
+
+
+def _tf():
+    # NOTE: imported on first use: `signflow rollback` and `signflow versions` on a local folder with
+    # nothing to read would otherwise pay TensorFlow's start-up (seconds, and its log lines on stderr).
+    import tensorflow as tf
+
+    return tf
+
+
+def __getattr__(name: str):
+    # StorageError: what _tf().io.gfile raises (NotFoundError, PermissionDeniedError, ...); not an OSError.
+    # Looked up only when an except clause names it, i.e. after an error, when TensorFlow is loaded anyway.
+    if name == "StorageError":
+        return _tf().errors.OpError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # Schemes whose folder rename is atomic. Any other scheme gets the object-store
 # treatment, which is correct (if slower) everywhere.
@@ -63,25 +75,25 @@ def join(*parts: str) -> str:
 
 
 def exists(path: str) -> bool:
-    return tf.io.gfile.exists(path)
+    return _tf().io.gfile.exists(path)
 
 
 def isdir(path: str) -> bool:
-    return tf.io.gfile.isdir(path)
+    return _tf().io.gfile.isdir(path)
 
 
 def listdir(path: str) -> list[str]:
     """Child names of folder `path`, sorted; [] if it does not exist. Object stores' trailing "/" is dropped."""
     try:
-        names = tf.io.gfile.listdir(path)
-    except tf.errors.NotFoundError:
+        names = _tf().io.gfile.listdir(path)
+    except _tf().errors.NotFoundError:
         return []
     return sorted(_real(path, {name.rstrip("/") for name in names}))
 
 
 def walk(path: str) -> Iterator[tuple[str, list[str], list[str]]]:
     """(folder, sub-folder names, file names) top-down, names sorted; a caller may prune the sub-folder list."""
-    for folder, dirs, files in tf.io.gfile.walk(path):
+    for folder, dirs, files in _tf().io.gfile.walk(path):
         dirs[:] = sorted(d.rstrip("/") for d in dirs)
         yield folder, dirs, sorted(_real(folder, set(files)))
 
@@ -96,28 +108,28 @@ def _real(folder: str, names: set[str]) -> set[str]:
 
 
 def makedirs(path: str) -> None:
-    tf.io.gfile.makedirs(path)
+    _tf().io.gfile.makedirs(path)
 
 
 def remove(path: str) -> None:
-    tf.io.gfile.remove(path)
+    _tf().io.gfile.remove(path)
 
 
 def rmtree(path: str) -> None:
     """Delete folder `path` and everything under it; a missing folder is not an error."""
     try:
-        tf.io.gfile.rmtree(path)
-    except tf.errors.NotFoundError:
+        _tf().io.gfile.rmtree(path)
+    except _tf().errors.NotFoundError:
         pass
 
 
 def rename(source: str, target: str) -> None:
     """Rename a file, or a folder where `renames_folders`; fails if `target` exists."""
-    tf.io.gfile.rename(source, target, overwrite=False)
+    _tf().io.gfile.rename(source, target, overwrite=False)
 
 
 def read_bytes(path: str) -> bytes:
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with _tf().io.gfile.GFile(path, "rb") as f:
         return f.read()
 
 
@@ -141,7 +153,7 @@ def write(path: str, data: bytes | str) -> None:
     if scheme(path) == "ram" and exists(path):
         # NOTE: ram:// appends to an existing file instead of replacing it.
         remove(path)
-    with tf.io.gfile.GFile(path, "wb") as f:
+    with _tf().io.gfile.GFile(path, "wb") as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
@@ -162,14 +174,14 @@ def write_atomic(path: str, data: bytes | str) -> None:
     else:
         temporary = join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
         write(temporary, data)
-        tf.io.gfile.rename(temporary, path, overwrite=True)
+        _tf().io.gfile.rename(temporary, path, overwrite=True)
 
 
 def create_exclusively(path: str, data: bytes | str) -> bool:
     """Create `path` with `data` only if it does not exist yet; False if it does.
 
     On local disk this is O_EXCL (two processes cannot both win). Object stores
-    have no such primitive through tf.io.gfile: there it is a check then a
+    have no such primitive through _tf().io.gfile: there it is a check then a
     write, so only one writer may use the folder at a time.
     """
     if is_local(path):
@@ -187,7 +199,7 @@ def create_exclusively(path: str, data: bytes | str) -> bool:
 
 def copy_file(source: str, target: str) -> None:
     """Copy one file (any filesystem to any filesystem); a local target is fsynced."""
-    tf.io.gfile.copy(source, target, overwrite=True)
+    _tf().io.gfile.copy(source, target, overwrite=True)
     if is_local(target):
         fd = os.open(local_path(target), os.O_RDONLY)
         try:
