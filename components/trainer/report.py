@@ -234,7 +234,7 @@ def error_rates(genuine: np.ndarray, impostor: np.ndarray, thresholds: np.ndarra
 
 
 def plot_det(genuine_scores: Sequence[float], impostor_scores_by_kind: Mapping[str, Sequence[float]],
-             threshold: float, path: str | os.PathLike) -> Path:
+             threshold: float, path: str | os.PathLike, trials: str = "eval split") -> Path:
     """The verifiers' DET curve: false rejects of `genuine_scores` against false accepts of each kind of forgery
     (e.g. {"random": ..., "skilled": ...}; empty kinds are left out), both on normal-deviate axes, where equal
     error rates lie on the diagonal. Each curve's legend gives its EER and its rates at `threshold` (the
@@ -275,7 +275,7 @@ def plot_det(genuine_scores: Sequence[float], impostor_scores_by_kind: Mapping[s
     axis.set_ylim(*limits)
     axis.set_xlabel("false accept rate (forgeries accepted)")
     axis.set_ylabel("false reject rate (genuine signatures rejected)")
-    axis.set_title(f"verification DET, eval split: {len(genuine)} genuine trials\n"
+    axis.set_title(f"verification DET, {trials}: {len(genuine)} genuine trials\n"
                    f"dots: the model's threshold {threshold:.3f}", fontsize=10)
     axis.grid(alpha=0.3)
     axis.legend(loc="lower left", fontsize=8)  # where a DET curve only goes for a near-perfect verifier
