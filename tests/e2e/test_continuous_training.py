@@ -386,6 +386,8 @@ def test_training_server_was_triggered_by_feedback_and_reported_it(story):
     assert last["trigger"] == f"{MIN_NEW_RECORDS} new records"
     assert last["result"] == "pushed" and int(last["pushed_version"]) == story.v2
     assert last["ingest"]["examples"] == MIN_NEW_RECORDS and last["ingest"]["quarantined"] == 0
+    # New records for known signers on V1's backbone: a fast cycle (a new head on cached embeddings).
+    assert last["cycle"]["kind"] == "fast", last["cycle"]
     assert story.schedule_status["cycles"] == {"pushed": 2}
     assert "cycle pushed version" in story.schedule_log
     # The serving server shows the training server's status beside its own versions.
@@ -410,6 +412,7 @@ def test_wrong_labels_are_not_pushed_and_v1_serves_on(story):
     bad = story.bad_cycle
     assert bad["result"] == "not_blessed", story.bad_cycle_log[-3000:]
     assert bad["pushed_version"] is None
+    assert bad["cycle"]["kind"] == "fast", bad["cycle"]
     assert any("sparse_categorical_accuracy" in reason for reason in bad["not_blessed_reasons"])
     assert bad["ingest"]["examples"] == 2 * PER_SIGNER * SIGNERS
     assert story.serving_digest_after_bad_cycle == story.serving_digest_before_bad_cycle
