@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
                 cell = by_key.get((protocol, batching, 1))
                 if cell:
                     gap = round(cell.p50_ms - ceiling[1].p50_ms, 3)
-                    checks[f"{protocol}_batching_{batching}_c1_p50_gap_ms"] = {"value": gap, "target": "<= 5", "met": gap <= 5}
+                    checks[f"{protocol}_batching_{batching}_c1_p50_gap_ms"] = {"value": gap, "target": "<= 3", "met": gap <= 3}
     print("\ntargets:")
     for name, check in checks.items():
         print(f"  {name}: {check['value']} (target {check['target']}) {'met' if check['met'] else 'NOT met'}")

@@ -31,6 +31,11 @@ batched with. Here such a task starts a new batch instead (counted against
 `max_enqueued_batches` like any other batch), so a request never fails because
 of another one.
 
+For the same reason, a batcher given `retry_alone` runs the tasks of a failed
+batch again one by one when that predicate accepts the error (bad input data,
+such as an image the model's decoder refuses): only the tasks that fail on their
+own get an error. Other errors reach every caller of the batch, as in TF Serving.
+
 Layer: beside the servable, which wraps its `run` in one Batcher per signature
 when a version is loaded. Knows nothing of models, transports or the registry;
 imports numpy and serving.settings (BatchingOptions, parsed there from the flags).
@@ -164,8 +169,32 @@ def _task_rows(inputs: dict[str, np.ndarray]) -> int:
     return sizes.pop()
 
 
-def _execute(run_batch: RunBatch, pieces: list[_Piece], padded_size: int) -> list[dict[str, np.ndarray]]:
-    """Runs on a worker thread: merge the pieces, call the model, split its outputs."""
+Outcome = dict[str, np.ndarray] | Exception
+
+
+def _execute(run_batch: RunBatch, pieces: list[_Piece], padded_size: int,
+             retry_alone: Callable[[Exception], bool] | None, pad: Callable[[int], int]) -> list[Outcome]:
+    """Runs on a worker thread: each piece's outputs, or the error for that piece.
+
+    The batch fails as a whole unless `retry_alone` accepts its error; then each piece
+    runs alone (padded per `pad`) and fails, or succeeds, on its own.
+    """
+    try:
+        return list(_run_merged(run_batch, pieces, padded_size))
+    except Exception as err:
+        if retry_alone is None or len(pieces) < 2 or not retry_alone(err):
+            raise
+    outcomes: list[Outcome] = []
+    for piece in pieces:
+        try:
+            outcomes.extend(_run_merged(run_batch, [piece], pad(piece.rows)))
+        except Exception as err:  # noqa: BLE001 - this piece's own error, for its caller only
+            outcomes.append(err)
+    return outcomes
+
+
+def _run_merged(run_batch: RunBatch, pieces: list[_Piece], padded_size: int) -> list[dict[str, np.ndarray]]:
+    """Merge the pieces, call the model once, split its outputs."""
     size = sum(piece.rows for piece in pieces)
     padding = padded_size - size
     if len(pieces) == 1 and not padding:
@@ -200,7 +229,9 @@ class Batcher:
     `run_batch` is a synchronous model call (e.g. a SavedModel signature) taking
     and returning dicts of arrays with the batch on dimension 0; it runs on
     `executor` (by default a pool of `num_batch_threads` threads owned by the
-    batcher), never on the event loop. Pass a shared executor to share threads
+    batcher), never on the event loop. `retry_alone(error)`, if given, says which
+    errors of a batch of several tasks are worth running each task again alone for
+    (see the module docstring); it runs on the worker thread. Pass a shared executor to share threads
     between models as TF Serving's SharedBatchScheduler does; this batcher still
     runs at most `num_batch_threads` of its batches at once.
 
@@ -216,8 +247,10 @@ class Batcher:
         executor: concurrent.futures.Executor | None = None,
         *,
         on_batch: Callable[[BatchStats], None] | None = None,
+        retry_alone: Callable[[Exception], bool] | None = None,
     ):
         self._run_batch = run_batch
+        self._retry_alone = retry_alone
         self._options = options
         self._own_executor = executor is None
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
@@ -260,7 +293,8 @@ class Batcher:
             # NOTE: rows are what make a batch runnable, so an empty request would wait
             # for other traffic (as it does in TF Serving); run it on its own instead.
             piece = _Piece(task, 0, inputs, 0)
-            return (await loop.run_in_executor(self._executor, _execute, self._run_batch, [piece], 0))[0]
+            (outcome,) = await loop.run_in_executor(self._executor, _run_merged, self._run_batch, [piece], 0)
+            return outcome
         self._enqueue(task, _signature(inputs), loop.time())
         self._dispatch()
         return await task.future
@@ -409,7 +443,7 @@ class Batcher:
     def _start(self, pieces: list[_Piece]) -> None:
         self._running += 1
         size = sum(piece.rows for piece in pieces)
-        padded = next((s for s in self._options.allowed_batch_sizes if s >= size), size)
+        padded = self._padded(size)
         stats = BatchStats(
             num_tasks=len(pieces),
             batch_size=size,
@@ -417,8 +451,12 @@ class Batcher:
             queuing_seconds=tuple(time.monotonic() - piece.task.enqueued_at for piece in pieces),
         )
         # A done-callback rather than a task per batch: one loop turn less per request.
-        future = self._loop.run_in_executor(self._executor, _execute, self._run_batch, pieces, padded)
+        future = self._loop.run_in_executor(self._executor, _execute, self._run_batch, pieces, padded,
+                                            self._retry_alone, self._padded)
         future.add_done_callback(lambda done: self._finish(done, pieces, stats))
+
+    def _padded(self, size: int) -> int:
+        return next((s for s in self._options.allowed_batch_sizes if s >= size), size)
 
     def _finish(self, done: asyncio.Future, pieces: list[_Piece], stats: BatchStats) -> None:
         self._running -= 1
@@ -429,8 +467,11 @@ class Batcher:
             for piece in pieces:
                 piece.task.fail(done.exception())
         else:
-            for piece, outputs in zip(pieces, done.result()):
-                piece.task.part_done(piece.start, outputs)
+            for piece, outcome in zip(pieces, done.result()):
+                if isinstance(outcome, Exception):
+                    piece.task.fail(outcome)
+                else:
+                    piece.task.part_done(piece.start, outcome)
         if self._on_batch is not None:
             self._on_batch(stats)
         self._dispatch()

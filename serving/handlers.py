@@ -10,11 +10,19 @@ holds TF Serving's rules:
   (`predict_util.cc`, `classifier.cc`, `regressor.cc`, `multi_inference.cc`),
 
 plus signflow's guards, applied before anything reaches the graph: request-size
-limits and the image check of signflow's `image_bytes` input, so a bad image
-fails only its own request, never a batch shared with other clients.
+limits and the image check of signflow's `image_bytes` input. That check reads
+each image's header only (format, size within the pixel limit: a few
+microseconds, so decompression bombs never reach the graph); the model's own
+decoder checks the rest, and when it refuses an image the full check
+(serving.images.inspect_image) words the error, naming the element. Batched, such
+a refusal fails only its own request: the servable's batcher runs the batch's
+requests again one by one (serving.batching `retry_alone`).
 
 Model calls go through `Servable.submit` (the model threads, or the version's
-batcher: this module does not know which), never on the event loop.
+batcher: this module does not know which), never on the event loop. Other work
+proportional to a request's size (decoding, image checks) runs on the loop when
+the request is small (`is_small`), where it costs less than the two thread
+switches of a trip to the pool, and on the pool otherwise.
 
 Layer: below the transports, above the registry and the servables. Imports
 serving.contract, errors, images, registry, servable, settings and tensors, and
@@ -48,6 +56,17 @@ from serving.settings import Settings
 from serving.tensors import as_text, dtype_name, numpy_dtype_name, numpy_matches
 
 log = logging.getLogger(__name__)
+
+# Work on a request of at most this many bytes and values (a JSON body, the images of a tensor)
+# takes well under a millisecond: decoding bytes is C code, and the per-value Python is bounded
+# by the count. A one-image request is some 5 to 50 KiB and one value.
+INLINE_WORK_BYTES = 64 * 1024
+INLINE_WORK_VALUES = 16
+
+
+def is_small(size: int, values: int) -> bool:
+    """Whether work on `size` bytes holding `values` values may run on the event loop."""
+    return size <= INLINE_WORK_BYTES and values <= INLINE_WORK_VALUES
 
 
 @dataclass(frozen=True)
@@ -113,6 +132,12 @@ class Handlers:
         """CPU-bound request work (decoding, image checks) on the pool, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(function, *args))
 
+    async def offload_unless(self, small: bool, function: Callable, *args):
+        """`function(*args)` here when its input is `small` (see is_small), on the pool otherwise."""
+        if small:
+            return function(*args)
+        return await self.offload(function, *args)
+
     # -- status and metadata ----------------------------------------------------
 
     def model_status(self, ref: ModelRef) -> get_model_status_pb2.GetModelStatusResponse:
@@ -151,12 +176,13 @@ class Handlers:
             return await self._predict_with(lease, signature_name, dict(inputs), output_filter)
 
     async def predict_decoded(self, ref: ModelRef, signature_name: str,
-                              decode: Callable[[Mapping[str, meta_graph_pb2.SignatureDef]], dict[str, np.ndarray]]
-                              ) -> PredictResult:
+                              decode: Callable[[Mapping[str, meta_graph_pb2.SignatureDef]], dict[str, np.ndarray]],
+                              small: bool) -> PredictResult:
         """Predict on inputs that can only be decoded against the version that answers (REST's JSON:
-        the signature gives each input's dtype). `decode(signature_defs)` runs off the event loop."""
+        the signature gives each input's dtype). `decode(signature_defs)` runs off the event loop
+        unless the request is `small` (is_small)."""
         with self.acquire(ref) as lease:
-            inputs = await self.offload(decode, lease.servable.signature_defs)
+            inputs = await self.offload_unless(small, decode, lease.servable.signature_defs)
             return await self._predict_with(lease, signature_name, inputs, ())
 
     async def _predict_with(self, lease: Lease, signature_name: str, inputs: dict[str, np.ndarray],
@@ -172,8 +198,16 @@ class Handlers:
         image_call = (servable.validates_images and signature_name in contract.IMAGE_SIGNATURES
                       and contract.IMAGE_INPUT in inputs)
         if image_call:
-            await self.offload(_check_images, inputs[contract.IMAGE_INPUT], self._settings.max_image_pixels)
-        outputs = await self._run(lease, signature_name, inputs)
+            values = inputs[contract.IMAGE_INPUT]
+            await self.offload_unless(is_small(_bytes_in(values), values.size), _check_images, values,
+                                      self._settings.max_image_pixels, images.check_image_header)
+        try:
+            outputs = await self._run(lease, signature_name, inputs)
+        except errors.InvalidArgument:
+            if image_call:
+                # The graph refused the request; if an image is damaged past its header, say which.
+                await self.offload(_check_images, values, self._settings.max_image_pixels, images.inspect_image)
+            raise
         if image_call and self._on_predicted is not None:
             try:
                 self._on_predicted(servable.name, lease.version, inputs[contract.IMAGE_INPUT], outputs,
@@ -372,10 +406,15 @@ def too_many_instances(count: int, limit: int) -> errors.ServingError:
         "(--max_instances_per_request)")
 
 
-def _check_images(values: np.ndarray, max_pixels: int) -> None:
+def _bytes_in(values: np.ndarray) -> int:
+    return sum(len(value) for value in values.reshape(-1) if isinstance(value, (bytes, str)))
+
+
+def _check_images(values: np.ndarray, max_pixels: int, check: Callable[..., object]) -> None:
+    """`check` (images.check_image_header or inspect_image) on each value, as INVALID_ARGUMENT naming the element."""
     for index, value in enumerate(values.reshape(-1)):
         try:
-            images.inspect_image(bytes(value), max_pixels=max_pixels)
+            check(bytes(value), max_pixels=max_pixels)
         except images.InvalidImage as err:
             raise errors.InvalidArgument(
                 f"Input {contract.IMAGE_INPUT}, element {index}: not an acceptable image ({_image_reason(err)})") from None

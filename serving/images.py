@@ -124,6 +124,17 @@ def _bmp_bits_per_pixel(data: bytes) -> int:
     return int.from_bytes(data[offset:offset + 2], "little")
 
 
+def check_image_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, int, int]:
+    """(format, width, height) of `data`, checked from its header alone: a PNG/JPEG/GIF/BMP
+    (8, 24 or 32-bit) within the pixel limit. Raises InvalidImage.
+
+    No pixel is decoded, so this costs a few microseconds whatever the image; what it
+    cannot see is damage past the header (a truncated or corrupt file), which
+    inspect_image finds and TensorFlow's decoder refuses.
+    """
+    return _inspect(data, max_pixels, decode=False)[:3]
+
+
 def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Check that `data` is a complete PNG/JPEG/GIF/BMP within the pixel limit.
 
@@ -131,6 +142,11 @@ def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     a decompression bomb costs a few bytes of parsing, not gigabytes of memory.
     Then the image is fully decoded once to catch truncated or corrupt files.
     """
+    fmt, width, height = _inspect(data, max_pixels, decode=True)
+    return ImageInfo(format=fmt, width=width, height=height, sha256=hashlib.sha256(data).hexdigest())
+
+
+def _inspect(data: bytes, max_pixels: int, *, decode: bool) -> tuple[str, int, int]:
     if not data:
         raise InvalidImage(EMPTY_IMAGE, "zero bytes")
     try:
@@ -149,7 +165,8 @@ def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
                 if fmt == "BMP" and (bits := _bmp_bits_per_pixel(data)) not in _TF_BMP_BITS:
                     raise InvalidImage(UNSUPPORTED_FORMAT,
                                        f"{bits}-bit BMP: the model's decoder reads 8, 24 and 32-bit BMP only")
-                img.load()
+                if decode:
+                    img.load()
     except InvalidImage:
         raise
     except Image.DecompressionBombError as err:
@@ -159,4 +176,4 @@ def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     except (OSError, SyntaxError, ValueError) as err:
         # Pillow reports truncated and corrupt data as OSError/SyntaxError.
         raise InvalidImage(CORRUPT_IMAGE, str(err) or type(err).__name__) from None
-    return ImageInfo(format=fmt, width=width, height=height, sha256=hashlib.sha256(data).hexdigest())
+    return fmt, width, height

@@ -25,7 +25,7 @@ at `POST /v1/models/<name>/feedback`: a URL TF Serving has no meaning for (it
 answers 400 "Malformed request"), so every URL of TF Serving's API still
 reaches the dispatcher, and any other method on that path too.
 
-Layer: transport. Imports Starlette, serving.errors, handlers, metrics,
+Layer: transport. Imports Starlette, numpy, serving.errors, handlers, metrics,
 registry (the status route), rest_codec and settings.
 """
 from __future__ import annotations
@@ -39,13 +39,14 @@ import time
 from typing import Any, Awaitable, Callable, Sequence
 from urllib.parse import unquote_to_bytes
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from serving import errors, rest_codec
-from serving.handlers import Handlers, ModelRef, with_deadline
+from serving.handlers import INLINE_WORK_BYTES, Handlers, ModelRef, is_small, with_deadline
 from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serving.metrics import Metrics
 from serving.registry import AVAILABLE, Registry
@@ -65,6 +66,8 @@ _POST = re.compile(
 _GET = re.compile(
     r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
 _CORS_ORIGIN = re.compile(r"https?://")
+# Values in an answer written on the event loop (_small_answer): a classifier's probabilities, or a few.
+_INLINE_ANSWER_VALUES = 64
 
 STATUS_PATH = "/signflow/status"
 # The scheduler's status is a few hundred bytes; anything this big is not it.
@@ -171,16 +174,20 @@ class _RestApi:
         return Response(answer, media_type=_JSON, headers=headers)
 
     # Each verb: (the answer's body, the version that produced it). Decoding and
-    # encoding run on the handlers' pool: a large body must not stall the event loop.
+    # encoding a large body or answer run on the handlers' pool, so as not to stall
+    # the event loop; a small one is done here (handlers.is_small).
 
     async def _predict(self, ref: ModelRef, body: bytes) -> tuple[bytes, int]:
-        document = await self._handlers.offload(rest_codec.parse_document, body)
+        # Commas bound a JSON text's values (base64 has none): one more than there are.
+        small = is_small(len(body), body.count(b",") + 1)
+        document = await self._handlers.offload_unless(small, rest_codec.parse_document, body)
         name = rest_codec.signature_name(document)
         decode = functools.partial(rest_codec.predict_inputs, document, name=name,
                                    max_instances=self._settings.max_instances_per_request)
-        result = await self._handlers.predict_decoded(ref, name, decode)
+        result = await self._handlers.predict_decoded(ref, name, decode, small)
         row_format = rest_codec.is_row_format(document)
-        answer = await self._handlers.offload(rest_codec.predict_body, result.outputs, row_format)
+        answer = await self._handlers.offload_unless(_small_answer(result.outputs), rest_codec.predict_body,
+                                                     result.outputs, row_format)
         return answer, result.version
 
     async def _classify(self, ref: ModelRef, body: bytes) -> tuple[bytes, int]:
@@ -192,6 +199,17 @@ class _RestApi:
         name, request_input = await self._handlers.offload(rest_codec.examples_from_json, body)
         result = await self._handlers.regress(ref, name, request_input)
         return rest_codec.regress_body(result.result), result.version
+
+
+def _small_answer(outputs: dict[str, np.ndarray]) -> bool:
+    """Whether writing `outputs` as JSON may run on the event loop: some 6 microseconds a value
+    (shortest round-tripping floats are formatted in Python), so at most _INLINE_ANSWER_VALUES,
+    and strings within handlers.INLINE_WORK_BYTES."""
+    if sum(array.size for array in outputs.values()) > _INLINE_ANSWER_VALUES:
+        return False
+    size = sum(len(v) for array in outputs.values() if array.dtype.kind in "OSU"
+               for v in array.reshape(-1) if isinstance(v, (bytes, str)))
+    return size <= INLINE_WORK_BYTES
 
 
 def raw_target(request: Request) -> str:

@@ -102,9 +102,15 @@ class Servable:
         if batching is not None:
             self._batchers = {
                 name: Batcher(functools.partial(self.run, name), batching, batch_executor,
-                              on_batch=lambda stats: self._on_rows(stats.batch_size))
+                              on_batch=lambda stats: self._on_rows(stats.batch_size),
+                              retry_alone=_refused_input if self._checks_images(name) else None)
                 for name in self._functions
             }
+
+    def _checks_images(self, signature_name: str) -> bool:
+        """Whether requests to this signature have their images checked by headers only (serving.handlers):
+        the model's own decoder is then the check of the rest of each image."""
+        return self.validates_images and signature_name in contract.IMAGE_SIGNATURES
 
     def submit(self, signature_name: str, inputs: dict[str, np.ndarray]) -> asyncio.Future:
         """Start `run` off the event loop (call on the loop); the future holds its outputs or its ServingError."""
@@ -131,6 +137,12 @@ class Servable:
     async def aclose(self) -> None:
         """After unload(): wait until every batcher has run what it holds and stopped (on the loop)."""
         await asyncio.gather(*(batcher.close() for batcher in self._batchers.values()), return_exceptions=True)
+
+
+def _refused_input(err: Exception) -> bool:
+    # An op refusing its input (e.g. DecodePng on a truncated file) is INVALID_ARGUMENT: one
+    # request's data, so its batch is run again request by request (serving.batching).
+    return isinstance(err, errors.ServingError) and err.code is errors.Code.INVALID_ARGUMENT
 
 
 def read_labels(path: Path) -> tuple[str, ...] | None:

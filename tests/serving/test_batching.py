@@ -151,6 +151,50 @@ def test_an_exception_reaches_every_caller_of_the_batch():
     assert {str(r) for r in results} == {"model failed on 5 rows"}
 
 
+def test_retry_alone_fails_only_the_task_whose_rows_the_model_refuses():
+    class Refused(Exception):
+        pass
+
+    calls: list[list[float]] = []
+
+    def run_batch(inputs):
+        rows = inputs["x"][:, 0].tolist()
+        calls.append(rows)
+        if -1.0 in rows:
+            raise Refused(f"refused a batch of {len(rows)}")
+        return expected(inputs["x"])
+
+    async def main():
+        batcher = Batcher(run_batch, options(max_batch_size=4, batch_timeout_micros=NEVER_MICROS),
+                          retry_alone=lambda err: isinstance(err, Refused))
+        xs = [np.array([[v, 0.5]]) for v in (1.0, -1.0, 2.0, 3.0)]
+        results = await asyncio.gather(*(batcher.submit({"x": x}) for x in xs), return_exceptions=True)
+        await batcher.close()
+        return xs, results
+
+    xs, results = run(main())
+    assert isinstance(results[1], Refused) and str(results[1]) == "refused a batch of 1"
+    for i in (0, 2, 3):
+        np.testing.assert_allclose(results[i]["y"], expected(xs[i])["y"])
+    assert calls == [[1.0, -1.0, 2.0, 3.0], [1.0], [-1.0], [2.0], [3.0]]
+
+
+def test_errors_retry_alone_does_not_accept_still_reach_every_caller():
+    def run_batch(inputs):
+        raise RuntimeError("model broken")
+
+    async def main():
+        batcher = Batcher(run_batch, options(max_batch_size=3, batch_timeout_micros=NEVER_MICROS),
+                          retry_alone=lambda err: isinstance(err, ValueError))
+        results = await asyncio.gather(*(batcher.submit({"x": np.zeros((1, 1))}) for _ in range(3)),
+                                       return_exceptions=True)
+        await batcher.close()
+        return results
+
+    results = run(main())
+    assert [str(r) for r in results] == ["model broken"] * 3
+
+
 def test_outputs_without_the_batch_dimension_fail_every_caller():
     def run_batch(inputs):
         return {"ok": inputs["x"], "bad": inputs["x"][:1]}
@@ -622,3 +666,38 @@ def test_a_full_queue_answers_503_with_tf_servings_message(start_server, model_s
             response = future.result()
             assert response.status_code == 200, response.text
             assert response.json() == {"predictions": [{"y": 2.5, "released": True}]}
+
+
+def test_an_image_damaged_past_its_header_fails_only_its_own_request(start_server, model_store, tmp_path,
+                                                                     signflow_server):
+    """The request path reads image headers only; the model's decoder refuses the truncated
+    PNG, its batch is run again request by request, and only its caller gets the error."""
+    import base64
+    import concurrent.futures
+
+    import requests
+
+    from tests.fixtures.tiny_model import make_image_bytes
+    from tests.serving.conftest import SIGNFLOW_MODEL
+
+    # A batch runs only when full: the four requests below are one batch.
+    server = _batching_server(start_server, model_store, tmp_path, SIGNFLOW_MODEL,
+                              f"max_batch_size {{ value: 4 }} batch_timeout_micros {{ value: {NEVER_MICROS} }}")
+    url = f"{server.rest_url}/v1/models/{SIGNFLOW_MODEL}:predict"
+    good = [make_image_bytes("PNG", size=(90 + 9 * i, 40), seed=i) for i in range(3)]
+    truncated = make_image_bytes("PNG", size=(200, 80), seed=7)[:200]
+    images = [good[0], truncated, good[1], good[2]]
+
+    def post(image: bytes, to: str = url) -> requests.Response:
+        body = {"instances": [{"b64": base64.b64encode(image).decode()}]}
+        return requests.post(to, json=body, timeout=HANG_GUARD)
+
+    with concurrent.futures.ThreadPoolExecutor(len(images)) as pool:
+        answers = list(pool.map(post, images))
+    assert [a.status_code for a in answers] == [200, 400, 200, 200], [a.text for a in answers]
+    assert answers[1].json()["error"].startswith(
+        "Input image_bytes, element 0: not an acceptable image (corrupt_image: ")
+    # The same images, each alone, on a server without batching.
+    alone = [post(image, f"{signflow_server.rest_url}/v1/models/{SIGNFLOW_MODEL}:predict") for image in good]
+    for answer, single in zip([answers[0], answers[2], answers[3]], alone):
+        assert answer.json()["predictions"][0] == pytest.approx(single.json()["predictions"][0], abs=1e-5)
