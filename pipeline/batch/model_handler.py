@@ -10,7 +10,7 @@ from typing import Any, Iterable, Sequence
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from pipeline.batch.signature import SIGNATURE, Scores, call_signature
+from pipeline.batch.signature import LoadedSignature, Scores, call_signature
 
 # Shared with RunInference's own metrics (model load and batch latencies), which job.py reads back.
 METRICS_NAMESPACE = "signflow.batch_predict"
@@ -23,7 +23,7 @@ class InferenceFailure:
     message: str
 
 
-class ServingSignatureHandler(ModelHandler[bytes, PredictionResult, Any]):
+class ServingSignatureHandler(ModelHandler[bytes, PredictionResult, LoadedSignature]):
     """Calls a SavedModel's `predict_label(image_bytes: string[N])` on each batch RunInference forms.
 
     Neither library handler fits this export: tfx_bsl's predict handler fails on
@@ -38,17 +38,16 @@ class ServingSignatureHandler(ModelHandler[bytes, PredictionResult, Any]):
         self._version_dir = version_dir
         self._batch_size = batch_size
 
-    def load_model(self) -> Any:
-        # The loaded object is what RunInference keeps: its signatures only hold
-        # weak references to the variables it owns.
-        return tf.saved_model.load(self._version_dir)
+    def load_model(self) -> LoadedSignature:
+        # Once per worker process: RunInference shares what this returns between the
+        # worker's threads and bundles.
+        return LoadedSignature(self._version_dir)
 
     def run_inference(
-        self, batch: Sequence[bytes], model: Any, inference_args: dict[str, Any] | None = None
+        self, batch: Sequence[bytes], model: LoadedSignature, inference_args: dict[str, Any] | None = None
     ) -> Iterable[PredictionResult]:
-        signature = model.signatures[SIGNATURE]
         try:
-            scores: list[Scores | InferenceFailure] = list(call_signature(signature, batch))
+            scores: list[Scores | InferenceFailure] = list(call_signature(model, batch))
         except tf.errors.InvalidArgumentError:
             # One image the graph cannot decode fails its whole batch (see
             # components/trainer/export.py); score the images one by one so
@@ -56,7 +55,7 @@ class ServingSignatureHandler(ModelHandler[bytes, PredictionResult, Any]):
             scores = []
             for image in batch:
                 try:
-                    scores.extend(call_signature(signature, [image]))
+                    scores.extend(call_signature(model, [image]))
                 except tf.errors.InvalidArgumentError as err:
                     scores.append(InferenceFailure(_op_error_text(err)))
         return [PredictionResult(image, result) for image, result in zip(batch, scores)]

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
 from pipeline.batch.errors import BatchPredictError
@@ -65,9 +64,37 @@ def check_signature(path: Path, num_labels: int) -> None:
         )
 
 
-def call_signature(signature: Any, images: Sequence[bytes]) -> Iterator[Scores]:
+class LoadedSignature:
+    """predict_label of one version folder, loaded as TF Serving loads a SavedModel: the `serve`
+    MetaGraph into a Session (SavedModelBundle), the signature run by its tensor names.
+
+    NOTE: not tf.saved_model.load: that also revives the Python object graph the Keras
+    export carries (every layer's functions), which on the Trainer's Xception costs three
+    times as long as the graph and variables themselves, and a slower first call; batch
+    prediction pays both once per worker. The graph, weights and answers are the same.
+    Session.run is thread-safe, so one instance serves every thread of a worker.
+    """
+
+    def __init__(self, version_dir: str):
+        self._graph = tf.Graph()
+        self._session = tf.compat.v1.Session(graph=self._graph)
+        with self._graph.as_default():
+            meta_graph = tf.compat.v1.saved_model.load(self._session, [contract.SERVE_TAG], version_dir)
+        signature = meta_graph.signature_def[SIGNATURE]
+        self._run = self._session.make_callable(
+            [signature.outputs[name].name for name in OUTPUTS], [signature.inputs[IMAGE_INPUT].name])
+
+    def __call__(self, images: Sequence[bytes]) -> dict[str, np.ndarray]:
+        """The outputs by name for one batch; tf.errors.InvalidArgumentError when an image does not decode."""
+        return dict(zip(OUTPUTS, self._run(np.array(list(images), dtype=object))))
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def call_signature(signature: LoadedSignature, images: Sequence[bytes]) -> Iterator[Scores]:
     """predict_label on one batch: one Scores per image, in order."""
-    outputs = contract.call_signature(signature, {IMAGE_INPUT: list(images)}, {IMAGE_INPUT: types_pb2.DT_STRING})
+    outputs = signature(images)
     labels, score, probabilities = outputs[LABEL_OUTPUT], outputs[SCORE_OUTPUT], outputs[PROBABILITIES_OUTPUT]
     if not (len(labels) == len(score) == len(probabilities) == len(images)):
         raise ValueError(f"{SIGNATURE} answered {len(labels)} rows for {len(images)} images")
