@@ -67,10 +67,10 @@ class CycleDecision:
 def decide(config: TrainerConfig, base_model_dir: str | os.PathLike | None) -> CycleDecision:
     """The cycle's kind from the config and the model to start from (drift is judged later, on the data)."""
     if config.cycle == CYCLE_FULL:
-        return CycleDecision(FULL, "asked for (trainer.cycle=full)")
+        return CycleDecision(FULL, "asked for with trainer.cycle=full")
     problem = _why_not_fast(config, base_model_dir)
     if problem is None:
-        reason = "asked for (trainer.cycle=fast)" if config.cycle == CYCLE_FAST else "same backbone, new head"
+        reason = "asked for with trainer.cycle=fast" if config.cycle == CYCLE_FAST else "same backbone, new head"
         return CycleDecision(FAST, reason)
     if config.cycle == CYCLE_FAST:
         raise ValueError(f"a fast cycle was asked for but cannot run: {problem}")
