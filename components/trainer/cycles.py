@@ -39,7 +39,7 @@ from components.trainer.config import CYCLE_AUTO, CYCLE_FAST, CYCLE_FULL, Traine
 from components.trainer.embedding_cache import EmbeddingCache, SplitEmbeddings, backbone_id
 from components.trainer.embeddings import Embeddings
 from components.trainer.predictions import Prediction
-from components.trainer.train import TrainingResult, compile_classifier
+from components.trainer.train import TrainingResult, accuracy, compile_classifier, ranked_predictions
 from serving.contract import MODEL_METADATA_FILE
 
 keras = tf.keras
@@ -184,7 +184,7 @@ def train_head(base: keras.Model, base_labels: Sequence[str], train: Embeddings,
     predictions = predict_from_features(head, evaluation, labels)
     log.info("fast cycle: head trained on %d cached feature rows, %d labels (%d carried) in %.1f s; "
              "eval accuracy %.4f on %d examples", len(train), len(labels), carried, seconds,
-             _accuracy(predictions), len(predictions))
+             accuracy(predictions), len(predictions))
     return TrainingResult(
         model=final, labels=labels, schedule=SCHEDULE_HEAD_ON_EMBEDDINGS, init="warm_start", history=history,
         eval_predictions=predictions, num_train_examples=len(train), num_eval_examples=len(evaluation),
@@ -197,15 +197,4 @@ def predict_from_features(head: keras.Model, evaluation: Embeddings, labels: Seq
     if not len(evaluation):
         return []
     probabilities = head.predict(evaluation.vectors, batch_size=256, verbose=0)
-    order = np.argsort(-probabilities, axis=1)
-    predictions = []
-    for sha256, label, ranked, row in zip(evaluation.sha256, evaluation.labels, order, probabilities):
-        first, second = ranked[0], (ranked[1] if len(ranked) > 1 else None)
-        predictions.append(Prediction(sha256, label, labels[first], float(row[first]),
-                                      labels[second] if second is not None else None,
-                                      float(row[second]) if second is not None else 0.0))
-    return predictions
-
-
-def _accuracy(predictions: Sequence[Prediction]) -> float:
-    return sum(p.label == p.predicted for p in predictions) / len(predictions) if predictions else float("nan")
+    return ranked_predictions(probabilities, evaluation.sha256, evaluation.labels, labels)

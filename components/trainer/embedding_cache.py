@@ -130,10 +130,10 @@ class EmbeddingCache:
             labels = {r.sha256: (r.label, r.genuine) for r in records}
             self._write(REFERENCE_SHARD if reference else f"{int(time.time())}-{uuid.uuid4().hex[:8]}",
                         stored, labels)
-        split = _split(records, known)
+        genuine, forged = _split(records, known)
         new_genuine = [known[r.sha256] for r in missing if r.genuine]
-        dim = split.genuine.dim
-        result = SplitEmbeddings(split.genuine, split.forged, cached=len(records) - len(missing),
+        dim = genuine.dim
+        result = SplitEmbeddings(genuine, forged, cached=len(records) - len(missing),
                                  embedded=len(missing),
                                  new_genuine=np.stack(new_genuine) if new_genuine else np.zeros((0, dim), np.float32),
                                  seconds=time.monotonic() - started)
@@ -188,14 +188,12 @@ def _read_records(files: Sequence[str]) -> list[_Record]:
     return records
 
 
-def _split(records: Sequence[_Record], vectors: dict[str, np.ndarray]) -> SplitEmbeddings:
+def _split(records: Sequence[_Record], vectors: dict[str, np.ndarray]) -> tuple[Embeddings, Embeddings]:
+    """The genuine examples' and the forgeries' rows, each in file order."""
     def embeddings(chosen: list[_Record]) -> Embeddings:
         dim = len(next(iter(vectors.values()))) if vectors else 0
         stacked = np.stack([vectors[r.sha256] for r in chosen]) if chosen else np.zeros((0, dim), np.float32)
         return Embeddings(tuple(r.sha256 for r in chosen), tuple(r.label for r in chosen),
                           stacked.astype(np.float32, copy=False))
 
-    genuine = [r for r in records if r.genuine]
-    forged = [r for r in records if not r.genuine]
-    empty = np.zeros((0, 0), np.float32)
-    return SplitEmbeddings(embeddings(genuine), embeddings(forged), 0, 0, empty, 0.0)
+    return embeddings([r for r in records if r.genuine]), embeddings([r for r in records if not r.genuine])

@@ -316,19 +316,25 @@ def recalibrate_batchnorm(classifier: keras.Model, dataset: tf.data.Dataset, num
 def predict(classifier: keras.Model, files: Sequence[str], labels: Sequence[str],
             config: TrainerConfig) -> list[Prediction]:
     """Top label and score for every example of a split, in file order (labels unknown to the model included)."""
-    vocabulary = list(labels)
     forward = model_lib.inference_function(classifier)
     predictions = []
     for batch in data.prediction_dataset(files, config):
-        probabilities = forward(batch["image"]).numpy()
-        order = np.argsort(-probabilities, axis=1)
-        for sha256, label, ranked, row in zip(batch[SHA256_FEATURE].numpy(), batch[LABEL_FEATURE].numpy(),
-                                              order, probabilities):
-            first, second = ranked[0], (ranked[1] if len(ranked) > 1 else None)
-            predictions.append(Prediction(
-                sha256.decode("ascii"), label.decode("utf-8"), vocabulary[first], float(row[first]),
-                vocabulary[second] if second is not None else None,
-                float(row[second]) if second is not None else 0.0))
+        predictions += ranked_predictions(
+            forward(batch["image"]).numpy(), [s.decode("ascii") for s in batch[SHA256_FEATURE].numpy()],
+            [label.decode("utf-8") for label in batch[LABEL_FEATURE].numpy()], labels)
+    return predictions
+
+
+def ranked_predictions(probabilities: np.ndarray, sha256s: Sequence[str], true_labels: Sequence[str],
+                       vocabulary: Sequence[str]) -> list[Prediction]:
+    """One Prediction per row of `probabilities` [N, K] over `vocabulary`: its top label and the runner-up."""
+    predictions = []
+    for sha256, label, ranked, row in zip(sha256s, true_labels, np.argsort(-probabilities, axis=1), probabilities):
+        first, second = ranked[0], (ranked[1] if len(ranked) > 1 else None)
+        predictions.append(Prediction(
+            sha256, label, vocabulary[first], float(row[first]),
+            vocabulary[second] if second is not None else None,
+            float(row[second]) if second is not None else 0.0))
     return predictions
 
 
