@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
@@ -90,6 +91,15 @@ def test_trainer_exports_a_saved_model_that_serves_png_jpeg_and_gif(first_run, f
     np.testing.assert_allclose(out["probabilities"].numpy(), default["probabilities"].numpy(), atol=1e-6)
     np.testing.assert_allclose(tf.reduce_sum(out["probabilities"], axis=1).numpy(), 1.0, rtol=1e-5)
     np.testing.assert_allclose(out["score"].numpy(), tf.reduce_max(out["probabilities"], axis=1).numpy())
+
+
+def test_the_export_holds_the_serving_functions_and_no_per_layer_keras_traces(first_run):
+    # Loading revives every function in the file: the serving check, the Evaluator and each version swap
+    # pay for Keras's ~500 per-layer traces if they are saved (export.py's _keras_traces_off).
+    saved_model = saved_model_pb2.SavedModel.FromString((first_run["serving"] / "saved_model.pb").read_bytes())
+    names = [function.signature.name for function in saved_model.meta_graphs[0].graph_def.library.function]
+    assert any("_network" in name for name in names)  # the one saved forward pass every signature calls
+    assert not [name for name in names if "layer_call" in name]
 
 
 def test_label_vocabulary_is_the_sorted_training_labels(first_run):
