@@ -260,7 +260,8 @@ class ServingCheck(base_component.BaseComponent):
             blessing: the Evaluator's ModelBlessing; a model it did not bless is not served (saves time).
             model_run: the Trainer's ModelRun; its eval_predictions.jsonl must agree with what is served.
             eval_split: split of `examples` to take images from.
-            num_examples: images sent (in one batch, one alone, and through classify).
+            num_examples: images sent to predict_label (in one batch, compared with the Trainer's answers, and one
+                alone); the first few also go through serving_default and classify.
             max_loading_seconds: a load slower than this fails the check.
             timeout_seconds: hard limit for the whole check; the serving process is killed past it.
             score_tolerance: largest |served score - Trainer's score| accepted for the same image.
