@@ -25,6 +25,26 @@ from serving.layout import LABELS_FILE
 # TF_USE_LEGACY_KERAS=1 (set by the process entry point) makes tf.keras this tf-keras (Keras 2).
 keras = tf.keras
 
+
+def keep_autograph_out_of_keras() -> None:
+    """Tell AutoGraph not to convert tf-keras' own code, as it already does not convert `keras`.
+
+    TensorFlow's rule list names `keras` but not `tf_keras`, Keras 2's package name
+    since TF 2.16, so the first fit of a process rewrote ~700 Keras internals
+    (optimizer, losses, metrics, layers) source to source: ~25 s on 2 cores, longer
+    than a fast cycle's whole head training. Keras' code is written for graph mode and
+    is left alone under its old name; the same rule for its new one. Idempotent.
+    """
+    from tensorflow.python.autograph.core import config as autograph_config  # no public API for the rules
+
+    rule = autograph_config.DoNotConvert("tf_keras")
+    if not any(getattr(existing, "_prefix", None) == "tf_keras"
+               for existing in autograph_config.CONVERSION_RULES):
+        autograph_config.CONVERSION_RULES = (rule, *autograph_config.CONVERSION_RULES)
+
+
+keep_autograph_out_of_keras()
+
 log = logging.getLogger(__name__)
 
 BACKBONE_NAME = "xception"

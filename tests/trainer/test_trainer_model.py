@@ -1,4 +1,4 @@
-"""Backbone weights (offline fallback, local .h5), freezing, label changes and BatchNorm recalibration."""
+"""Backbone weights (offline fallback, local .h5), freezing, label changes, BatchNorm recalibration, AutoGraph."""
 import logging
 import socket
 
@@ -117,3 +117,13 @@ def test_warm_start_from_an_export_of_another_architecture_fails_clearly(tmp_pat
     other = build_tiny_saved_model(tmp_path / "tiny", labels=("signer_00", "signer_01"))
     with pytest.raises(RuntimeError, match="cannot warm-start from .*set warm_start=False"):
         train.initial_model(TrainerConfig(image_height=71, image_width=71), ["signer_00", "signer_01"], other)
+
+
+def test_autograph_leaves_keras_internals_alone_and_converts_our_code():
+    # Converting tf-keras' training step, optimizer and losses cost ~25 s at the first fit of every process.
+    from tensorflow.python.autograph.impl import conversion
+
+    model_lib.keep_autograph_out_of_keras()  # a second call changes nothing
+    assert conversion.is_allowlisted(model_lib.keras.Model.train_step)
+    assert conversion.is_allowlisted(model_lib.keras.optimizers.Adam.apply_gradients)
+    assert not conversion.is_allowlisted(recalibrate_batchnorm)
