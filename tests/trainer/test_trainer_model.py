@@ -121,9 +121,12 @@ def test_warm_start_from_an_export_of_another_architecture_fails_clearly(tmp_pat
 
 def test_autograph_leaves_keras_internals_alone_and_converts_our_code():
     # Converting tf-keras' training step, optimizer and losses cost ~25 s at the first fit of every process.
+    from tensorflow.python.autograph.core import config as autograph_config
     from tensorflow.python.autograph.impl import conversion
 
-    model_lib.keep_autograph_out_of_keras()  # a second call changes nothing
+    model_lib.keep_autograph_out_of_keras()  # a second call adds no second rule
+    assert [rule for rule in autograph_config.CONVERSION_RULES if getattr(rule, "_prefix", None) == "tf_keras"] \
+        == list(autograph_config.CONVERSION_RULES[:1])
     assert conversion.is_allowlisted(model_lib.keras.Model.train_step)
     assert conversion.is_allowlisted(model_lib.keras.optimizers.Adam.apply_gradients)
     assert not conversion.is_allowlisted(recalibrate_batchnorm)
