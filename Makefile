@@ -87,11 +87,15 @@ weights: venv
 browser:
 	@bash .ci/install-browser
 
+# One worker per core (at most 4: each holds its own TensorFlow), one test module per worker so a
+# module's fixtures are built once; the end-to-end story is collected early and runs beside the rest.
+PYTEST_WORKERS ?= -n auto --maxprocesses=4 --dist loadscope
+
 test: venv browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_WORKERS)
 
 test-fast: venv browser
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_WORKERS)
 
 clean:
 	rm -rf pipeline_root bench/out .pytest_cache
