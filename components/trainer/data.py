@@ -6,9 +6,11 @@ served model would see for the same bytes. Augmentation runs afterwards, on whol
 batches, in model-input space (white paper = 1.0, ink is dark).
 
 The classifier identifies signers from their genuine signatures: forgeries
-(`genuine` == 0, a forgery claimed as its label) are left out of every dataset
-here and of the split summaries (their sizes and labels), so they never train,
-validate or evaluate a signer's class. Examples ingested before forgeries were
+(`genuine` == 0, a forgery claimed as its label) never train, validate or
+evaluate a signer's class, and the split summaries' sizes and labels are those of
+the genuine examples. Only `training_dataset(..., forgeries=True)` lets them in,
+for the Trainer's forgery head (TrainerConfig.forgery_loss_weight): there a
+forgery's weight on the signer head is 0. Examples ingested before forgeries were
 recorded have no `genuine` feature and are genuine.
 """
 from __future__ import annotations
@@ -66,27 +68,33 @@ def is_genuine(example: dict[str, tf.Tensor]) -> tf.Tensor:
 
 @dataclass(frozen=True)
 class SplitSummary:
-    """What one pass over a split's labels tells: its size and its sorted label set."""
+    """What one pass over a split's labels tells: its genuine examples' count and sorted label set, and how many
+    forgeries it holds besides."""
 
     num_examples: int
     labels: list[str]
+    num_forgeries: int = 0
 
 
 def summarize(files: Sequence[str]) -> SplitSummary:
-    """Count the genuine examples of a split and collect their labels (the vocabulary is the train split's).
+    """Count the genuine examples of a split and collect their labels (the vocabulary is the train split's),
+    and count its forgeries.
 
     A signer with forgeries only gets no class.
     """
     records = tf.data.TFRecordDataset(list(files), compression_type=COMPRESSION)
     wanted = {key: _FEATURES[key] for key in (LABEL_FEATURE, GENUINE_FEATURE)}
-    labels = records.map(lambda record: tf.io.parse_single_example(record, wanted),
-                         num_parallel_calls=tf.data.AUTOTUNE).filter(is_genuine).map(lambda ex: ex[LABEL_FEATURE])
+    parsed = records.map(lambda record: tf.io.parse_single_example(record, wanted), num_parallel_calls=tf.data.AUTOTUNE)
     counts: dict[str, int] = {}
-    for batch in labels.batch(1024):
-        for label in batch.numpy():
+    forgeries = 0
+    for batch in parsed.batch(1024):
+        for label, genuine in zip(batch[LABEL_FEATURE].numpy(), batch[GENUINE_FEATURE].numpy()):
+            if genuine == 0:
+                forgeries += 1
+                continue
             text = label.decode("utf-8")
             counts[text] = counts.get(text, 0) + 1
-    return SplitSummary(num_examples=sum(counts.values()), labels=sorted(counts))
+    return SplitSummary(num_examples=sum(counts.values()), labels=sorted(counts), num_forgeries=forgeries)
 
 
 def label_table(labels: Sequence[str]) -> tf.lookup.StaticHashTable:
@@ -118,37 +126,55 @@ def _sha256_of(example: dict[str, tf.Tensor]) -> tf.Tensor:
                     _hex_sha256(example[IMAGE_FEATURE]))
 
 
-def _train_part(files: Sequence[str], config: TrainerConfig) -> tf.data.Dataset:
-    examples = read_genuine_examples(files)
+def _train_part(files: Sequence[str], config: TrainerConfig, *, forgeries: bool = False) -> tf.data.Dataset:
+    examples = read_examples(files) if forgeries else read_genuine_examples(files)
     if config.validation_fraction > 0:
         examples = examples.filter(lambda ex: tf.logical_not(_in_validation(ex, config.validation_fraction)))
     return examples
 
 
 def training_dataset(files: Sequence[str], labels: Sequence[str], config: TrainerConfig,
-                     *, augment: bool | None = None, num_examples: int | None = None) -> tf.data.Dataset:
+                     *, augment: bool | None = None, num_examples: int | None = None,
+                     forgeries: bool = False) -> tf.data.Dataset:
     """Endless shuffled batches of (images [B, H, W, 3] float32, label ids [B] int32).
 
     The validation share of the split (`config.validation_fraction`) is left out;
     so are forgeries and examples whose label is not in `labels`. `augment` defaults to
-    `config.augment`. With `num_examples` (the split's size) the preprocessed
+    `config.augment`. With `num_examples` (the examples a pass reads) the preprocessed
     images are kept in memory after the first pass when they fit in
     `config.cache_mib`.
+
+    With `forgeries`, for the two-headed training model (model.with_forgery_head),
+    the forgeries come too and batches are (images, (label ids, forged [B, 1] float32),
+    (signer weights, forgery weights)): a forgery's signer weight is 0 (its label id,
+    which may be -1 for a signer without a class, is then 0), every example's forgery
+    weight 1.
     """
     augment = config.augment if augment is None else augment
     table = label_table(labels)
-    dataset = _train_part(files, config).map(lambda ex: _to_model_input(ex, table, config),
-                                             num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.filter(lambda image, label: label >= 0)
+    examples = _train_part(files, config, forgeries=forgeries)
+    if forgeries:
+        dataset = examples.map(lambda ex: _to_two_head_input(ex, table, config), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.filter(lambda image, targets, weights: tf.logical_or(targets[0] >= 0, targets[1][0] > 0))
+        dataset = dataset.map(lambda image, targets, weights: (image, (tf.maximum(targets[0], 0), targets[1]), weights))
+    else:
+        dataset = examples.map(lambda ex: _to_model_input(ex, table, config), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.filter(lambda image, label: label >= 0)
     if num_examples is not None and num_examples * _bytes_per_input(config) <= config.cache_mib * 2**20:
         dataset = dataset.cache()
     dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed).repeat()
     # Full batches only: a 1-example batch would give BatchNorm a degenerate variance.
     dataset = dataset.batch(config.batch_size, drop_remainder=True)
     if augment:
-        dataset = dataset.map(lambda images, ids: (augment_batch(images, config), ids),
+        dataset = dataset.map(lambda images, *rest: (augment_batch(images, config), *rest),
                               num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _to_two_head_input(example: dict[str, tf.Tensor], table: tf.lookup.StaticHashTable, config: TrainerConfig):
+    image, label = _to_model_input(example, table, config)
+    genuine = tf.cast(is_genuine(example), tf.float32)
+    return image, (label, tf.reshape(1.0 - genuine, [1])), (genuine, tf.constant(1.0))
 
 
 def _bytes_per_input(config: TrainerConfig) -> int:

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 BACKBONE_NAME = "xception"
 HEAD_NAME = "signer_probabilities"
+FORGERY_HEAD_NAME = "forgery_probability"
 
 # urllib waits forever on a silent network; the 88 MB file itself needs far less than this
 # per socket operation.
@@ -154,6 +155,21 @@ def build_classifier(num_classes: int, image_size: tuple[int, int], *, weights_p
     pooled = keras.layers.Dropout(dropout, name="head_dropout")(pooled)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name=HEAD_NAME)(pooled)
     return keras.Model(inputs, outputs, name="signflow_classifier")
+
+
+def with_forgery_head(classifier: keras.Model) -> keras.Model:
+    """A training model with two outputs, the classifier's signer probabilities and P(forged) [B, 1], sharing all
+    of the classifier's layers; the forgery head is a sigmoid on the pooled features (before the dropout).
+
+    Training both (TrainerConfig.forgery_loss_weight) makes the backbone keep what
+    tells a careful imitation from the writer's own hand, which the signer head alone
+    has no reason to learn: the verification SVMs then get features in which skilled
+    forgeries stand apart (Hafemann et al. 2017, SigNet-F). Only the classifier is
+    exported; the forgery head is dropped with the training model.
+    """
+    pooled = classifier.get_layer("avg_pool").output
+    forged = keras.layers.Dense(1, activation="sigmoid", name=FORGERY_HEAD_NAME)(pooled)
+    return keras.Model(classifier.inputs, [classifier.output, forged], name="signflow_two_heads")
 
 
 def inference_function(model: keras.Model):

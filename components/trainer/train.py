@@ -15,6 +15,11 @@ Schedules (see TrainerConfig):
   from block `fine_tune_from_block` up (by default all of it, BatchNorm included)
   at a lower learning rate with cosine decay.
 
+With `forgery_loss_weight` > 0 and forgeries in the train split, training runs
+a two-headed model (model.with_forgery_head): the signer head on the genuine
+examples, and a forgery head, P(forged) from the pooled features, on all of them,
+its loss at that weight. The exported classifier is the signer model alone.
+
 With a validation split (`validation_fraction`, carved out of the train split by
 sha256) every epoch is evaluated on it and, with `restore_best_epoch`, the best
 epoch's weights are kept. The eval split is the gate's: training never reads it;
@@ -102,16 +107,26 @@ def train(config: TrainerConfig, train_files: Sequence[str], eval_files: Sequenc
     schedule = SCHEDULE_FROM_SCRATCH if init == "random" else SCHEDULE_TWO_PHASE
     phases = _phases(config, schedule)
     epochs = sum(phase.epochs for phase in phases)
+    forgery_head = config.forgery_loss_weight > 0 and train_summary.num_forgeries > 0
+    # What one pass over the training data reads: the forgeries too when the forgery head trains.
+    per_pass = train_summary.num_examples + (train_summary.num_forgeries if forgery_head else 0)
     if total_steps:
         steps = max(1, total_steps // epochs)
     else:
-        steps = config.steps_per_epoch or data.steps_per_epoch(train_summary.num_examples, config.batch_size)
-    log.info("init=%s schedule=%s: %s, %d steps/epoch of %d", init, schedule,
-             ", ".join(f"{p.name} {p.epochs} epochs" for p in phases), steps, config.batch_size)
+        steps = config.steps_per_epoch or data.steps_per_epoch(per_pass, config.batch_size)
+    log.info("init=%s schedule=%s: %s, %d steps/epoch of %d%s", init, schedule,
+             ", ".join(f"{p.name} {p.epochs} epochs" for p in phases), steps, config.batch_size,
+             f"; forgery head on {train_summary.num_forgeries} forgeries at weight {config.forgery_loss_weight}"
+             if forgery_head else "")
 
-    train_ds = data.training_dataset(train_files, labels, config, num_examples=train_summary.num_examples)
+    fit_model = model_lib.with_forgery_head(classifier) if forgery_head else classifier
+    train_ds = data.training_dataset(train_files, labels, config, num_examples=per_pass, forgeries=forgery_head)
     validation_ds = data.validation_dataset(train_files, labels, config)
-    best = _BestEpoch()
+    if validation_ds is not None and forgery_head:
+        # Genuine only, as without the forgery head: the forgery head's weight is 0 there.
+        validation_ds = validation_ds.map(lambda images, ids: (
+            images, (ids, tf.zeros([tf.shape(ids)[0], 1])), (tf.ones(tf.shape(ids)), tf.zeros(tf.shape(ids)))))
+    best = _BestEpoch("val_" + (f"{model_lib.HEAD_NAME}_accuracy" if forgery_head else "accuracy"))
     callbacks: list[keras.callbacks.Callback] = [best] if validation_ds is not None else []
     if log_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir), profile_batch=0))
@@ -121,19 +136,20 @@ def train(config: TrainerConfig, train_files: Sequence[str], eval_files: Sequenc
         if phase.epochs == 0:
             continue
         phase.prepare(classifier)
-        compile_classifier(classifier, phase.learning_rate(steps), config.label_smoothing)
+        compile_classifier(fit_model, phase.learning_rate(steps), config.label_smoothing,
+                           forgery_loss_weight=config.forgery_loss_weight if forgery_head else None)
         timer = _EpochTimer()
-        fit = classifier.fit(train_ds, epochs=epoch + phase.epochs, initial_epoch=epoch, steps_per_epoch=steps,
-                             validation_data=validation_ds, callbacks=[*callbacks, timer], verbose=2)
+        fit = fit_model.fit(train_ds, epochs=epoch + phase.epochs, initial_epoch=epoch, steps_per_epoch=steps,
+                            validation_data=validation_ds, callbacks=[*callbacks, timer], verbose=2)
         for i, index in enumerate(fit.epoch):
             history.append({"phase": phase.name, "epoch": index + 1, "seconds": timer.seconds[i],
-                            **{key: float(values[i]) for key, values in fit.history.items()}})
+                            **{_history_key(key): float(values[i]) for key, values in fit.history.items()}})
         epoch += phase.epochs
 
     restored = config.restore_best_epoch and best.weights is not None
     if restored:
         log.info("restoring epoch %d (validation accuracy %.4f)", best.epoch, best.accuracy)
-        classifier.set_weights(best.weights)
+        fit_model.set_weights(best.weights)
     trained_batchnorm = schedule == SCHEDULE_FROM_SCRATCH or config.fine_tune_batchnorm
     if trained_batchnorm and config.bn_recalibration_batches:
         clean = data.training_dataset(train_files, labels, config, augment=False)
@@ -233,13 +249,35 @@ def _phases(config: TrainerConfig, schedule: str) -> list[_Phase]:
 
 def compile_classifier(classifier: keras.Model,
                        learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
-                       label_smoothing: float) -> None:
-    """Adam on label-smoothed crossentropy over label ids, with accuracy: the training step of every phase."""
+                       label_smoothing: float, *, forgery_loss_weight: float | None = None) -> None:
+    """Adam on label-smoothed crossentropy over label ids, with accuracy: the training step of every phase.
+
+    With `forgery_loss_weight`, `classifier` is the two-headed training model
+    (model.with_forgery_head): the forgery head's binary crossentropy joins the loss
+    at that weight, and the signer accuracy is weighted by the batches' signer
+    weights, so forgeries do not count in it.
+    """
+    accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    if forgery_loss_weight is None:
+        classifier.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss=_smoothed_sparse_crossentropy(classifier.output_shape[-1], label_smoothing),
+            metrics=[accuracy_metric],
+        )
+        return
+    signer_shape, _ = classifier.output_shape
     classifier.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=_smoothed_sparse_crossentropy(classifier.output_shape[-1], label_smoothing),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        loss=[_smoothed_sparse_crossentropy(signer_shape[-1], label_smoothing), keras.losses.BinaryCrossentropy()],
+        loss_weights=[1.0, forgery_loss_weight],
+        weighted_metrics=[[accuracy_metric], []],
     )
+
+
+def _history_key(key: str) -> str:
+    """Keras' metric name -> the history's: the two-headed model's signer accuracy is "accuracy", as without the
+    forgery head (its losses keep their output names; "loss" is the total)."""
+    return key.replace(f"{model_lib.HEAD_NAME}_accuracy", "accuracy")
 
 
 def _smoothed_sparse_crossentropy(num_classes: int, label_smoothing: float):
@@ -252,16 +290,18 @@ def _smoothed_sparse_crossentropy(num_classes: int, label_smoothing: float):
 
 
 class _BestEpoch(keras.callbacks.Callback):
-    """Remembers the weights of the epoch with the highest validation accuracy (ties: the later one)."""
+    """Remembers the weights of the epoch with the highest validation accuracy (`key` in Keras' logs; ties: the
+    later one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: str = "val_accuracy") -> None:
         super().__init__()
+        self.key = key
         self.accuracy = -1.0
         self.epoch: int | None = None
         self.weights: list[np.ndarray] | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        accuracy = (logs or {}).get("val_accuracy")
+        accuracy = (logs or {}).get(self.key)
         if accuracy is not None and accuracy >= self.accuracy:
             self.accuracy, self.epoch, self.weights = accuracy, epoch + 1, self.model.get_weights()
 

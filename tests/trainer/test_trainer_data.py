@@ -239,3 +239,54 @@ def test_the_classifier_never_trains_validates_or_evaluates_on_forgeries(tmp_pat
     share = _kinds(data.validation_dataset(all_marked_genuine, labels, config), marked, config)
     assert "forged" in share  # the share does hold forgeries to leave out
     assert kept == [kind for kind in share if kind == "genuine"]
+
+
+def test_the_forgery_head_gets_every_forgery_and_the_signer_head_none(tmp_path, marked):
+    genuine, forged = marked
+    files = _write_marked(tmp_path / "train.gz", forged[:4] + genuine + forged[4:])
+    labels = ["signer_00", "signer_01", "signer_02"]  # signer 5's forgeries have no class, and still come
+    config = CONFIG.replace(validation_fraction=0.0, batch_size=len(genuine) + len(forged), shuffle_buffer=64)
+    summary = data.summarize(files)
+    assert (summary.num_examples, summary.num_forgeries) == (len(genuine), len(forged))
+
+    # One batch is one whole pass over the split.
+    images, (ids, is_forged), (signer_weight, forgery_weight) = next(iter(
+        data.training_dataset(files, labels, config, augment=False, forgeries=True)))
+    kinds = _kinds([(images,)], marked, config)
+    assert sorted(kinds) == sorted(["genuine"] * len(genuine) + ["forged"] * len(forged))
+    expected_forged = np.array([kind == "forged" for kind in kinds], dtype=np.float32)
+    np.testing.assert_array_equal(is_forged.numpy()[:, 0], expected_forged)
+    np.testing.assert_array_equal(signer_weight.numpy(), 1.0 - expected_forged)
+    np.testing.assert_array_equal(forgery_weight.numpy(), np.ones(len(kinds)))
+    # Genuine rows carry their signer's id; forged rows an id in range (their weight is 0).
+    by_image = {data.model_input(tf.constant(image), config).numpy().tobytes(): labels.index(label)
+                for image, label, _ in genuine}
+    for image, kind, label_id in zip(images.numpy(), kinds, ids.numpy()):
+        if kind == "genuine":
+            assert label_id == by_image[image.tobytes()]
+        else:
+            assert 0 <= label_id < len(labels)
+
+
+@pytest.mark.slow
+def test_a_forgery_loss_trains_a_second_head_that_the_exported_classifier_leaves_out(tmp_path, marked):
+    genuine, forged = marked
+    train_files = _write_marked(tmp_path / "train.gz", genuine + forged)
+    eval_files = _write_marked(tmp_path / "eval.gz", genuine[::4])
+    config = CONFIG.replace(image_height=71, image_width=142, weights="none", scratch_epochs=2, warmup_epochs=1,
+                            steps_per_epoch=2, bn_recalibration_batches=1, forgery_loss_weight=0.5,
+                            validation_fraction=0.3)
+
+    result = train.train(config, train_files, eval_files)
+
+    first = result.history[0]
+    # Both heads' losses, the total at the forgery head's weight, and the signer accuracy under its usual name.
+    assert first["loss"] == pytest.approx(first["signer_probabilities_loss"] + 0.5 * first["forgery_probability_loss"],
+                                          rel=1e-3)
+    assert 0.0 <= first["accuracy"] <= 1.0
+    # The validation share (genuine only) picks the best epoch by the signer accuracy.
+    assert 0.0 <= first["val_accuracy"] <= 1.0 and result.best_epoch in (1, 2)
+    assert result.num_train_examples == len(genuine)
+    assert [layer.name for layer in result.model.layers][-1] == "signer_probabilities"
+    assert "forgery_probability" not in {layer.name for layer in result.model.layers}
+    assert len(result.eval_predictions) == len(genuine[::4])
