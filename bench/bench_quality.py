@@ -470,7 +470,8 @@ def run_pipeline_mode(split: Split, overrides: dict, work: Path, *, random_claim
     }
     threshold = trials[0]["threshold"] if trials else verification.get("threshold")
     figures = verification_figures(trials, threshold) if trials else None
-    verification_summary = {key: verification.get(key) for key in ("open_set", "kernel", "C", "gamma", "cv_eer")}
+    verification_summary = {key: verification.get(key) for key in ("open_set", "kernel", "C", "gamma", "cv_eer",
+                                                                     "cv_random_eer", "cv_skilled_eer", "operating_point")}
     targets = check_targets({
         "skilled_eer": ((figures or {}).get("skilled") or {}).get("eer"),
         "random_eer": ((figures or {}).get("random") or {}).get("eer"),

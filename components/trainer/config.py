@@ -32,6 +32,9 @@ PREPROCESS_FIT = "fit"
 # Values of `TrainerConfig.verification_kernel` (see components/trainer/verification.py).
 VERIFICATION_RBF = "rbf"
 VERIFICATION_LINEAR = "linear"
+# Values of `TrainerConfig.verification_operating_point`: which equal-error point the verify threshold is.
+OPERATING_SKILLED = "skilled"
+OPERATING_RANDOM = "random"
 
 # Values of `TrainerConfig.cycle` (see components/trainer/cycles.py).
 CYCLE_AUTO = "auto"
@@ -149,6 +152,10 @@ class TrainerConfig:
     # Signers with fewer training references are not enrolled (their images still serve as
     # other signers' negatives); with fewer than 2 enrolled signers there is no verify signature.
     verification_min_references: int = 2
+    # The verify threshold: the cross-validated equal-error point against skilled forgeries
+    # ("skilled"; used when the train split has forgeries, else "random") or against random
+    # forgeries, other signers' signatures ("random"). See components/trainer/verification.py.
+    verification_operating_point: str = OPERATING_SKILLED
     # With verification, predict_label answers "unknown" when no enrolled signer's verifier
     # accepts the image (docs/trainer.md#open-set-identification).
     open_set: bool = True
@@ -220,6 +227,9 @@ class TrainerConfig:
             values = getattr(self, name)
             if not values or min(values) <= 0:
                 raise ValueError(f"{name} must hold at least one positive value, got {list(values)}")
+        if self.verification_operating_point not in (OPERATING_SKILLED, OPERATING_RANDOM):
+            raise ValueError(f'verification_operating_point must be "{OPERATING_SKILLED}" or "{OPERATING_RANDOM}", '
+                             f"got {self.verification_operating_point!r}")
         if self.verification_cv_folds < 2:
             raise ValueError(f"verification_cv_folds must be >= 2, got {self.verification_cv_folds}")
         if not 0.5 <= self.open_set_acceptance <= 1.0:

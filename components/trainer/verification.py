@@ -17,22 +17,33 @@ What is fitted (`fit_verification`):
 - One SVM per enrolled signer (scikit-learn SVC, class_weight="balanced"):
   positives are the signer's genuine training references; negatives are every
   other genuine training image (random forgeries: other people's signatures,
-  those of signers too rare to enrol included), plus `extra_negatives[signer]`
-  when given: the Trainer passes the train split's forgeries claimed as that
-  signer (skilled forgeries, `genuine` == 0 in the examples).
+  those of signers too rare to enrol included), the `strangers` (pages nobody
+  signed: blank, ruled, smudged; see stranger_images) and
+  `extra_negatives[signer]` when given: the Trainer passes the train split's
+  forgeries claimed as that signer (skilled forgeries, `genuine` == 0 in the
+  examples).
 - C and gamma are chosen once for all signers by stratified k-fold
   cross-validation over a small grid (TrainerConfig.verification_c_grid,
-  verification_gamma_grid; linear: C only): the grid point with the lowest pooled
-  cross-validated EER after calibration wins (ties: higher AUC, then smaller C,
-  then smaller gamma). The kernel matrix over all rows is computed once per gamma
+  verification_gamma_grid; linear: C only), on the calibrated out-of-fold
+  scores. The criterion is the random-forgery EER (genuine references against
+  other signers' references and the strangers), and when the train split has
+  skilled forgeries the mean of that and the skilled-forgery EER: skilled
+  forgeries are a few rows among hundreds of random negatives, so a pooled EER
+  would not see them, and on real scans the grid points that tie on random
+  forgeries differ by half on skilled ones. Ties: higher AUC, then smaller C,
+  then smaller gamma. The kernel matrix over all rows is computed once per gamma
   and every fit takes its blocks (kernel="precomputed"), which keeps the search
   to seconds.
 - Calibration (z-norm): each signer's decision function is shifted and scaled by
   the mean and standard deviation of its random-forgery negatives' out-of-fold
   scores, so a score says "how many standard deviations above an impostor" for
-  every signer alike, and ONE threshold means the same for all of them. That
-  threshold is the equal-error point of the pooled out-of-fold calibrated scores
-  (genuine references against all negatives).
+  every signer alike, and ONE threshold means the same for all of them.
+- The threshold (TrainerConfig.verification_operating_point): the equal-error
+  point of the pooled out-of-fold calibrated scores against skilled forgeries
+  ("skilled", when the train split has them) or against random forgeries
+  ("random", and always without skilled forgeries). At the random-forgery point
+  a skilled forgery passes far more often than a genuine signature fails; the
+  skilled point balances the two for the forgeries `verify` exists to catch.
 
 Who is enrolled: signers with at least `min_references` training references (2:
 cross-validation needs one to hold out). Fewer than 2 enrolled signers: no
@@ -53,13 +64,20 @@ import sklearn
 from sklearn.metrics import roc_auc_score
 from sklearn.svm import SVC
 
-from components.trainer.config import VERIFICATION_LINEAR, VERIFICATION_RBF, TrainerConfig
+from components.trainer.config import (
+    OPERATING_RANDOM,
+    OPERATING_SKILLED,
+    VERIFICATION_LINEAR,
+    VERIFICATION_RBF,
+    TrainerConfig,
+)
 from components.trainer.embeddings import Embeddings, embed_examples
 
 log = logging.getLogger(__name__)
 
 KERNELS = (VERIFICATION_RBF, VERIFICATION_LINEAR)
 CALIBRATION = "z-norm"
+OPERATING_POINTS = (OPERATING_SKILLED, OPERATING_RANDOM)
 
 # The normalisation divides a row by its length, or by this when it is shorter (an all-zero row stays zero).
 NORM_EPSILON = 1e-12
@@ -84,6 +102,8 @@ class VerificationSettings:
     cv_folds: int = TrainerConfig.verification_cv_folds
     min_references: int = TrainerConfig.verification_min_references
     open_set_acceptance: float = TrainerConfig.open_set_acceptance
+    # Which cross-validated equal-error point the threshold is (see the module docstring).
+    operating_point: str = TrainerConfig.verification_operating_point
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -95,6 +115,8 @@ class VerificationSettings:
             raise ValueError(f"gamma_grid must hold positive values, got {self.gamma_grid}")
         if self.cv_folds < 2:
             raise ValueError(f"cv_folds must be >= 2, got {self.cv_folds}")
+        if self.operating_point not in OPERATING_POINTS:
+            raise ValueError(f"operating_point must be one of {OPERATING_POINTS}, got {self.operating_point!r}")
         if self.min_references < 2:
             raise ValueError(f"min_references must be >= 2 (one is held out in cross-validation), "
                              f"got {self.min_references}")
@@ -104,7 +126,8 @@ class VerificationSettings:
         return cls(kernel=config.verification_kernel, c_grid=config.verification_c_grid,
                    gamma_grid=config.verification_gamma_grid, cv_folds=config.verification_cv_folds,
                    min_references=config.verification_min_references,
-                   open_set_acceptance=config.open_set_acceptance, seed=config.seed)
+                   open_set_acceptance=config.open_set_acceptance,
+                   operating_point=config.verification_operating_point, seed=config.seed)
 
 
 @dataclass(frozen=True)
@@ -119,12 +142,18 @@ class SignerCounts:
 
 @dataclass(frozen=True)
 class GridPoint:
-    """One (C, gamma) of the search and its pooled cross-validated figures (after calibration)."""
+    """One (C, gamma) of the search and its pooled cross-validated figures (after calibration).
+
+    `cv_eer` is the search's criterion: the random-forgery EER, or its mean with the
+    skilled-forgery EER when there are skilled forgeries (`cv_skilled_eer`, else None).
+    """
 
     c: float
     gamma: float | None
     cv_eer: float
     cv_auc: float
+    cv_random_eer: float
+    cv_skilled_eer: float | None
 
 
 @dataclass(frozen=True)
@@ -167,6 +196,11 @@ class VerificationModel:
     # Open set: the least score the top signer's verifier must give an image for the softmax's answer to
     # stand (None: `threshold`); see fit_verification.
     open_set_threshold: float | None = None
+    # Which equal-error point `threshold` is (OPERATING_SKILLED or OPERATING_RANDOM), and the chosen
+    # grid point's cross-validated EERs (skilled: None without skilled forgeries).
+    operating_point: str = OPERATING_RANDOM
+    cv_random_eer: float | None = None
+    cv_skilled_eer: float | None = None
 
     @property
     def open_set_cut(self) -> float:
@@ -205,10 +239,13 @@ class VerificationModel:
             "threshold": self.threshold,
             "open_set_threshold": self.open_set_cut,
             "calibration": CALIBRATION,
+            "operating_point": self.operating_point,
             "kernel": self.kernel,
             "C": self.c,
             "gamma": self.gamma,
             "cv_eer": self.cv_eer,
+            "cv_random_eer": self.cv_random_eer,
+            "cv_skilled_eer": self.cv_skilled_eer,
             "feature_dim": self.dim,
             "support_vectors": int(self.support_vectors.shape[0]),
             "signers": list(self.signers),
@@ -268,13 +305,14 @@ def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, 
 class _Problem:
     """What every fit shares: the unit features, who is enrolled, and the cross-validation folds.
 
-    Signer s's SVM is fitted on its rows: every training example (its references
-    positive, all others negative), then its own extra negatives. Its scores are
-    kept in that order.
+    Signer s's SVM is fitted on its rows: every shared row (the training examples,
+    its references positive and all others negative, then the strangers, negative
+    for everyone), then its own extra negatives. Its scores are kept in that order.
     """
 
-    features: np.ndarray  # float64 [N + E, D]: the N training examples, then every signer's extra negatives
-    num_examples: int
+    features: np.ndarray  # float64 [N + E, D]: the N shared rows, then every signer's extra negatives
+    num_examples: int  # N: training examples and strangers
+    stranger: np.ndarray  # bool [N]: the shared rows that are strangers
     signers: list[str]
     own: list[np.ndarray]  # per signer: bool [N], its references among the training examples
     extras: list[np.ndarray]  # per signer: its rows of `features` among the extra negatives
@@ -290,11 +328,15 @@ class _Problem:
 
     def random_negatives(self, s: int) -> np.ndarray:
         """Which of signer s's rows are other signers' genuine images (the calibration's impostors)."""
-        return np.concatenate([~self.own[s], np.zeros(len(self.extras[s]), bool)])
+        return np.concatenate([~self.own[s] & ~self.stranger, np.zeros(len(self.extras[s]), bool)])
+
+    def skilled(self, s: int) -> np.ndarray:
+        """Which of signer s's rows are its extra negatives (skilled forgeries)."""
+        return np.concatenate([np.zeros(self.num_examples, bool), np.ones(len(self.extras[s]), bool)])
 
 
 def _problem(embeddings: Embeddings, settings: VerificationSettings,
-             extra_negatives: Mapping[str, np.ndarray]) -> _Problem:
+             extra_negatives: Mapping[str, np.ndarray], strangers: np.ndarray) -> _Problem:
     labels = np.array(embeddings.labels, dtype=object)
     present, references = np.unique(labels, return_counts=True) if len(labels) else ([], [])
     signers = [str(s) for s, n in zip(present, references) if n >= settings.min_references]
@@ -310,9 +352,11 @@ def _problem(embeddings: Embeddings, settings: VerificationSettings,
     if unused:
         log.warning("verification: extra negatives of signers that are not enrolled are not used: %s", unused)
 
-    blocks = [embeddings.vectors]
+    strangers = np.asarray(strangers, dtype=np.float32).reshape(-1, embeddings.dim)
+    blocks = [embeddings.vectors, strangers]
+    shared = len(embeddings) + len(strangers)
     extras: list[np.ndarray] = []
-    start = len(embeddings)
+    start = shared
     for signer in signers:
         extra = np.asarray(extra_negatives.get(signer, np.zeros((0, embeddings.dim))), dtype=np.float32)
         if extra.ndim != 2 or extra.shape[1] != embeddings.dim:
@@ -328,16 +372,18 @@ def _problem(embeddings: Embeddings, settings: VerificationSettings,
     # fold leaves it a reference to train on.
     rng = np.random.default_rng(settings.seed)
     fold = np.empty(start, dtype=int)
-    groups = [np.flatnonzero(labels == label) for label in present] + extras
+    groups = ([np.flatnonzero(labels == label) for label in present] + [len(embeddings) + np.arange(len(strangers))]
+              + extras)
     for rows in groups:
         rows = rng.permutation(rows)
         fold[rows] = (np.arange(len(rows)) + rng.integers(settings.cv_folds)) % settings.cv_folds
 
-    own = [labels == signer for signer in signers]
+    own = [np.r_[labels == signer, np.zeros(len(strangers), bool)] for signer in signers]
     counts = {signer: SignerCounts(references=int(mine.sum()), negatives=int((~mine).sum()),
                                    extra_negatives=len(extra), support_vectors=0)
               for signer, mine, extra in zip(signers, own, extras)}
-    return _Problem(l2_normalize(np.concatenate(blocks)), len(embeddings), signers, own, extras, fold, counts,
+    stranger = np.r_[np.zeros(len(embeddings), bool), np.ones(len(strangers), bool)]
+    return _Problem(l2_normalize(np.concatenate(blocks)), shared, stranger, signers, own, extras, fold, counts,
                     skipped)
 
 
@@ -392,37 +438,55 @@ def _znorm(scores: np.ndarray, random_negative: np.ndarray) -> tuple[float, floa
     return float(negatives.mean()), max(float(negatives.std()), MIN_SCORE_STD)
 
 
-def _pooled(problem: _Problem, scores: list[np.ndarray]
-            ) -> tuple[float, float, float, list[tuple[float, float]], np.ndarray]:
-    """Calibrate each signer's out-of-fold scores and pool them: (EER, AUC, EER threshold, per-signer (mean, std),
-    the pooled genuine scores)."""
-    genuine, impostor, calibration = [], [], []
+@dataclass(frozen=True)
+class _Pooled:
+    """One grid point's calibrated out-of-fold scores, pooled over signers."""
+
+    point: GridPoint
+    calibration: list[tuple[float, float]]  # per signer (mean, std)
+    genuine: np.ndarray  # the references' calibrated scores
+    random_threshold: float  # equal-error point against random forgeries and strangers
+    skilled_threshold: float | None  # equal-error point against skilled forgeries (None: there are none)
+
+
+def _pooled(problem: _Problem, c: float, gamma: float | None, scores: list[np.ndarray]) -> _Pooled:
+    """Calibrate each signer's out-of-fold scores, pool them, and measure the grid point."""
+    genuine, random, skilled, calibration = [], [], [], []
     for s, signer_scores in enumerate(scores):
         mean, std = _znorm(signer_scores, problem.random_negatives(s))
         calibrated = (signer_scores - mean) / std
-        target = problem.targets(s)
+        target, extra = problem.targets(s), problem.skilled(s)
         genuine.append(calibrated[target == 1])
-        impostor.append(calibrated[target == 0])
+        random.append(calibrated[(target == 0) & ~extra])
+        skilled.append(calibrated[extra])
         calibration.append((mean, std))
-    genuine, impostor = np.concatenate(genuine), np.concatenate(impostor)
-    eer, threshold = equal_error_rate(genuine, impostor)
+    genuine, random, skilled = np.concatenate(genuine), np.concatenate(random), np.concatenate(skilled)
+    random_eer, random_threshold = equal_error_rate(genuine, random)
+    skilled_eer, skilled_threshold = equal_error_rate(genuine, skilled) if len(skilled) else (None, None)
+    criterion = random_eer if skilled_eer is None else (random_eer + skilled_eer) / 2.0
+    impostor = np.r_[random, skilled]
     auc = float(roc_auc_score(np.r_[np.ones(len(genuine)), np.zeros(len(impostor))], np.r_[genuine, impostor]))
-    return eer, auc, threshold, calibration, genuine
+    point = GridPoint(float(c), None if gamma is None else float(gamma), criterion, auc, random_eer, skilled_eer)
+    return _Pooled(point, calibration, genuine, random_threshold, skilled_threshold)
 
 
 def fit_verification(embeddings: Embeddings, settings: VerificationSettings = VerificationSettings(),
-                     extra_negatives: Mapping[str, np.ndarray] | None = None) -> VerificationModel:
+                     extra_negatives: Mapping[str, np.ndarray] | None = None,
+                     strangers: np.ndarray | None = None) -> VerificationModel:
     """Fit one calibrated SVM per enrolled signer on `embeddings` (the train split's pooled features).
 
     `extra_negatives`: per signer, more negatives ([M, D] features, e.g. skilled
     forgeries claimed as that signer); they join that signer's training and
-    cross-validation negatives and the pooled EER, not the calibration statistics
-    (those come from random forgeries, which every signer has, so the scale stays
-    comparable between signers with and without forgeries). Raises
-    NotEnoughSigners when fewer than 2 signers have `settings.min_references`.
+    cross-validation negatives and the skilled-forgery EER, not the calibration
+    statistics (those come from random forgeries, which every signer has, so the
+    scale stays comparable between signers with and without forgeries).
+    `strangers`: [M, D] features of pages nobody signed, a negative of every
+    signer (see stranger_images). Raises NotEnoughSigners when fewer than 2
+    signers have `settings.min_references`.
     """
     started = time.monotonic()
-    problem = _problem(embeddings, settings, extra_negatives or {})
+    problem = _problem(embeddings, settings, extra_negatives or {},
+                       np.zeros((0, embeddings.dim)) if strangers is None else strangers)
     # NOTE: the kernel matrices are finite by construction; skipping scikit-learn's checks
     # of every matrix handed to every fit saves a fifth of the search.
     with sklearn.config_context(assume_finite=True):
@@ -432,15 +496,18 @@ def fit_verification(embeddings: Embeddings, settings: VerificationSettings = Ve
         for gamma in gammas:
             kernel = kernels(gamma)
             for c, scores in _out_of_fold(problem, kernel, settings.c_grid, settings.cv_folds).items():
-                eer, auc, threshold, calibration, genuine = _pooled(problem, scores)
-                point = GridPoint(float(c), None if gamma is None else float(gamma), eer, auc)
-                results.append((point, threshold, calibration, genuine))
-        best, threshold, calibration, genuine = min(
-            results, key=lambda r: (r[0].cv_eer, -r[0].cv_auc, r[0].c, r[0].gamma or 0.0))
+                results.append(_pooled(problem, c, gamma, scores))
+        chosen = min(results, key=lambda r: (r.point.cv_eer, -r.point.cv_auc, r.point.c, r.point.gamma or 0.0))
+        best, calibration = chosen.point, chosen.calibration
+        operating_point = (OPERATING_SKILLED if settings.operating_point == OPERATING_SKILLED
+                           and chosen.skilled_threshold is not None else OPERATING_RANDOM)
+        threshold = chosen.skilled_threshold if operating_point == OPERATING_SKILLED else chosen.random_threshold
         # A stranger is most often taken for the signer it looks most like, and scores well under genuine
         # references: the open set's cut sits where `open_set_acceptance` of the cross-validated genuine
-        # references still pass, which is above the EER threshold when genuine scores are high.
-        open_set_threshold = max(threshold, float(np.quantile(genuine, 1.0 - settings.open_set_acceptance)))
+        # references still pass, never under the random-forgery equal-error point. It does not follow the
+        # skilled point: the open set tells writers apart, it does not judge forgeries.
+        open_set_threshold = max(chosen.random_threshold,
+                                 float(np.quantile(chosen.genuine, 1.0 - settings.open_set_acceptance)))
         kernel = kernels(best.gamma)
 
         # Final SVMs on all of each signer's rows; the calibration is that of its out-of-fold
@@ -463,13 +530,15 @@ def fit_verification(embeddings: Embeddings, settings: VerificationSettings = Ve
         sv_index=sv_index.astype(np.int32), dual_coef=np.concatenate(coefficients), offsets=offsets,
         intercept=np.array(intercepts), score_mean=np.array([mean for mean, _ in calibration]),
         score_std=np.array([std for _, std in calibration]), counts=dict(problem.counts), skipped=problem.skipped,
-        grid=tuple(point for point, *_ in results), seconds=time.monotonic() - started,
-        open_set_threshold=open_set_threshold,
+        grid=tuple(result.point for result in results), seconds=time.monotonic() - started,
+        open_set_threshold=open_set_threshold, operating_point=operating_point,
+        cv_random_eer=best.cv_random_eer, cv_skilled_eer=best.cv_skilled_eer,
     )
-    log.info("verification: %d signers, %s kernel, C=%g%s, cross-validated EER %.4f at threshold %.4f; "
-             "%d distinct support vectors; %.1f s", len(model.signers), model.kernel, model.c,
-             "" if model.gamma is None else f", gamma={model.gamma:g}", model.cv_eer, model.threshold,
-             len(distinct), model.seconds)
+    log.info("verification: %d signers, %s kernel, C=%g%s, cross-validated EER %.4f on random forgeries, %s on "
+             "skilled; threshold %.4f (%s forgeries' equal-error point); %d distinct support vectors; %.1f s",
+             len(model.signers), model.kernel, model.c, "" if model.gamma is None else f", gamma={model.gamma:g}",
+             best.cv_random_eer, "n/a" if best.cv_skilled_eer is None else f"{best.cv_skilled_eer:.4f}",
+             model.threshold, operating_point, len(distinct), model.seconds)
     return model
 
 
@@ -541,7 +610,7 @@ def fit_on_features(features: Embeddings, forged: Embeddings, config: TrainerCon
     claimed = np.array(forged.labels, dtype=object)
     extra_negatives = {str(signer): forged.vectors[claimed == signer] for signer in sorted(set(forged.labels))}
     try:
-        model = fit_verification(features, VerificationSettings.from_config(config), extra_negatives)
+        model = fit_verification(features, VerificationSettings.from_config(config), extra_negatives, strangers)
     except NotEnoughSigners as err:
         log.warning("verification skipped, the export has no verify signature: %s", err)
         return TrainerVerification(None, {"skipped": str(err), "embedding_seconds": embedding_seconds}, features)

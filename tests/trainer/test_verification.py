@@ -233,10 +233,63 @@ def test_extra_negatives_of_a_signer_join_its_training():
     labels = tuple(np.repeat(["a", "b", "c", "d"], 6))
     features = Embeddings(tuple(map(str, range(24))), labels, vectors)
     forgeries = (0.6 * centres[0] + 0.4 * rng.normal(size=(8, 16)) * 3).astype(np.float32)  # near a, not a
-    plain = fit_verification(features)
-    hardened = fit_verification(features, extra_negatives={"a": forgeries})
+    # One grid point for both: with forgeries the search weighs them and may choose another (C, gamma),
+    # whose scores are on another scale.
+    settings = VerificationSettings(c_grid=(1.0,), gamma_grid=(0.5,))
+    plain = fit_verification(features, settings)
+    hardened = fit_verification(features, settings, extra_negatives={"a": forgeries})
     assert hardened.counts["a"].extra_negatives == 8 and hardened.counts["b"].extra_negatives == 0
     assert hardened.score(forgeries, ["a"] * 8).mean() < plain.score(forgeries, ["a"] * 8).mean()
+
+
+def clustered_signers(seed: int, forgeries_per_signer: int = 0) -> tuple[Embeddings, dict[str, np.ndarray]]:
+    """Four signers as clusters of 8 feature vectors; each signer's "skilled forgeries" lie between its own
+    centre and noise, nearer to it than any other signer's images."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(4, 16)) * 3
+    vectors = np.concatenate([centre + rng.normal(size=(8, 16)) for centre in centres]).astype(np.float32)
+    signers = ["a", "b", "c", "d"]
+    features = Embeddings(tuple(map(str, range(32))), tuple(np.repeat(signers, 8)), vectors)
+    forged = {signer: (0.7 * centre + rng.normal(size=(forgeries_per_signer, 16)) * 1.5).astype(np.float32)
+              for signer, centre in zip(signers, centres)}
+    return features, forged
+
+
+def test_with_skilled_forgeries_the_grid_weighs_them_and_the_threshold_is_their_equal_error_point():
+    features, forged = clustered_signers(2, forgeries_per_signer=6)
+    skilled = fit_verification(features, extra_negatives=forged)
+    random = fit_verification(features, VerificationSettings(operating_point="random"), extra_negatives=forged)
+    assert skilled.operating_point == "skilled" and random.operating_point == "random"
+    # The criterion: the mean of the random- and skilled-forgery EERs; the chosen point is the grid's best.
+    for point in skilled.grid:
+        assert point.cv_skilled_eer is not None
+        assert point.cv_eer == pytest.approx((point.cv_random_eer + point.cv_skilled_eer) / 2)
+    assert skilled.cv_eer == min(point.cv_eer for point in skilled.grid)
+    assert (skilled.c, skilled.gamma) == (random.c, random.gamma)  # the operating point moves the threshold only
+    # Skilled forgeries sit nearer the references than other signers do: their equal-error point is higher.
+    assert skilled.threshold > random.threshold
+    # The open set tells writers apart: its cut does not follow the skilled point.
+    assert skilled.open_set_cut == random.open_set_cut
+    assert skilled.metadata()["operating_point"] == "skilled"
+    assert skilled.metadata()["cv_skilled_eer"] == skilled.cv_skilled_eer
+
+    # Without skilled forgeries there is no skilled point: random forgeries decide the grid and the threshold.
+    plain = fit_verification(features)
+    assert plain.operating_point == "random" and plain.cv_skilled_eer is None
+    assert all(point.cv_eer == point.cv_random_eer for point in plain.grid)
+
+
+def test_stranger_pages_are_a_negative_of_every_signer():
+    features, _ = clustered_signers(3)
+    rng = np.random.default_rng(4)
+    # Pages nobody signed, away from every signer: without them an RBF decision there is only the intercept.
+    strangers = (rng.normal(size=(6, 16)) * 3).astype(np.float32)
+    plain = fit_verification(features)
+    guarded = fit_verification(features, strangers=strangers)
+    for signer in guarded.signers:
+        assert guarded.counts[signer].negatives == plain.counts[signer].negatives + 6
+        assert (guarded.score(strangers, [signer] * 6) < guarded.threshold).all()
+        assert guarded.score(strangers, [signer] * 6).mean() < plain.score(strangers, [signer] * 6).mean()
 
 
 def test_the_train_splits_forgeries_are_their_claimed_signers_extra_negatives(fitted, tmp_path):
@@ -290,6 +343,10 @@ def test_config_carries_verification_settings_through_json():
         TrainerConfig(verification_kernel="poly")
     with pytest.raises(ValueError, match="verification_min_references"):
         TrainerConfig(verification_min_references=1)
+    with pytest.raises(ValueError, match="verification_operating_point"):
+        TrainerConfig(verification_operating_point="both")
+    assert VerificationSettings.from_config(TrainerConfig(verification_operating_point="random")).operating_point \
+        == "random"
 
 
 @pytest.mark.slow
