@@ -41,7 +41,8 @@ PREDICT_LABEL_SIGNATURE = "predict_label"
 """Raw images in, top label, its score and the probabilities out: what signflow's client, CLI,
 batch prediction and serving check call."""
 IMAGE_SIGNATURES = (SERVING_SIGNATURE, PREDICT_LABEL_SIGNATURE)
-"""The signatures of signflow's model that take IMAGE_INPUT: requests to them are image-checked and request-logged."""
+"""The signatures of signflow's model that identify IMAGE_INPUT: their answered requests are request-logged (and
+image-checked, see CHECKED_IMAGE_SIGNATURES)."""
 CLASSIFY_SIGNATURE = "classify"
 """Serialized tf.Examples in, every class and its score out (TF Serving's Classify API, the Evaluator)."""
 
@@ -76,6 +77,10 @@ VERIFY_SIGNATURE = "verify"
 """Raw images and the signer each one claims to be in; a calibrated score and the verdict out (writer-dependent
 SVMs on the classifier's pooled features, docs/trainer.md#verification). Exported when the Trainer fitted
 verification; the version's MODEL_METADATA_FILE then holds "verification" with the threshold and the signers."""
+CHECKED_IMAGE_SIGNATURES = IMAGE_SIGNATURES + (VERIFY_SIGNATURE,)
+"""The signatures of signflow's model whose IMAGE_INPUT values are checked before they reach the graph (headers,
+the pixel limit) and whose batches, when the graph refuses one, run again request by request so that one
+request's bad data (a damaged image, a signer not enrolled) fails only that request."""
 CLAIMED_SIGNER_INPUT = "claimed_signer"
 """verify: string [N], the label each image claims. A signer the version does not verify fails the whole
 request with INVALID_ARGUMENT naming it."""

@@ -195,7 +195,7 @@ class Handlers:
         _check_predict_inputs(signature, inputs)
         aliases = _check_output_filter(signature, output_filter)
         self._check_batch_size(inputs)
-        image_call = (servable.validates_images and signature_name in contract.IMAGE_SIGNATURES
+        image_call = (servable.validates_images and signature_name in contract.CHECKED_IMAGE_SIGNATURES
                       and contract.IMAGE_INPUT in inputs)
         if image_call:
             values = inputs[contract.IMAGE_INPUT]
@@ -208,7 +208,7 @@ class Handlers:
                 # The graph refused the request; if an image is damaged past its header, say which.
                 await self.offload(_check_images, values, self._settings.max_image_pixels, images.inspect_image)
             raise
-        if image_call and self._on_predicted is not None:
+        if image_call and signature_name in contract.IMAGE_SIGNATURES and self._on_predicted is not None:
             try:
                 self._on_predicted(servable.name, lease.version, inputs[contract.IMAGE_INPUT], outputs,
                                    servable.labels)

@@ -110,7 +110,7 @@ class Servable:
     def _checks_images(self, signature_name: str) -> bool:
         """Whether requests to this signature have their images checked by headers only (serving.handlers):
         the model's own decoder is then the check of the rest of each image."""
-        return self.validates_images and signature_name in contract.IMAGE_SIGNATURES
+        return self.validates_images and signature_name in contract.CHECKED_IMAGE_SIGNATURES
 
     def submit(self, signature_name: str, inputs: dict[str, np.ndarray]) -> asyncio.Future:
         """Start `run` off the event loop (call on the loop); the future holds its outputs or its ServingError."""

@@ -212,6 +212,38 @@ def test_served_verify_answers_over_rest_and_grpc_and_refuses_an_unknown_signer_
         server.stop()
 
 
+def test_in_a_batch_only_the_verify_request_with_bad_data_fails(fitted, verify_signature, tmp_path):
+    """With batching, concurrent `verify` requests share one graph call. A claim of a signer not enrolled or an
+    image damaged past its header makes the graph refuse the whole batch; the batch then runs again request by
+    request, so only the request that brought the bad data gets its 400, worded for it."""
+    import concurrent.futures
+
+    install_version(fitted["export_dir"], tmp_path / MODEL_NAME, 1)
+    batching = tmp_path / "batching.txt"
+    # A batch runs only when it is full (the timeout never fires within the test): each pair below is one batch.
+    batching.write_text("max_batch_size { value: 2 } batch_timeout_micros { value: 600000000 }")
+    settings = make_settings(model_name=MODEL_NAME, model_base_path=str(tmp_path / MODEL_NAME), enable_batching=True,
+                             batching_parameters_file=str(batching), rest_api_timeout_in_ms=0)
+    images, signer = fitted["eval_images"], fitted["labels"][0]
+    truncated = images[1][:len(images[1]) // 2]
+
+    def post(instance: tuple[bytes, str]) -> requests.Response:
+        image, claimed = instance
+        body = {"signature_name": VERIFY_SIGNATURE,
+                "instances": [{IMAGE_INPUT: {"b64": base64.b64encode(image).decode()}, CLAIMED_SIGNER_INPUT: claimed}]}
+        return requests.post(f"{server.rest_url}/v1/models/{MODEL_NAME}:predict", json=body, timeout=120)
+
+    expected = verify_signature(image_bytes=tf.constant(images[:1]), claimed_signer=tf.constant([signer]))
+    with ServerThread(settings) as server, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for bad, message in (((images[0], "nobody"), "not enrolled for verification: nobody "),
+                             ((truncated, signer), "Input image_bytes, element 0: not an acceptable image")):
+            good, refused = pool.map(post, [(images[0], signer), bad])
+            assert (good.status_code, refused.status_code) == (200, 400), (good.text, refused.text)
+            assert message in refused.json()["error"]
+            assert good.json()["predictions"][0][VERIFY_SCORE_OUTPUT] == pytest.approx(
+                float(expected[VERIFY_SCORE_OUTPUT][0]), abs=1e-5)
+
+
 def test_signers_with_too_few_references_are_not_enrolled_and_one_signer_is_not_enough():
     rng = np.random.default_rng(0)
     vectors = rng.random((7, 5)).astype(np.float32)
