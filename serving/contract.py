@@ -140,6 +140,10 @@ GENUINE_KEY = "genuine"
 """Key of a JSON record saying whether the image is a genuine signature of the labelled signer: a JSON boolean,
 true when absent or null; false marks a forgery claimed as that signer."""
 
+INGEST_COUNTS = ("records_read", "examples", "duplicates", "unlabelled", "quarantined")
+"""The counts of a span's ingest summary (components/ingest) that the run summary and the model folder view show,
+in this order: records read, then what became of them (the four others add up to it)."""
+
 # -- the Evaluator's metrics -----------------------------------------------------------------
 # Computed by the gate (pipeline/definition/signer_metrics.py, TFMA's ExampleCount) on the
 # overall slice and on each signer's slice (LABEL_FEATURE), read back by the Pusher

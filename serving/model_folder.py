@@ -23,12 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.contract import MODEL_METADATA_FILE
+from serving.contract import INGEST_COUNTS, MODEL_METADATA_FILE
 from serving.layout import list_versions, parse_version, rolled_back_dir, version_path
 from serving.rollback import read_push_record, read_rollback_note
 
-INGEST_COUNTS = ("records_read", "examples", "duplicates", "unlabelled", "quarantined")
-"""The counts of a span's ingest_summary.json that `record_counts` keeps (records read = the four others)."""
 # Bigger than any honest metadata file: a file past this is not read.
 MAX_FILE_BYTES = 1024 * 1024
 

@@ -24,11 +24,9 @@ from typing import Any
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
-from serving.contract import VERIFICATION_METRIC_PREFIX
+from serving.contract import INGEST_COUNTS, VERIFICATION_METRIC_PREFIX
 
 PIPELINE_RUN_CONTEXT = "pipeline_run"
-# The counts of ingest_summary.json, in the order of its invariant: read = the rest.
-INGEST_COUNTS = ("records_read", "examples", "duplicates", "unlabelled", "quarantined")
 NODE_CONTEXT = "node"
 # Signers printed as the weakest, lowest accuracy first; verifiers printed as the worst, highest EER first.
 WEAKEST_SIGNERS = 3
