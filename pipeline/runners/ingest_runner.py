@@ -89,6 +89,8 @@ def main(args: argparse.Namespace) -> int:
 
 def format_summary(summary: dict) -> str:
     splits = ", ".join(f"{name} {count}" for name, count in summary["splits"].items()) or "none"
+    if "forgeries" in summary:  # summaries written before forgeries were counted lack it
+        splits = f"{summary['forgeries']} forgeries; {splits}"
     reasons = ", ".join(f"{reason} {count}" for reason, count in summary["quarantine_reasons"].items())
     lines = [
         f"span {summary['span']}: {summary['records_read']} records read = {summary['examples']} examples ({splits})"

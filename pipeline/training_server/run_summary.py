@@ -165,7 +165,9 @@ class RunSummary:
     def lines(self) -> list[str]:
         out = [f"run {self.run_id}"]
         if self.ingest:
-            counts = ", ".join(f"{self.ingest[k]} {k.replace('_', ' ')}" for k in INGEST_COUNTS if k in self.ingest)
+            forgeries = f" ({self.ingest['forgeries']} forgeries)" if self.ingest.get("forgeries") else ""
+            counts = ", ".join(f"{self.ingest[k]} {k.replace('_', ' ')}" + (forgeries if k == "examples" else "")
+                               for k in INGEST_COUNTS if k in self.ingest)
             splits = ", ".join(f"{n} {split}" for split, n in self.ingest.get("splits", {}).items())
             out.append(f"ingested span {self.ingest.get('span', '?')}: {counts}" + (f" ({splits})" if splits else ""))
         if self.training:

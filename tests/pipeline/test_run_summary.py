@@ -108,3 +108,13 @@ def test_the_summary_says_which_cycle_ran_and_why(tmp_path):
         next(line for line in lines if line.startswith("trained:")))
     # What the training server reads to run a full cycle after a fast one the gate refused.
     assert summary.to_json()["training"]["cycle"]["kind"] == "fast"
+
+
+def test_the_ingest_line_counts_records_in_order_and_says_how_many_examples_are_forgeries():
+    summary = RunSummary(run_id="test", outputs={})
+    summary.ingest = {"span": 3, "records_read": 12, "examples": 9, "duplicates": 1, "unlabelled": 1,
+                      "quarantined": 1, "forgeries": 2, "splits": {"train": 7, "eval": 2}}
+    assert summary.lines()[1] == ("ingested span 3: 12 records read, 9 examples (2 forgeries), 1 duplicates, "
+                                  "1 unlabelled, 1 quarantined (7 train, 2 eval)")
+    summary.ingest["forgeries"] = 0
+    assert "forgeries" not in summary.lines()[1]
