@@ -143,7 +143,8 @@ class TrainerConfig:
     # "rbf" or "linear".
     verification_kernel: str = VERIFICATION_RBF
     # C and gamma are chosen once for all signers by cross-validation over these grids (the
-    # pooled, calibrated EER decides). Features are L2-normalised, so squared distances lie in
+    # calibrated EER against random forgeries decides, averaged with the one against skilled
+    # forgeries when the train split has them). Features are L2-normalised, so squared distances lie in
     # [0, 4] and the RBF kernel is exp(-gamma * (2 - 2 cos)) whatever the model: gamma 0.5 is
     # smooth, 4 local. gamma is ignored by the linear kernel.
     verification_c_grid: tuple[float, ...] = (0.1, 1.0, 10.0)
@@ -161,7 +162,7 @@ class TrainerConfig:
     open_set: bool = True
     # Open set: the softmax's answer stands when its signer's verifier gives the image at least the
     # score this share of that signer's cross-validated genuine references reached (never less
-    # than the verify threshold); otherwise the answer is "unknown".
+    # than the random-forgery equal-error point); otherwise the answer is "unknown".
     open_set_acceptance: float = 0.98
 
     # Cycles (components/trainer/cycles.py, docs/continuous-training.md#fast-and-full-cycles):
