@@ -35,6 +35,7 @@ VERIFICATION_LINEAR = "linear"
 # Values of `TrainerConfig.verification_operating_point`: which equal-error point the verify threshold is.
 OPERATING_SKILLED = "skilled"
 OPERATING_RANDOM = "random"
+OPERATING_POINTS = (OPERATING_SKILLED, OPERATING_RANDOM)
 
 # Values of `TrainerConfig.cycle` (see components/trainer/cycles.py).
 CYCLE_AUTO = "auto"
@@ -228,8 +229,8 @@ class TrainerConfig:
             values = getattr(self, name)
             if not values or min(values) <= 0:
                 raise ValueError(f"{name} must hold at least one positive value, got {list(values)}")
-        if self.verification_operating_point not in (OPERATING_SKILLED, OPERATING_RANDOM):
-            raise ValueError(f'verification_operating_point must be "{OPERATING_SKILLED}" or "{OPERATING_RANDOM}", '
+        if self.verification_operating_point not in OPERATING_POINTS:
+            raise ValueError(f"verification_operating_point must be one of {OPERATING_POINTS}, "
                              f"got {self.verification_operating_point!r}")
         if self.verification_cv_folds < 2:
             raise ValueError(f"verification_cv_folds must be >= 2, got {self.verification_cv_folds}")

@@ -65,6 +65,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.svm import SVC
 
 from components.trainer.config import (
+    OPERATING_POINTS,
     OPERATING_RANDOM,
     OPERATING_SKILLED,
     VERIFICATION_LINEAR,
@@ -77,7 +78,6 @@ log = logging.getLogger(__name__)
 
 KERNELS = (VERIFICATION_RBF, VERIFICATION_LINEAR)
 CALIBRATION = "z-norm"
-OPERATING_POINTS = (OPERATING_SKILLED, OPERATING_RANDOM)
 
 # The normalisation divides a row by its length, or by this when it is shorter (an all-zero row stays zero).
 NORM_EPSILON = 1e-12
@@ -352,7 +352,9 @@ def _problem(embeddings: Embeddings, settings: VerificationSettings,
     if unused:
         log.warning("verification: extra negatives of signers that are not enrolled are not used: %s", unused)
 
-    strangers = np.asarray(strangers, dtype=np.float32).reshape(-1, embeddings.dim)
+    strangers = np.asarray(strangers, dtype=np.float32)
+    if strangers.ndim != 2 or strangers.shape[1] != embeddings.dim:
+        raise ValueError(f"strangers must be [M, {embeddings.dim}], got {strangers.shape}")
     blocks = [embeddings.vectors, strangers]
     shared = len(embeddings) + len(strangers)
     extras: list[np.ndarray] = []
@@ -575,7 +577,7 @@ def fit_for_classifier(classifier, train_files: Sequence[str | os.PathLike], con
 def stranger_images(size: tuple[int, int] = (160, 400)) -> list[bytes]:
     """Pages no signer wrote: blank white, grey and tinted paper, paper noise, a ruled line, a smudge (PNG).
 
-    Every signer's SVM gets their features as extra negatives. Without them an image
+    Every signer's SVM gets their features as negatives (fit_verification's `strangers`). Without them an image
     far from every training image (a blank page) gets an RBF decision near the SVM's
     intercept, which can lie above the threshold: such pages were accepted by
     `verify` and the open set in tests until these negatives were added.
@@ -606,7 +608,7 @@ def fit_on_features(features: Embeddings, forged: Embeddings, config: TrainerCon
                     embedding_seconds: float = 0.0, strangers: np.ndarray | None = None) -> TrainerVerification:
     """`fit_verification` with the config's settings on a train split's pooled features (`features`: genuine
     references; `forged`: its forgeries, labelled with the signer they claim to be, as that signer's extra
-    negatives). The fast cycle calls it on cached features; fit_for_classifier after a forward pass."""
+    negatives; `strangers`: the stranger pages' features, everyone's negatives). The fast cycle calls it on cached features; fit_for_classifier after a forward pass."""
     claimed = np.array(forged.labels, dtype=object)
     extra_negatives = {str(signer): forged.vectors[claimed == signer] for signer in sorted(set(forged.labels))}
     try:

@@ -322,6 +322,8 @@ def test_stranger_pages_are_a_negative_of_every_signer():
         assert guarded.counts[signer].negatives == plain.counts[signer].negatives + 6
         assert (guarded.score(strangers, [signer] * 6) < guarded.threshold).all()
         assert guarded.score(strangers, [signer] * 6).mean() < plain.score(strangers, [signer] * 6).mean()
+    with pytest.raises(ValueError, match=r"strangers must be \[M, 16\]"):
+        fit_verification(features, strangers=strangers[:, :8])
 
 
 def test_the_train_splits_forgeries_are_their_claimed_signers_extra_negatives(fitted, tmp_path):
