@@ -20,6 +20,7 @@ can become a pipeline artifact that a later cycle reuses without a forward pass.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,12 +91,24 @@ def feature_model(classifier: keras.Model) -> keras.Model:
     return keras.Model(classifier.inputs, pooled_layer(classifier).output, name="signflow_embedder")
 
 
+# The embedder of each classifier, kept while the classifier lives, so that its inference function
+# (model.inference_function) is traced once per classifier rather than once per split embedded.
+_EMBEDDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _embed_function(classifier: keras.Model):
+    embedder = _EMBEDDERS.get(classifier)
+    if embedder is None:
+        embedder = _EMBEDDERS[classifier] = feature_model(classifier)
+    return model_lib.inference_function(embedder)
+
+
 def embed_examples(classifier: keras.Model, files: Sequence[str], config: TrainerConfig, *,
                    forgeries: bool = False) -> Embeddings:
     """The pooled features of every genuine example of a split (tf.Example TFRecords), in file order: one
     forward pass. With `forgeries`, those of its forgeries instead (`genuine` == 0), each labelled with the
     signer it claims to be."""
-    forward = model_lib.inference_function(feature_model(classifier))
+    forward = _embed_function(classifier)
     keys: list[str] = []
     labels: list[str] = []
     rows: list[np.ndarray] = []
@@ -122,7 +135,7 @@ def embed_images(classifier: keras.Model, images: Sequence[bytes], config: Train
     """The pooled features of encoded images (PNG, JPEG, GIF, BMP bytes): float32 [N, D], in order."""
     if not images:
         return np.zeros((0, _dim(classifier)), np.float32)
-    forward = model_lib.inference_function(feature_model(classifier))
+    forward = _embed_function(classifier)
     inputs = tf.data.Dataset.from_tensor_slices(tf.constant(list(images), tf.string)).map(
         lambda image: data.model_input(image, config), num_parallel_calls=tf.data.AUTOTUNE)
     rows = [forward(batch).numpy() for batch in inputs.batch(config.batch_size)]

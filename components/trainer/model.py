@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,9 +173,21 @@ def with_forgery_head(classifier: keras.Model) -> keras.Model:
     return keras.Model(classifier.inputs, [classifier.output, forged], name="signflow_two_heads")
 
 
+# Each model's inference graph, traced once for any batch size and kept while the model lives: a new
+# function per call, traced again at the last (smaller) batch, traced Xception a dozen times per Trainer run.
+_INFERENCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def inference_function(model: keras.Model):
-    """`model(images, training=False)` as one graph (no autograph: no data-dependent Python control flow)."""
-    return tf.function(lambda images: model(images, training=False), autograph=False, reduce_retracing=True)
+    """`model(images, training=False)` as one graph (no autograph: no data-dependent Python control flow),
+    the same function for every call with the same model; the batch dimension is left open."""
+    forward = _INFERENCE.get(model)
+    if forward is None:
+        alive = weakref.ref(model)  # the function must not keep the model (its key) alive
+        forward = tf.function(lambda images: alive()(images, training=False), autograph=False,
+                              input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
+        _INFERENCE[model] = forward
+    return forward
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
