@@ -88,8 +88,9 @@ browser:
 	@bash .ci/install-browser
 
 # One worker per core (at most 4: each holds its own TensorFlow), one test module per worker so a
-# module's fixtures are built once; the end-to-end story is collected early and runs beside the rest.
-PYTEST_WORKERS ?= -n auto --maxprocesses=4 --dist loadscope
+# module's fixtures are built once. Modules go out in tests/conftest.py's order (longest first: the
+# end-to-end story starts at once beside the rest), not xdist's (most tests first).
+PYTEST_WORKERS ?= -n auto --maxprocesses=4 --dist loadscope --no-loadscope-reorder
 
 test: venv browser
 	$(PY) -m pytest -q $(PYTEST_WORKERS)
