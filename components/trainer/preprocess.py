@@ -170,6 +170,10 @@ def scale_for_xception(image: tf.Tensor) -> tf.Tensor:
     return image / 127.5 - 1.0
 
 
+# NOTE: tensor-dependent branches here are tf.cond / tf.switch_case and the Python `if`s test Python values,
+# so AutoGraph has nothing to convert; converting this module's functions anyway took ~5 s of every export
+# and of every traced input pipeline.
+@tf.autograph.experimental.do_not_convert
 def image_to_model_input(image_bytes: tf.Tensor, height: int, width: int,
                          mode: str = PREPROCESS_SCAN) -> tf.Tensor:
     """Raw image file bytes (scalar string) -> float32 [height, width, 3] model input in [-1, 1]."""
