@@ -34,11 +34,12 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Longest modules first: the end-to-end story, then the modules with the most slow tests, then the rest.
+    """The likely longest modules first: the end-to-end story, then the modules with the most slow tests, then
+    the rest.
 
     With `--dist loadscope --no-loadscope-reorder` (the Makefile) pytest-xdist hands whole modules to its
-    workers in this order, so the story starts at once beside the rest instead of last; within a module
-    the order is unchanged.
+    workers in this order, so the story starts at once beside the rest rather than behind the modules with
+    the most tests (xdist's own order); within a module the order is unchanged.
     """
     def module(item) -> str:
         return item.nodeid.split("::")[0]
