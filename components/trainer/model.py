@@ -174,7 +174,7 @@ def with_forgery_head(classifier: keras.Model) -> keras.Model:
 
 
 # Each model's inference graph, traced once for any batch size and kept while the model lives: a new
-# function per call, traced again at the last (smaller) batch, traced Xception a dozen times per Trainer run.
+# function per call, traced again at each split's last (smaller) batch, traced Xception 6-8 times per run.
 _INFERENCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
