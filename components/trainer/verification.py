@@ -608,7 +608,8 @@ def fit_on_features(features: Embeddings, forged: Embeddings, config: TrainerCon
                     embedding_seconds: float = 0.0, strangers: np.ndarray | None = None) -> TrainerVerification:
     """`fit_verification` with the config's settings on a train split's pooled features (`features`: genuine
     references; `forged`: its forgeries, labelled with the signer they claim to be, as that signer's extra
-    negatives; `strangers`: the stranger pages' features, everyone's negatives). The fast cycle calls it on cached features; fit_for_classifier after a forward pass."""
+    negatives; `strangers`: the stranger pages' features, everyone's negatives). The fast cycle calls it on
+    cached features; fit_for_classifier after a forward pass."""
     claimed = np.array(forged.labels, dtype=object)
     extra_negatives = {str(signer): forged.vectors[claimed == signer] for signer in sorted(set(forged.labels))}
     try:
