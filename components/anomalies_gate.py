@@ -7,7 +7,10 @@ depends on it) never runs on broken data and the run reports why.
 # No `from __future__ import annotations`: TFX reads this component's annotations at runtime.
 import logging
 
-from tfx import v1 as tfx
+# The decorator and annotation tfx.v1.dsl.components re-exports (why not tfx.v1: pipeline/definition/pipeline.py).
+from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 from tensorflow_metadata.proto.v0 import anomalies_pb2
@@ -30,8 +33,8 @@ def read_anomalies(anomalies_uri: str, split: str) -> dict[str, str]:
     return found
 
 
-@tfx.dsl.components.component
-def AnomaliesGate(anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies]) -> None:
+@component
+def AnomaliesGate(anomalies: InputArtifact[standard_artifacts.ExampleAnomalies]) -> None:
     """Fails when any split of the newest span has schema anomalies."""
     problems = {}
     for split in artifact_utils.decode_split_names(anomalies.split_names):

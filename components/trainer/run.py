@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import tensorflow as tf
 import tf_keras
-from tfx import v1 as tfx
+from tfx.components.trainer.fn_args_utils import FnArgs  # tfx.v1's FnArgs; why not tfx.v1: pipeline/definition/pipeline.py
 
 from components.trainer import cycles, data, embeddings, report, train, verification
 from components.trainer.embedding_cache import EmbeddingCache, backbone_id
@@ -37,7 +37,7 @@ def keras_version() -> str:
     return tf_keras.__version__
 
 
-def run_fn(fn_args: tfx.components.FnArgs) -> None:
+def run_fn(fn_args: FnArgs) -> None:
     """Train (a fast or a full cycle) on fn_args' splits, export the serving model, write the report beside it."""
     version = keras_version()
     log.info("Keras %s (tf-keras), TensorFlow %s", version, tf.__version__)

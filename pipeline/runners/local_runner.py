@@ -58,12 +58,13 @@ def run(config: PipelineConfig) -> RunSummary:
     Path(paths.pipeline_root).parent.mkdir(parents=True, exist_ok=True)
     Path(paths.ingest.inbox_dir).mkdir(parents=True, exist_ok=True)
     with FileLock(Path(paths.pipeline_root) / RUN_LOCK, purpose="signflow run"):
-        from tfx import v1 as tfx
+        # tfx.v1's LocalDagRunner (why not tfx.v1: pipeline/definition/pipeline.py).
+        from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
         from pipeline.training_server.run_summary import summarize
 
         started = time.monotonic()
-        tfx.orchestration.LocalDagRunner().run(build(config, paths))
+        LocalDagRunner().run(build(config, paths))
         summary = summarize(paths.metadata_path)
         log.info("pipeline run finished in %.1f s", time.monotonic() - started)
     return summary
