@@ -176,6 +176,9 @@ class TrainerConfig:
     # tf.io.gfile filesystem). Empty: nothing is kept and a fast cycle embeds every
     # example again; create_pipeline sets <pipeline root>/Embeddings.
     embedding_cache_dir: str = ""
+    # Backbones whose embeddings a full cycle leaves in that folder, the new one and the
+    # serving model's included (embedding_cache.prune): each full cycle starts a folder.
+    embedding_cache_keep: int = 3
     # Under "auto", a full cycle runs when the new records' embeddings have moved further
     # than this from the ones the backbone was trained on (cycles.embedding_drift: the mean
     # absolute standardised shift of the feature means), judged once at least
@@ -197,7 +200,7 @@ class TrainerConfig:
         if min(self.image_height, self.image_width) < MIN_SIDE:
             raise ValueError(f"image_height and image_width must be >= {MIN_SIDE} (Xception), got "
                              f"{self.image_height}x{self.image_width}")
-        for name in ("batch_size", "scratch_epochs", "fine_tune_from_block"):
+        for name in ("batch_size", "scratch_epochs", "fine_tune_from_block", "embedding_cache_keep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_epochs", "head_epochs", "fine_tune_epochs", "bn_recalibration_batches"):

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from components.trainer import model as model_lib
+from components.trainer import embedding_cache, model as model_lib
 from components.trainer.config import CYCLE_AUTO, CYCLE_FAST, CYCLE_FULL, TrainerConfig
 from components.trainer.embedding_cache import EmbeddingCache, SplitEmbeddings, backbone_id
 from components.trainer.embeddings import Embeddings
@@ -82,10 +82,8 @@ def _why_not_fast(config: TrainerConfig, base_model_dir: str | os.PathLike | Non
         return "no serving model to start from"
     if not config.warm_start:
         return "warm_start is off"
-    path = os.path.join(str(base_model_dir), MODEL_METADATA_FILE)
     try:
-        with tf.io.gfile.GFile(path, "r") as handle:
-            metadata = json.loads(handle.read())
+        metadata = _read_metadata(base_model_dir)
     except (OSError, ValueError, tf.errors.OpError) as err:
         return f"the serving model's metadata is unreadable ({type(err).__name__})"
     wanted = {"image_size": list(config.image_size), "preprocessing": config.preprocessing}
@@ -126,15 +124,40 @@ def judge(decision: CycleDecision, config: TrainerConfig, fast: FastCycle) -> Cy
     return CycleDecision(decision.kind, decision.reason, drift)
 
 
+def _read_metadata(model_dir: str | os.PathLike) -> dict:
+    with tf.io.gfile.GFile(os.path.join(str(model_dir), MODEL_METADATA_FILE), "r") as handle:
+        return json.loads(handle.read())
+
+
+def prune_embeddings(config: TrainerConfig, backbone: str, base_model_dir: str | os.PathLike | None) -> list[str]:
+    """After a full cycle: delete old backbones' cached embeddings (embedding_cache.prune), keeping this cycle's
+    `backbone` and the serving model's, which the next fast cycle runs on if this candidate is not pushed. A
+    serving model whose metadata does not name its backbone (exported before it was recorded there) leaves
+    the cache as it is. Returns the deleted backbones."""
+    in_use = [backbone]
+    if base_model_dir:
+        try:
+            base_backbone = _read_metadata(base_model_dir).get("backbone")
+        except (OSError, ValueError, tf.errors.OpError):
+            base_backbone = None
+        if not base_backbone:
+            log.info("embedding cache not pruned: the serving model's metadata does not name its backbone")
+            return []
+        in_use.append(base_backbone)
+    return embedding_cache.prune(config.embedding_cache_dir, config.embedding_cache_keep, in_use)
+
+
 @dataclass(frozen=True)
 class FastCycle:
-    """A fast cycle's trained model, the train split's features it used, and the backbone's reference features."""
+    """A fast cycle's trained model, the train split's features it used, and the backbone's id and reference
+    features."""
 
     result: TrainingResult
     features: SplitEmbeddings
     eval_features: SplitEmbeddings
     reference: np.ndarray | None
     backbone_age_seconds: float | None
+    backbone: str
 
 
 def run_fast(config: TrainerConfig, base_model_dir: str | os.PathLike, train_files: Sequence[str],
@@ -146,7 +169,8 @@ def run_fast(config: TrainerConfig, base_model_dir: str | os.PathLike, train_fil
     train_features = cache.embed_split(base, train_files, config)
     eval_features = cache.embed_split(base, eval_files, config)
     result = train_head(base, base_labels, train_features.genuine, eval_features.genuine, config)
-    return FastCycle(result, train_features, eval_features, cache.reference(), cache.reference_age_seconds())
+    return FastCycle(result, train_features, eval_features, cache.reference(), cache.reference_age_seconds(),
+                     cache.backbone)
 
 
 def train_head(base: keras.Model, base_labels: Sequence[str], train: Embeddings, evaluation: Embeddings,

@@ -10,6 +10,11 @@ records; a full cycle trains a new backbone and starts a new folder, its train
 split written as the `reference` shard that drift is measured against
 (cycles.embedding_drift).
 
+A full cycle's new backbone adds a folder; `prune` then deletes the folders of all
+but the `embedding_cache_keep` most recently written backbones, never one in use
+(the new backbone and the serving model's). What it deletes is only a cache: a
+rollback to a version whose folder is gone embeds its examples again.
+
 Every read and write goes through tf.io.gfile, so the cache can sit beside the
 pipeline root on gs:// or s3://. A shard is written under a temporary name and
 renamed when complete (where the filesystem cannot rename, the copy tf.io.gfile
@@ -161,6 +166,32 @@ class EmbeddingCache:
                     _VECTOR: tf.train.Feature(float_list=tf.train.FloatList(value=vector)),
                 })).SerializeToString())
         tf.io.gfile.rename(temporary, final, overwrite=True)
+
+
+def prune(directory: str, keep: int, in_use: Sequence[str]) -> list[str]:
+    """Delete the backbone folders under `directory` beyond the `keep` most recently written ones (the newest
+    shard's time), never those named in `in_use`, which count towards `keep`; returns the deleted backbones."""
+    if not directory or not tf.io.gfile.isdir(directory):
+        return []
+    backbones = [name.rstrip("/") for name in tf.io.gfile.listdir(directory)
+                 if tf.io.gfile.isdir(posixpath.join(directory, name.rstrip("/")))]
+    others = sorted((b for b in backbones if b not in in_use),
+                    key=lambda b: _last_written(posixpath.join(directory, b)), reverse=True)
+    kept = sum(1 for b in backbones if b in in_use)
+    removed = others[max(0, keep - kept):]
+    for backbone in removed:
+        tf.io.gfile.rmtree(posixpath.join(directory, backbone))
+    if removed:
+        log.info("embedding cache: deleted the folders of %d backbone(s) (%s), kept %d", len(removed),
+                 ", ".join(removed), len(backbones) - len(removed))
+    return removed
+
+
+def _last_written(folder: str) -> int:
+    """The newest shard's modification time (ns) in a backbone's folder; 0 without shards."""
+    times = [tf.io.gfile.stat(posixpath.join(folder, name)).mtime_nsec for name in tf.io.gfile.listdir(folder)
+             if name.endswith(SHARD_SUFFIX) and not name.startswith(_TEMPORARY_PREFIX)]
+    return max(times, default=0)
 
 
 def _bytes(value: bytes) -> tf.train.Feature:

@@ -337,6 +337,7 @@ def export_serving_model(
     preprocessing: str = PREPROCESS_SCAN,
     verification: VerificationModel | None = None,
     open_set: bool | None = None,
+    backbone: str | None = None,
 ) -> Path:
     """Write the serving SavedModel for `model` (softmax over `labels`) into `export_dir`.
 
@@ -346,6 +347,8 @@ def export_serving_model(
     and verification-scores signatures, their variables and their metadata.
     `open_set` makes predict_label answer contract.UNKNOWN_LABEL for an image no
     enrolled signer's verifier accepts; None means on when there is `verification`.
+    `backbone` (embedding_cache.backbone_id of `model`) is recorded in the metadata, so the next
+    cycle knows which cached embeddings this version's backbone made without loading its weights.
     """
     labels = [str(label) for label in labels]
     if not labels:
@@ -377,7 +380,7 @@ def export_serving_model(
         with _keras_traces_off():
             tf.saved_model.save(module, str(export_dir), signatures=signatures)
     _mark_classify_signature(export_dir)
-    write_model_metadata(export_dir, labels, image_size, preprocessing, verification, open_set)
+    write_model_metadata(export_dir, labels, image_size, preprocessing, verification, open_set, backbone)
     if warmup_images:
         write_warmup_requests(export_dir, warmup_images[:MAX_WARMUP_REQUESTS],
                               verification.signers[0] if verification is not None else None)
@@ -415,9 +418,11 @@ def _mark_classify_signature(export_dir: Path) -> None:
 
 
 def model_metadata(labels: Sequence[str], image_size: tuple[int, int], preprocessing: str = PREPROCESS_SCAN,
-                   verification: VerificationModel | None = None, open_set: bool = False) -> dict:
-    """What assets.extra/signflow_model.json holds: the label order of `probabilities`, the signatures, and
-    with `verification` its threshold, calibration, enrolled signers and whether predict_label is open-set."""
+                   verification: VerificationModel | None = None, open_set: bool = False,
+                   backbone: str | None = None) -> dict:
+    """What assets.extra/signflow_model.json holds: the label order of `probabilities`, the signatures, the
+    backbone's id when given, and with `verification` its threshold, calibration, enrolled signers and whether
+    predict_label is open-set."""
     image = {IMAGE_INPUT: "string [N]"}
     metadata = {
         "format": METADATA_FORMAT,
@@ -434,6 +439,8 @@ def model_metadata(labels: Sequence[str], image_size: tuple[int, int], preproces
                                  "outputs": {CLASSES_OUTPUT: "string [N, K]", SCORES_OUTPUT: "float32 [N, K]"}},
         },
     }
+    if backbone:
+        metadata["backbone"] = backbone
     if verification is not None:
         metadata["signatures"][VERIFY_SIGNATURE] = {
             "method": PREDICT_METHOD, "inputs": {**image, CLAIMED_SIGNER_INPUT: "string [N]"},
@@ -450,11 +457,11 @@ def model_metadata(labels: Sequence[str], image_size: tuple[int, int], preproces
 
 def write_model_metadata(export_dir: str | os.PathLike, labels: Sequence[str], image_size: tuple[int, int],
                          preprocessing: str = PREPROCESS_SCAN, verification: VerificationModel | None = None,
-                         open_set: bool = False) -> Path:
+                         open_set: bool = False, backbone: str | None = None) -> Path:
     """Write assets.extra/signflow_model.json (contract.MODEL_METADATA_FILE)."""
     path = Path(export_dir) / MODEL_METADATA_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = model_metadata(labels, image_size, preprocessing, verification, open_set)
+    metadata = model_metadata(labels, image_size, preprocessing, verification, open_set, backbone)
     write_atomic(path, json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
     return path
 

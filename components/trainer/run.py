@@ -55,14 +55,17 @@ def run_fn(fn_args: FnArgs) -> None:
     log.info("%s cycle: %s", decision.kind, decision.reason)
     if fast is not None:
         result, train_features, eval_features = fast.result, fast.features, fast.eval_features
+        backbone = fast.backbone
     else:
         result = train.train(config, train_files, eval_files, log_dir=fn_args.model_run_dir,
                              base_model_dir=fn_args.base_model, total_steps=fn_args.train_steps)
         # The new backbone's features of its own train split: the verification SVMs', the next fast
         # cycle's and drift's reference.
         cache = EmbeddingCache(config.embedding_cache_dir, backbone_id(result.model))
+        backbone = cache.backbone
         train_features = cache.embed_split(result.model, train_files, config, reference=True)
         eval_features = cache.embed_split(result.model, eval_files, config)
+        cycles.prune_embeddings(config, backbone, fn_args.base_model)
 
     verifier, verification_summary = None, {"skipped": "TrainerConfig.verification is off"}
     if config.verification:
@@ -73,7 +76,7 @@ def run_fn(fn_args: FnArgs) -> None:
     export_serving_model(result.model, result.labels, config.image_size, fn_args.serving_model_dir,
                          warmup_images=data.sample_images(eval_files, MAX_WARMUP_REQUESTS),
                          preprocessing=config.preprocessing, verification=verifier,
-                         open_set=None if config.open_set else False)
+                         open_set=None if config.open_set else False, backbone=backbone)
     report_dir = report.write_report(fn_args.model_run_dir, result.history, result.eval_predictions, result.labels, {
         "keras_version": version,
         "tensorflow_version": tf.__version__,

@@ -1,5 +1,6 @@
 """The real tfx.components.Trainer with run_fn, in tiny LocalDagRunner pipelines: export, report, warm start."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -159,8 +160,21 @@ def test_warm_start_begins_from_the_previous_weights_and_grows_the_head_for_a_ne
         np.testing.assert_array_equal(value, reader.get_tensor(key))
     assert carried == 3 and kernel.shape[1] == 4
 
+    # The full cycle prunes its embedding cache: of three stale backbones and the serving model's (the
+    # stalest of all), it keeps the serving model's and its own new one (embedding_cache_keep=2).
+    cache_dir = root / "Embeddings_second"
+    first_backbone = json.loads((first_run["serving"] / MODEL_METADATA_FILE).read_text())["backbone"]
+    for age, name in enumerate(["stale_1", "stale_2", "stale_3", first_backbone]):
+        shard = cache_dir / name / "rows.tfrecord.gz"
+        shard.parent.mkdir(parents=True)
+        shard.write_bytes(b"")
+        os.utime(shard, (1_000_000 - age, 1_000_000 - age))
     second = _run_trainer(root, "second", examples_dir, base_model_uri=str(first_run["model"]),
-                          config=CONFIG.replace(cycle="full"))
+                          config=CONFIG.replace(cycle="full", embedding_cache_dir=str(cache_dir),
+                                                embedding_cache_keep=2))
+    second_backbone = json.loads((second["serving"] / MODEL_METADATA_FILE).read_text())["backbone"]
+    assert second_backbone != first_backbone
+    assert {path.name for path in cache_dir.iterdir()} == {first_backbone, second_backbone}
     assert (second["serving"] / LABELS_FILE).read_text().split() == labels
     out = tf.saved_model.load(str(second["serving"])).signatures["serving_default"](
         image_bytes=tf.constant([splits["eval"][0][0]]))
@@ -214,5 +228,8 @@ def test_a_fast_cycle_trains_the_head_on_cached_embeddings_and_keeps_the_backbon
     # on the same split embeds nothing.
     restored, _ = model_lib.load_exported_classifier(fast["serving"], CONFIG.image_size)
     cache = EmbeddingCache(config.embedding_cache_dir, backbone_id(restored))
+    # Both versions' metadata name that backbone: the fast cycle kept the first run's.
+    for version in (first_run["serving"], fast["serving"]):
+        assert json.loads((version / MODEL_METADATA_FILE).read_text())["backbone"] == cache.backbone
     again = cache.embed_split(restored, data.expand_files(split_pattern(examples_dir, "train")), config)
     assert (again.embedded, again.cached) == (0, len(splits["train"]))
