@@ -10,8 +10,7 @@ import logging
 # The decorator and annotation tfx.v1.dsl.components re-exports (why not tfx.v1: pipeline/definition/pipeline.py).
 from tfx.dsl.component.experimental.annotations import InputArtifact
 from tfx.dsl.component.experimental.decorators import component
-from tfx.types import standard_artifacts
-from tfx.types import artifact_utils
+from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import io_utils
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 

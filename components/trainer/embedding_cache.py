@@ -10,9 +10,9 @@ records; a full cycle trains a new backbone and starts a new folder, its train
 split written as the `reference` shard that drift is measured against
 (cycles.embedding_drift).
 
-A full cycle's new backbone adds a folder; `prune` then deletes the folders of all
-but the `embedding_cache_keep` most recently written backbones, never one in use
-(the new backbone and the serving model's). What it deletes is only a cache: a
+After a full cycle, `prune` deletes the folders of all but the
+`embedding_cache_keep` most recently written backbones, never one in use (the new
+backbone and the serving model's). What it deletes is only a cache: a
 rollback to a version whose folder is gone embeds its examples again.
 
 Every read and write goes through tf.io.gfile, so the cache can sit beside the

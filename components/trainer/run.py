@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import tensorflow as tf
 import tf_keras
-from tfx.components.trainer.fn_args_utils import FnArgs  # tfx.v1's FnArgs; why not tfx.v1: pipeline/definition/pipeline.py
+# tfx.v1's FnArgs, from its module (why not tfx.v1: pipeline/definition/pipeline.py).
+from tfx.components.trainer.fn_args_utils import FnArgs
 
 from components.trainer import cycles, data, embeddings, report, train, verification
 from components.trainer.embedding_cache import EmbeddingCache, backbone_id
