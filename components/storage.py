@@ -1,7 +1,8 @@
 """Files on any filesystem TensorFlow knows (local disk, gs://, s3:// with tensorflow-io, hdfs://, ram://).
 
-Layer: bottom of the components. Shared by ingestion's executor, the Pusher and
-the serving check. Imports _tf().io.gfile and serving.contract only.
+Layer: bottom of the components. Shared by ingestion's executor, the Pusher,
+the serving check and the Trainer's export and embedding cache. Imports
+_tf().io.gfile and serving.contract only.
 
 Paths are plain strings: `pathlib.Path("gs://b/m")` turns into "gs:/b/m", so
 nothing here takes or returns a Path.

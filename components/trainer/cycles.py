@@ -24,7 +24,6 @@ in these units, so it is judged only from `drift_min_records` new records.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -38,9 +37,9 @@ from components.trainer import embedding_cache, model as model_lib
 from components.trainer.config import CYCLE_AUTO, CYCLE_FAST, CYCLE_FULL, TrainerConfig
 from components.trainer.embedding_cache import EmbeddingCache, SplitEmbeddings, backbone_id
 from components.trainer.embeddings import Embeddings
+from components.trainer.export import read_model_metadata
 from components.trainer.predictions import Prediction
 from components.trainer.train import TrainingResult, accuracy, compile_classifier, ranked_predictions
-from serving.contract import MODEL_METADATA_FILE
 
 keras = tf.keras
 
@@ -83,7 +82,7 @@ def _why_not_fast(config: TrainerConfig, base_model_dir: str | os.PathLike | Non
     if not config.warm_start:
         return "warm_start is off"
     try:
-        metadata = _read_metadata(base_model_dir)
+        metadata = read_model_metadata(base_model_dir)
     except (OSError, ValueError, tf.errors.OpError) as err:
         return f"the serving model's metadata is unreadable ({type(err).__name__})"
     wanted = {"image_size": list(config.image_size), "preprocessing": config.preprocessing}
@@ -124,11 +123,6 @@ def judge(decision: CycleDecision, config: TrainerConfig, fast: FastCycle) -> Cy
     return CycleDecision(decision.kind, decision.reason, drift)
 
 
-def _read_metadata(model_dir: str | os.PathLike) -> dict:
-    with tf.io.gfile.GFile(os.path.join(str(model_dir), MODEL_METADATA_FILE), "r") as handle:
-        return json.loads(handle.read())
-
-
 def prune_embeddings(config: TrainerConfig, backbone: str, base_model_dir: str | os.PathLike | None) -> list[str]:
     """After a full cycle: delete old backbones' cached embeddings (embedding_cache.prune), keeping this cycle's
     `backbone` and the serving model's, which the next fast cycle runs on if this candidate is not pushed. A
@@ -137,7 +131,7 @@ def prune_embeddings(config: TrainerConfig, backbone: str, base_model_dir: str |
     in_use = [backbone]
     if base_model_dir:
         try:
-            base_backbone = _read_metadata(base_model_dir).get("backbone")
+            base_backbone = read_model_metadata(base_model_dir).get("backbone")
         except (OSError, ValueError, tf.errors.OpError):
             base_backbone = None
         if not base_backbone:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from components import storage
 from components.trainer import data, embeddings as embeddings_lib, model as model_lib
 from components.trainer.config import TrainerConfig
 from components.trainer.embeddings import Embeddings
@@ -147,10 +148,7 @@ class EmbeddingCache:
         return result
 
     def _shards(self) -> list[str]:
-        if not self.folder or not tf.io.gfile.isdir(self.folder):
-            return []
-        return sorted(posixpath.join(self.folder, name) for name in tf.io.gfile.listdir(self.folder)
-                      if name.endswith(SHARD_SUFFIX) and not name.startswith(_TEMPORARY_PREFIX))
+        return _shard_paths(self.folder) if self.folder else []
 
     def _write(self, name: str, vectors: dict[str, np.ndarray], labels: dict[str, tuple[str, bool]]) -> None:
         tf.io.gfile.makedirs(self.folder)
@@ -171,27 +169,30 @@ class EmbeddingCache:
 def prune(directory: str, keep: int, in_use: Sequence[str]) -> list[str]:
     """Delete the backbone folders under `directory` beyond the `keep` most recently written ones (the newest
     shard's time), never those named in `in_use`, which count towards `keep`; returns the deleted backbones."""
-    if not directory or not tf.io.gfile.isdir(directory):
+    if not directory:
         return []
-    backbones = [name.rstrip("/") for name in tf.io.gfile.listdir(directory)
-                 if tf.io.gfile.isdir(posixpath.join(directory, name.rstrip("/")))]
+    backbones = [name for name in storage.listdir(directory) if storage.isdir(storage.join(directory, name))]
     others = sorted((b for b in backbones if b not in in_use),
-                    key=lambda b: _last_written(posixpath.join(directory, b)), reverse=True)
+                    key=lambda b: _last_written(storage.join(directory, b)), reverse=True)
     kept = sum(1 for b in backbones if b in in_use)
     removed = others[max(0, keep - kept):]
     for backbone in removed:
-        tf.io.gfile.rmtree(posixpath.join(directory, backbone))
+        storage.rmtree(storage.join(directory, backbone))
     if removed:
         log.info("embedding cache: deleted the folders of %d backbone(s) (%s), kept %d", len(removed),
                  ", ".join(removed), len(backbones) - len(removed))
     return removed
 
 
+def _shard_paths(folder: str) -> list[str]:
+    """The complete shards in a backbone's folder (not a writer's temporary files), sorted; [] without it."""
+    return [storage.join(folder, name) for name in storage.listdir(folder)
+            if name.endswith(SHARD_SUFFIX) and not name.startswith(_TEMPORARY_PREFIX)]
+
+
 def _last_written(folder: str) -> int:
     """The newest shard's modification time (ns) in a backbone's folder; 0 without shards."""
-    times = [tf.io.gfile.stat(posixpath.join(folder, name)).mtime_nsec for name in tf.io.gfile.listdir(folder)
-             if name.endswith(SHARD_SUFFIX) and not name.startswith(_TEMPORARY_PREFIX)]
-    return max(times, default=0)
+    return max((tf.io.gfile.stat(path).mtime_nsec for path in _shard_paths(folder)), default=0)
 
 
 def _bytes(value: bytes) -> tf.train.Feature:

@@ -84,6 +84,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 # NOTE: tf-keras has no public switch for this outside Model.save(save_traces=False); see _keras_traces_off.
 from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
 
+from components import storage
 from components.trainer.config import PREPROCESS_SCAN, VERIFICATION_LINEAR
 from components.trainer.embeddings import feature_model
 from components.trainer.preprocess import image_to_model_input
@@ -467,8 +468,9 @@ def write_model_metadata(export_dir: str | os.PathLike, labels: Sequence[str], i
 
 
 def read_model_metadata(version_dir: str | os.PathLike) -> dict:
-    """The JSON write_model_metadata wrote (OSError / ValueError when absent or unreadable)."""
-    return json.loads((Path(version_dir) / MODEL_METADATA_FILE).read_text(encoding="utf-8"))
+    """The JSON write_model_metadata wrote, from any tf.io.gfile filesystem (OSError, tf.errors.OpError or
+    ValueError when absent or unreadable)."""
+    return json.loads(storage.read_text(storage.join(str(version_dir), MODEL_METADATA_FILE)))
 
 
 def write_warmup_requests(export_dir: str | os.PathLike, images: Sequence[bytes],

@@ -8,6 +8,7 @@ import pytest
 from components.trainer import cycles, embedding_cache
 from components.trainer.config import TrainerConfig
 from serving.contract import MODEL_METADATA_FILE
+from tests.fileio.ram import ram_root, tree, upload
 
 SHARD = embedding_cache.SHARD_SUFFIX
 
@@ -47,6 +48,13 @@ def test_prune_keeps_the_most_recently_written_backbones_and_every_one_in_use(ca
 def test_prune_keeps_what_is_in_use_even_beyond_keep(cache):
     assert sorted(embedding_cache.prune(str(cache), keep=1, in_use=["old", "recent"])) == ["empty", "newest", "oldest"]
     assert _folders(cache) == {"old", "recent"}
+
+
+def test_prune_works_on_an_object_store(cache):
+    remote = upload(cache, ram_root("embedding-cache") + "/Embeddings")
+    assert sorted(embedding_cache.prune(remote, keep=1, in_use=["old"])) == ["empty", "newest", "oldest", "recent"]
+    assert tree(remote) == {f"old/.tmp-partial{SHARD}", f"old/{embedding_cache.REFERENCE_SHARD}{SHARD}",
+                            f"old/later{SHARD}"}
 
 
 def test_prune_without_a_cache_folder_does_nothing(tmp_path):
