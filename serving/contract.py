@@ -108,7 +108,8 @@ VERIFICATION_SIGNERS_OUTPUT = "verification_signers"
 """VERIFICATION_SCORES_SIGNATURE: string [N, S], the enrolled signers in the columns' order (the same on every row)."""
 VERIFICATION_THRESHOLD_OUTPUT = "verification_threshold"
 """VERIFICATION_SCORES_SIGNATURE: float32 [N], the verify signature's threshold (the same on every row). It also
-returns PROBABILITIES_OUTPUT, classify's scores, by which the Evaluator tells whose outputs they are."""
+returns PROBABILITIES_OUTPUT and CLASSES_OUTPUT, classify's scores and classes: the Evaluator takes a model's
+predictions from the same call, and tells by the scores whose outputs they are when TFMA stores them unnamed."""
 
 # -- records -----------------------------------------------------------------------------------
 

@@ -38,8 +38,9 @@ Signatures (tf.functions: TF 2.16 has no Estimator export):
         inputs: string [N]  serialized tf.Example, the image as classify reads it
         -> verification_scores: float32 [N, S] (calibrated, each enrolled signer), verification_signers:
            string [N, S] (the columns' signers), verification_threshold: float32 [N],
-           probabilities: float32 [N, K] (classify's scores: how the Evaluator tells which model's outputs
-           these are when TFMA stores them unnamed, see pipeline/definition/verification_metrics.py)
+           probabilities: float32 [N, K] and classes: string [N, K] (classify's scores and classes, so the
+           Evaluator gets a model's predictions and verification scores from one pass of the network, see
+           pipeline/definition/eval_predictions.py)
         The name is TFMA's: the Evaluator calls a signature of this name when a model has one (and skips a
         model without it), which is how verification error rates are measured inside TFMA while classify keeps
         the two outputs TF Serving's Classify API allows (it refuses a third).
@@ -260,6 +261,7 @@ class _ServingModule(tf.Module):
         probabilities, scores = self._probabilities_and_scores(example_images(inputs))
         count = tf.shape(scores)[0]
         return {
+            CLASSES_OUTPUT: tf.tile(tf.expand_dims(self.labels, 0), [count, 1]),
             PROBABILITIES_OUTPUT: probabilities,
             VERIFICATION_SCORES_OUTPUT: scores,
             VERIFICATION_SIGNERS_OUTPUT: tf.tile(tf.expand_dims(self.verifier.signers, 0), [count, 1]),
@@ -449,7 +451,8 @@ def model_metadata(labels: Sequence[str], image_size: tuple[int, int], preproces
         metadata["signatures"][VERIFICATION_SCORES_SIGNATURE] = {
             "method": PREDICT_METHOD, "inputs": {CLASSIFY_INPUT: "string [N] (tf.Example)"},
             "outputs": {VERIFICATION_SCORES_OUTPUT: "float32 [N, S]", VERIFICATION_SIGNERS_OUTPUT: "string [N, S]",
-                        VERIFICATION_THRESHOLD_OUTPUT: "float32 [N]", PROBABILITIES_OUTPUT: "float32 [N, K]"}}
+                        VERIFICATION_THRESHOLD_OUTPUT: "float32 [N]", PROBABILITIES_OUTPUT: "float32 [N, K]",
+                        CLASSES_OUTPUT: "string [N, K]"}}
         metadata["verification"] = {**verification.metadata(), "open_set": open_set}
         if open_set:
             metadata["verification"]["unknown_label"] = UNKNOWN_LABEL

@@ -40,6 +40,8 @@ from pipeline.definition import signer_metrics, verification_metrics
 from pipeline.definition.configs import GateConfig
 from serving.contract import CLASSIFY_SIGNATURE, LABEL_FEATURE, SCORES_OUTPUT
 
+# The Evaluator's `module_path`: its custom_extractors call each model once per batch.
+EVALUATOR_MODULE = "pipeline.definition.eval_predictions"
 # The overall bounds are set on it; per signer it is reported only. Named as TFMA's SparseCategoricalAccuracy was.
 ACCURACY = signer_metrics.ACCURACY
 # The per-signer bound is set on it.

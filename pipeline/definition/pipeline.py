@@ -115,6 +115,7 @@ def create_pipeline(
         model=trainer.outputs["model"],
         baseline_model=baseline.outputs["model"],
         eval_config=evaluation.eval_config(gate),
+        module_path=evaluation.EVALUATOR_MODULE,
     )
     serving_check = ServingCheck(
         model=trainer.outputs["model"],

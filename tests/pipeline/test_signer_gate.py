@@ -25,7 +25,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import proto_utils
 
 from pipeline.definition.configs import GateConfig
-from pipeline.definition.evaluation import ACCURACY, SIGNER_BOUND, SIGNER_CORRECT, eval_config
+from pipeline.definition.evaluation import ACCURACY, EVALUATOR_MODULE, SIGNER_BOUND, SIGNER_CORRECT, eval_config
 from pipeline.definition.signer_metrics import SignerAccuracyBound, TopOneAccuracy, wilson_upper_bound
 from pipeline.training_server.run_summary import RunSummary, read_outputs
 from serving.contract import (
@@ -237,7 +237,8 @@ def _evaluate(root: Path, model: standard_artifacts.Model, answers_and_labels, g
     EvaluatorExecutor().Do(
         {"examples": [_examples(root, answers_and_labels)], **models},
         {"evaluation": [evaluation], "blessing": [blessing]},
-        {"eval_config": proto_utils.proto_to_json(config or eval_config(gate)), "example_splits": json.dumps(["eval"])},
+        {"eval_config": proto_utils.proto_to_json(config or eval_config(gate)), "example_splits": json.dumps(["eval"]),
+         "module_path": EVALUATOR_MODULE},
     )
     return Evaluation(blessing, evaluation)
 

@@ -40,7 +40,7 @@ from tfx.utils import proto_utils
 from components.trainer.verification import equal_error_rate as trainer_equal_error_rate
 from pipeline.definition import verification_metrics as vm
 from pipeline.definition.configs import GateConfig
-from pipeline.definition.evaluation import ACCURACY, EER, EER_INCREASE, eval_config
+from pipeline.definition.evaluation import ACCURACY, EER, EER_INCREASE, EVALUATOR_MODULE, eval_config
 from pipeline.training_server.run_summary import RunSummary, read_outputs
 from serving.contract import (
     CLASSES_OUTPUT,
@@ -87,29 +87,42 @@ class _StandIn(tf.Module):
 
 class _VerifyingStandIn(_StandIn):
     """And transformed_features: the scores written in the example under `score_feature`, for SIGNERS, at
-    THRESHOLD."""
+    THRESHOLD, with classify's scores and (`classes`, as exports have them now) its classes."""
 
-    def __init__(self, score_feature: str):
+    def __init__(self, score_feature: str, classes: bool = True):
         super().__init__()
         self._score_feature = score_feature
+        self._classes = classes
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=CLASSIFY_INPUT)])
     def transformed_features(self, inputs):
         scores = tf.io.parse_example(
             inputs, {self._score_feature: tf.io.FixedLenFeature([len(SIGNERS)], tf.float32)})[self._score_feature]
         count = tf.shape(inputs)[0]
-        return {VERIFICATION_SCORES_OUTPUT: scores,
-                VERIFICATION_SIGNERS_OUTPUT: tf.tile(self.labels[None, :], [count, 1]),
-                VERIFICATION_THRESHOLD_OUTPUT: tf.fill([count], tf.constant(THRESHOLD)),
-                PROBABILITIES_OUTPUT: self._scores(inputs)}
+        outputs = {VERIFICATION_SCORES_OUTPUT: scores,
+                   VERIFICATION_SIGNERS_OUTPUT: tf.tile(self.labels[None, :], [count, 1]),
+                   VERIFICATION_THRESHOLD_OUTPUT: tf.fill([count], tf.constant(THRESHOLD)),
+                   PROBABILITIES_OUTPUT: self._scores(inputs)}
+        if self._classes:
+            outputs[CLASSES_OUTPUT] = tf.tile(self.labels[None, :], [count, 1])
+        return outputs
 
 
-def _model(root: Path, score_feature: str | None) -> standard_artifacts.Model:
+class _ClassifyAnswersWrong(_VerifyingStandIn):
+    """classify names the next signer in SIGNERS; transformed_features is right: what the Evaluator reports
+    shows which of the two it took the predictions from."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=CLASSIFY_INPUT)])
+    def classify(self, inputs):
+        return {CLASSES_OUTPUT: tf.tile(self.labels[None, :], [tf.shape(inputs)[0], 1]),
+                SCORES_OUTPUT: tf.roll(self._scores(inputs), shift=1, axis=1)}
+
+
+def _model(root: Path, module: tf.Module) -> standard_artifacts.Model:
     artifact = standard_artifacts.Model()
     artifact.uri = str(root)
-    module = _VerifyingStandIn(score_feature) if score_feature else _StandIn(hit=0.8)
     signatures = {CLASSIFY_SIGNATURE: module.classify.get_concrete_function()}
-    if score_feature:
+    if isinstance(module, _VerifyingStandIn):
         signatures[VERIFICATION_SCORES_SIGNATURE] = module.transformed_features.get_concrete_function()
     tf.saved_model.save(module, str(root / "Format-Serving"), signatures=signatures)
     return artifact
@@ -117,8 +130,15 @@ def _model(root: Path, score_feature: str | None) -> standard_artifacts.Model:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, standard_artifacts.Model]:
-    return {name: _model(tmp_path_factory.mktemp(name), None if name == "none" else f"scores_{name}")
-            for name in ("good", "fair", "none")}
+    modules = {
+        "good": _VerifyingStandIn("scores_good"),
+        "fair": _VerifyingStandIn("scores_fair"),
+        "none": _StandIn(hit=0.8),
+        # Exported before transformed_features returned classes.
+        "fair_without_classes": _VerifyingStandIn("scores_fair", classes=False),
+        "classify_wrong": _ClassifyAnswersWrong("scores_good"),
+    }
+    return {name: _model(tmp_path_factory.mktemp(name), module) for name, module in modules.items()}
 
 
 def _genuine_score(model: str, signer: str, image: int) -> float:
@@ -174,7 +194,8 @@ def _evaluate(root: Path, model, gate: GateConfig = GateConfig(), baseline=None)
     inputs = {"model": [model]} | ({"baseline_model": [baseline]} if baseline else {})
     EvaluatorExecutor().Do(
         {"examples": [_examples(root)], **inputs}, {"evaluation": [evaluation], "blessing": [blessing]},
-        {"eval_config": proto_utils.proto_to_json(eval_config(gate)), "example_splits": json.dumps(["eval"])})
+        {"eval_config": proto_utils.proto_to_json(eval_config(gate)), "example_splits": json.dumps(["eval"]),
+         "module_path": EVALUATOR_MODULE})
     return Evaluation(blessing, evaluation)
 
 
@@ -244,3 +265,21 @@ def test_a_first_verifying_candidate_is_measured_against_a_serving_version_witho
             f"{SIGNERS[2]} EER 0.00 (FRR 0.00, FAR random 0.00)") in summary.lines()
     assert summary.to_json()["worst_verifiers"][0] == {"signer": A, "eer": pytest.approx(0.35), "frr": 0.5,
                                                        "far_random": 0.0, "far_skilled": 0.0}
+
+
+def test_a_model_whose_transformed_features_has_classes_is_called_through_it_alone(tmp_path, models):
+    """Its classify answers every image wrong: the accuracy the Evaluator reports is transformed_features'."""
+    evaluation = _evaluate(tmp_path, models["classify_wrong"])
+    assert evaluation.of()[ACCURACY] == 1.0
+    assert evaluation.of()[EER] == 0.0 and evaluation.of()[vm.TRIALS[vm.GENUINE]] == 12
+
+
+def test_a_version_exported_before_transformed_features_had_classes_is_measured_as_before(tmp_path, models):
+    """It is called through classify and transformed_features, as TFMA's own extractors call it, beside a
+    candidate called once: both models' figures are as worked out in the module docstring."""
+    evaluation = _evaluate(tmp_path, models["good"], baseline=models["fair_without_classes"])
+    baseline, candidate = evaluation.of("baseline"), evaluation.of("candidate")
+    assert {name: baseline[name] for name in (EER, vm.FRR, ACCURACY)} == pytest.approx(
+        {EER: FAIR_EER, vm.FRR: 2 / 12, ACCURACY: 1.0})
+    assert [baseline[vm.TRIALS[kind]] for kind in (vm.GENUINE, vm.RANDOM, vm.SKILLED)] == [12, 24, 2]
+    assert (candidate[EER], candidate[EER_INCREASE]) == (0.0, pytest.approx(-FAIR_EER))
