@@ -100,8 +100,9 @@ refuses a model with a class of that name while open-set is on)."""
 VERIFICATION_SCORES_SIGNATURE = "transformed_features"
 """Serialized tf.Examples in (CLASSIFY_INPUT, the image as in classify), every enrolled signer's calibrated score
 out: what the Evaluator computes verification error rates from. Exported with the verify signature only. The
-name is TFMA's: its Evaluator calls a signature of this name on every eval batch when a model has one and skips
-models without it, so a serving version from before verification still evaluates."""
+name is TFMA's default for transformed features; the Evaluator (pipeline/definition/eval_predictions.py) calls it
+on every eval batch when a model has it and skips models without it, so a version without verification still
+evaluates."""
 VERIFICATION_SCORES_OUTPUT = "verification_scores"
 """VERIFICATION_SCORES_SIGNATURE: float32 [N, S], the calibrated score of each image for each enrolled signer."""
 VERIFICATION_SIGNERS_OUTPUT = "verification_signers"

@@ -41,9 +41,9 @@ Signatures (tf.functions: TF 2.16 has no Estimator export):
            probabilities: float32 [N, K] and classes: string [N, K] (classify's scores and classes, so the
            Evaluator gets a model's predictions and verification scores from one pass of the network, see
            pipeline/definition/eval_predictions.py)
-        The name is TFMA's: the Evaluator calls a signature of this name when a model has one (and skips a
-        model without it), which is how verification error rates are measured inside TFMA while classify keeps
-        the two outputs TF Serving's Classify API allows (it refuses a third).
+        The name is TFMA's default for transformed features: the Evaluator calls it when a model has it (and
+        skips a model without it), which is how verification error rates are measured inside TFMA while
+        classify keeps the two outputs TF Serving's Classify API allows (it refuses a third).
 
 The verify signature's SVMs are variables of the SavedModel (so they live in
 variables/, not in the graph), under `verifier` (a tf.Module):
@@ -121,10 +121,10 @@ from serving.contract import (
 from serving.layout import LABELS_FILE, SAVED_MODEL_FILE, WARMUP_FILE
 
 METADATA_FORMAT = 1
-# Images in the warmup file (TF Serving replays at most 1000 records). One is enough: the model's input size
-# is fixed, so after a signature's first call another image is a steady call (~0.13 s on 2 cores) that every
-# load and both backends of the serving check would pay for nothing.
-MAX_WARMUP_REQUESTS = 1
+# Eval images the Trainer puts in the warmup file. One: the model's input size is fixed, so a signature's
+# first call is what warms it, and each further image is a steady call that every load and both backends of
+# the serving check would pay for nothing.
+WARMUP_IMAGES = 1
 
 
 class _Verifier(tf.Module):
@@ -387,7 +387,7 @@ def export_serving_model(
     _mark_classify_signature(export_dir)
     write_model_metadata(export_dir, labels, image_size, preprocessing, verification, open_set, backbone)
     if warmup_images:
-        write_warmup_requests(export_dir, warmup_images[:MAX_WARMUP_REQUESTS],
+        write_warmup_requests(export_dir, warmup_images,
                               verification.signers[0] if verification is not None else None)
     return export_dir
 

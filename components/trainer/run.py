@@ -21,7 +21,7 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from components.trainer import cycles, data, embeddings, report, train, verification
 from components.trainer.embedding_cache import EmbeddingCache, backbone_id
 from components.trainer.config import CUSTOM_CONFIG_KEY, TrainerConfig
-from components.trainer.export import MAX_WARMUP_REQUESTS, export_serving_model
+from components.trainer.export import WARMUP_IMAGES, export_serving_model
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def run_fn(fn_args: FnArgs) -> None:
                                               train_features.seconds, strangers)
         verifier, verification_summary = fitted.model, fitted.summary
     export_serving_model(result.model, result.labels, config.image_size, fn_args.serving_model_dir,
-                         warmup_images=data.sample_images(eval_files, MAX_WARMUP_REQUESTS),
+                         warmup_images=data.sample_images(eval_files, WARMUP_IMAGES),
                          preprocessing=config.preprocessing, verification=verifier,
                          open_set=None if config.open_set else False, backbone=backbone)
     report_dir = report.write_report(fn_args.model_run_dir, result.history, result.eval_predictions, result.labels, {

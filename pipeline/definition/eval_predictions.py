@@ -11,15 +11,23 @@ and TFX's executor calls `custom_extractors`.
 Per model, decided once when the models are loaded:
 - transformed_features with `classes`: that call alone gives the predictions
   ({classes, scores}) and the transformed features;
-- transformed_features without `classes` (a version exported before it had them):
-  classify, then transformed_features, as TFMA calls them;
+- transformed_features without `classes` (a serving version exported without
+  them): classify, then transformed_features, as TFMA calls them;
 - no transformed_features (no verification): classify alone.
 
-The extracts are laid out as TFMA's own extractors lay them out (model_util.
-ModelSignaturesDoFn): keyed by model name, or unnamed when a single model wrote
-the key. verification_metrics relies on that layout.
+The predictions and transformed features are stored as TFMA's own extractors store
+them (model_util.ModelSignaturesDoFn): keyed by model name, or unnamed when a
+single model wrote the key, and an empty dict of transformed features when no
+model has any; verification_metrics relies on that layout. They are written after
+the label and example-weight extractors (TFMA writes transformed features before
+them): no signflow output is named like a feature, so no label is read from them.
 
-Layer: definition. May import TFMA, TensorFlow and serving.contract (the Evaluator
+NOTE: TFX's executor finds `custom_extractors` with udf_utils.try_get_fn, which
+returns None on an AttributeError or ValueError while importing this module, and
+then evaluates with TFMA's defaults (the same figures, two passes per model):
+tests/pipeline/test_runners.py imports it the way the Evaluator does.
+
+Layer: definition. May import TFMA, Apache Beam, NumPy, TensorFlow and serving.contract (the Evaluator
 imports this module by path wherever it runs).
 """
 from __future__ import annotations
@@ -56,9 +64,14 @@ def custom_extractors(eval_shared_model, eval_config: tfma.EvalConfig, tensor_ad
 
 
 def predictions_extractor(eval_config: tfma.EvalConfig, eval_shared_model) -> tfma.extractors.Extractor:
+    """Writes tfma.PREDICTIONS_KEY and tfma.TRANSFORMED_FEATURES_KEY for every model, calling the models'
+    signatures by their contract names (evaluation.eval_config sets classify on every model spec)."""
     models = model_util.verify_and_update_eval_shared_models(eval_shared_model)
     if not models:
         raise ValueError("the Evaluator's predictions need at least one model")
+    others = sorted({spec.signature_name for spec in eval_config.model_specs} - {CLASSIFY_SIGNATURE})
+    if others:
+        raise ValueError(f"the Evaluator's predictions call {CLASSIFY_SIGNATURE}; the EvalConfig names {others}")
     return tfma.extractors.Extractor(
         stage_name=STAGE_NAME,
         ptransform=beam.ParDo(_PredictionsDoFn({model.model_name: model.model_loader for model in models})))
@@ -83,14 +96,15 @@ class _PredictionsDoFn(model_util.BatchReducibleBatchedDoFnWithModels):
         self._plans = {name: call_plan(model.signatures) for name, model in self._loaded_models.items()}
 
     def _batch_reducible_process(self, batched_extract: tfma.Extracts) -> list[tfma.Extracts]:
-        examples = np.asarray(batched_extract[tfma_constants.INPUT_KEY]).reshape(-1)
+        # dtype=object: a fixed-width bytes array would drop the serialized examples' trailing NUL bytes.
+        examples = np.asarray(batched_extract[tfma_constants.INPUT_KEY], dtype=object).reshape(-1)
         inputs = tf.constant(examples, dtype=tf.string)
         predictions, transformed = {}, {}
         for name, model in self._loaded_models.items():
             plan = self._plans[name]
             if plan == ONE_CALL:
                 outputs = _call(model, VERIFICATION_SCORES_SIGNATURE, inputs)
-                predictions[name] = {CLASSES_OUTPUT: outputs.pop(CLASSES_OUTPUT),
+                predictions[name] = {CLASSES_OUTPUT: outputs[CLASSES_OUTPUT],
                                      SCORES_OUTPUT: outputs[PROBABILITIES_OUTPUT]}
                 transformed[name] = outputs
             else:
@@ -99,17 +113,18 @@ class _PredictionsDoFn(model_util.BatchReducibleBatchedDoFnWithModels):
                     transformed[name] = _call(model, VERIFICATION_SCORES_SIGNATURE, inputs)
         result = dict(batched_extract)
         result[tfma_constants.PREDICTIONS_KEY] = _tfma_layout(predictions)
-        if transformed:
-            result[tfma_constants.TRANSFORMED_FEATURES_KEY] = _tfma_layout(transformed)
+        result[tfma_constants.TRANSFORMED_FEATURES_KEY] = _tfma_layout(transformed)
         return [result]
 
 
 def _call(model, signature: str, inputs: tf.Tensor) -> dict[str, np.ndarray]:
-    function = model.signatures[signature]
+    function = model.signatures.get(signature)
+    if function is None:
+        raise ValueError(f"the model has no {signature} signature (it has {sorted(model.signatures)})")
     [input_name] = function.structured_input_signature[1]
     return {key: value.numpy() for key, value in function(**{input_name: inputs}).items()}
 
 
 def _tfma_layout(per_model: dict[str, dict]) -> dict:
     """As TFMA stores a key: per model name, or one model's outputs unnamed when only one wrote it."""
-    return next(iter(per_model.values())) if len(per_model) == 1 else per_model
+    return next(iter(per_model.values())) if len(per_model) == 1 else dict(per_model)

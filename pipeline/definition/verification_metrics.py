@@ -1,10 +1,11 @@
 """The gate's verification metrics: EER, FAR and FRR of the writer-dependent verifiers, computed inside TFMA.
 
 Where the scores come from: a model with verification exports a signature named
-`transformed_features` (contract.VERIFICATION_SCORES_SIGNATURE) that TFMA's
-Evaluator calls on every eval batch by that default name (and skips on a model
-without it, so a serving version from before verification, or one with fewer
-than 2 signers, still evaluates). It gives each eval image's calibrated score
+`transformed_features` (contract.VERIFICATION_SCORES_SIGNATURE), which the
+Evaluator calls on every eval batch (eval_predictions.py; TFMA's own extractors
+call a signature of that default name too) and skips on a model without it, so a
+serving version without verification, or one with fewer than 2 signers, still
+evaluates. It gives each eval image's calibrated score
 for every enrolled signer, the signers, the threshold, and the softmax.
 classify keeps its two outputs: TF Serving's Classify API refuses a signature
 with a third (classifier.cc, PreProcessClassification: "Expected one or two

@@ -201,6 +201,18 @@ def test_signflow_executors_are_named_by_importable_paths(compiled):
         assert hasattr(importlib.import_module(module), name), path
 
 
+def test_the_evaluator_calls_each_model_once_per_batch_through_signflows_extractors(compiled):
+    # TFX's executor looks the hook up with udf_utils.try_get_fn, which turns an import that fails with an
+    # AttributeError or ValueError into None (TFMA's default extractors: two passes per model); get_fn raises.
+    from tfx.components.util import udf_utils
+
+    from pipeline.definition.evaluation import EVALUATOR_MODULE
+
+    module_path = _tasks(compiled[2])["Evaluator"]["inputs"]["parameters"]["module_path"]
+    assert module_path["runtimeValue"]["constantValue"]["stringValue"] == EVALUATOR_MODULE
+    assert callable(udf_utils.get_fn({"module_path": EVALUATOR_MODULE}, "custom_extractors"))
+
+
 def test_example_gen_runs_the_platforms_driver_not_the_custom_one(compiled):
     # Why `signflow collect-kubeflow` must run before each run (pipeline/runners/kubeflow_v2_runner.py).
     container = _executors(compiled[2])["SignatureExampleGen_executor"]["container"]

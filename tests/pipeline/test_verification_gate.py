@@ -87,7 +87,7 @@ class _StandIn(tf.Module):
 
 class _VerifyingStandIn(_StandIn):
     """And transformed_features: the scores written in the example under `score_feature`, for SIGNERS, at
-    THRESHOLD, with classify's scores and (`classes`, as exports have them now) its classes."""
+    THRESHOLD, with classify's scores and (`classes`, as the Trainer exports it) its classes."""
 
     def __init__(self, score_feature: str, classes: bool = True):
         super().__init__()
@@ -108,14 +108,16 @@ class _VerifyingStandIn(_StandIn):
         return outputs
 
 
-class _ClassifyAnswersWrong(_VerifyingStandIn):
-    """classify names the next signer in SIGNERS; transformed_features is right: what the Evaluator reports
-    shows which of the two it took the predictions from."""
+class _ClassifyFails(_VerifyingStandIn):
+    """classify fails every call (INVALID_ARGUMENT); transformed_features answers: an Evaluator that calls
+    classify fails."""
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=CLASSIFY_INPUT)])
     def classify(self, inputs):
-        return {CLASSES_OUTPUT: tf.tile(self.labels[None, :], [tf.shape(inputs)[0], 1]),
-                SCORES_OUTPUT: tf.roll(self._scores(inputs), shift=1, axis=1)}
+        called = tf.debugging.Assert(tf.constant(False), ["classify was called"])
+        with tf.control_dependencies([called]):
+            return {CLASSES_OUTPUT: tf.tile(self.labels[None, :], [tf.shape(inputs)[0], 1]),
+                    SCORES_OUTPUT: tf.identity(self._scores(inputs))}
 
 
 def _model(root: Path, module: tf.Module) -> standard_artifacts.Model:
@@ -134,9 +136,9 @@ def models(tmp_path_factory) -> dict[str, standard_artifacts.Model]:
         "good": _VerifyingStandIn("scores_good"),
         "fair": _VerifyingStandIn("scores_fair"),
         "none": _StandIn(hit=0.8),
-        # Exported before transformed_features returned classes.
+        # A serving version whose transformed_features has no classes.
         "fair_without_classes": _VerifyingStandIn("scores_fair", classes=False),
-        "classify_wrong": _ClassifyAnswersWrong("scores_good"),
+        "classify_fails": _ClassifyFails("scores_good"),
     }
     return {name: _model(tmp_path_factory.mktemp(name), module) for name, module in modules.items()}
 
@@ -268,13 +270,13 @@ def test_a_first_verifying_candidate_is_measured_against_a_serving_version_witho
 
 
 def test_a_model_whose_transformed_features_has_classes_is_called_through_it_alone(tmp_path, models):
-    """Its classify answers every image wrong: the accuracy the Evaluator reports is transformed_features'."""
-    evaluation = _evaluate(tmp_path, models["classify_wrong"])
+    """Its classify fails every call; the Evaluator's figures are transformed_features' answers."""
+    evaluation = _evaluate(tmp_path, models["classify_fails"])
     assert evaluation.of()[ACCURACY] == 1.0
     assert evaluation.of()[EER] == 0.0 and evaluation.of()[vm.TRIALS[vm.GENUINE]] == 12
 
 
-def test_a_version_exported_before_transformed_features_had_classes_is_measured_as_before(tmp_path, models):
+def test_a_version_whose_transformed_features_has_no_classes_is_called_through_both_signatures(tmp_path, models):
     """It is called through classify and transformed_features, as TFMA's own extractors call it, beside a
     candidate called once: both models' figures are as worked out in the module docstring."""
     evaluation = _evaluate(tmp_path, models["good"], baseline=models["fair_without_classes"])
