@@ -263,10 +263,10 @@ class _ServingModule(tf.Module):
         probabilities, scores = self._probabilities_and_scores(example_images(inputs))
         count = tf.shape(scores)[0]
         return {
-            CLASSES_OUTPUT: tf.tile(tf.expand_dims(self.labels, 0), [count, 1]),
+            CLASSES_OUTPUT: _repeat_row(self.labels, count),
             PROBABILITIES_OUTPUT: probabilities,
             VERIFICATION_SCORES_OUTPUT: scores,
-            VERIFICATION_SIGNERS_OUTPUT: tf.tile(tf.expand_dims(self.verifier.signers, 0), [count, 1]),
+            VERIFICATION_SIGNERS_OUTPUT: _repeat_row(self.verifier.signers, count),
             VERIFICATION_THRESHOLD_OUTPUT: tf.fill([count], tf.identity(self.verifier.threshold)),
         }
 
@@ -315,8 +315,12 @@ class _ServingModule(tf.Module):
     @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name=CLASSIFY_INPUT)])
     def classify(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
         scores = self.probabilities(example_images(inputs))
-        classes = tf.tile(tf.expand_dims(self.labels, 0), [tf.shape(scores)[0], 1])
-        return {CLASSES_OUTPUT: classes, SCORES_OUTPUT: scores}
+        return {CLASSES_OUTPUT: _repeat_row(self.labels, tf.shape(scores)[0]), SCORES_OUTPUT: scores}
+
+
+def _repeat_row(values: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+    """[count, len(values)]: `values` on every row (an output that names the columns, once per image)."""
+    return tf.tile(tf.expand_dims(values, 0), [count, 1])
 
 
 def example_images(inputs: tf.Tensor) -> tf.Tensor:

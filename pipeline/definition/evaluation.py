@@ -3,11 +3,11 @@
 The Evaluator feeds serialized eval tf.Examples to the model's `classify`
 signature, whose outputs are TF Serving's `classes` (the label vocabulary) and
 `scores` (for a model with verification, the same outputs of its
-`transformed_features` call: eval_predictions.py). TFMA maps the string `label` feature onto `classes` itself, so a
-baseline and a candidate with different signer sets are compared fairly: an
-eval example of a signer a model does not know is a wrong answer of that model
-(signer_metrics.TopOneAccuracy; TFMA's own SparseCategoricalAccuracy crashes
-on it).
+`transformed_features` call: eval_predictions.py). TFMA maps the string `label`
+feature onto `classes` itself, so a baseline and a candidate with different
+signer sets are compared fairly: an eval example of a signer a model does not
+know is a wrong answer of that model (signer_metrics.TopOneAccuracy; TFMA's own
+SparseCategoricalAccuracy crashes on it).
 
 Three bounds, each on its own slices:
 - overall top-1 accuracy (signer_metrics.TopOneAccuracy) >= gate.min_accuracy;
