@@ -93,13 +93,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary-json", type=Path, metavar="PATH",
                         help="also write the run summary (or the failure) as JSON to PATH")
     parser.add_argument("--verbose", action="store_true", help="also show TFX's and Beam's INFO logs")
+    parser.add_argument("--arguments-on-stdin", action="store_true",
+                        help="load TFX first, then read this run's arguments as one JSON list on a line of "
+                             "standard input (how the training server keeps its next cycle's process ready); "
+                             "end of input exits 0 without running")
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Google's client libraries warn about Python 3.10 once per package (a dozen
     # times); the README states the Python 3.10 end of life once.
     warnings.filterwarnings("ignore", message="You are using a non-supported Python version", category=FutureWarning)
+    if args.arguments_on_stdin:
+        args = arguments_from_stdin()
+        if args is None:
+            return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         # TFX (absl) logs each component's full IR and Beam each type hint at INFO:
         # thousands of lines that hide signflow's own progress lines.
@@ -127,6 +135,33 @@ def main(args: argparse.Namespace) -> int:
     _write_json(args.summary_json, summary.to_json())
     print("\n".join(["", "signflow run summary", *summary.lines()]))
     return 0
+
+
+def arguments_from_stdin() -> argparse.Namespace | None:
+    """Import what a run needs, then wait for its arguments: a JSON list of strings on one line of stdin.
+
+    Importing TensorFlow, TFX, Beam and TFMA is ~10 s of every run on 2 cores;
+    the training server starts its next cycle's process as the last one ends,
+    so that a cycle starts with them loaded. None at end of input: the training
+    server stopped without needing this process.
+    """
+    # The run's own imports (build() and run()), done now rather than once the cycle is due.
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner  # noqa: F401
+    from pipeline.definition.pipeline import create_pipeline  # noqa: F401
+    from pipeline.training_server.run_summary import summarize  # noqa: F401
+
+    line = sys.stdin.readline()
+    if not line.strip():
+        return None
+    arguments = json.loads(line)
+    if not isinstance(arguments, list) or not all(isinstance(a, str) for a in arguments):
+        raise SystemExit(f"signflow run: --arguments-on-stdin expects a JSON list of strings, got {line.strip()!r}")
+    parser = argparse.ArgumentParser(prog="signflow run")
+    add_arguments(parser)
+    parsed = parser.parse_args(arguments)
+    if parsed.arguments_on_stdin:
+        parser.error("--arguments-on-stdin is not one of a run's arguments")
+    return parsed
 
 
 def _failed(summary_json: Path | None, reason: str, code: int) -> int:

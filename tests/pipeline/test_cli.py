@@ -116,3 +116,32 @@ def test_schedule_refuses_invalid_settings_before_any_cycle(tmp_path):
     assert _last_line(done.stderr).startswith("signflow schedule: error: invalid settings: config.trainer: "
                                               "unknown setting(s) epochs")
     assert not root.exists()  # no status file, no lock, no cycle
+
+
+def test_run_with_arguments_on_stdin_takes_them_from_one_line_and_ends_quietly_at_end_of_input(tmp_path):
+    """How the training server starts a cycle's process before the cycle is due (training_server/schedule.py)."""
+    summary = tmp_path / "summary.json"
+    lines = {
+        "settings": json.dumps(["--set", "trainer.epochs=3", "--summary-json", str(summary)]) + "\n",
+        "not-a-list": json.dumps({"--set": "trainer.epochs=3"}) + "\n",
+        "end-of-input": "",
+    }
+    started = {name: subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "--arguments-on-stdin"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+               for name in lines}
+    done = {name: (process, *process.communicate(lines[name], timeout=180)) for name, process in started.items()}
+
+    process, _, err = done["settings"]
+    assert process.returncode == 2, err[-3000:]
+    reason = "invalid settings: config.trainer: unknown setting(s) epochs; known: "
+    assert _last_line(err).startswith(f"signflow run failed: {reason}")
+    assert json.loads(summary.read_text())["error"].startswith(reason)
+
+    process, _, err = done["not-a-list"]
+    assert process.returncode == 1
+    assert _last_line(err) == ('signflow run: --arguments-on-stdin expects a JSON list of strings, got '
+                               '\'{"--set": "trainer.epochs=3"}\'')
+
+    process, out, err = done["end-of-input"]
+    assert process.returncode == 0 and out == "" and "signflow run" not in err

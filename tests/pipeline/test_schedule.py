@@ -102,12 +102,12 @@ def _wait(predicate, timeout: float = 20, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _status_when(config: PipelineConfig, predicate, what: str) -> dict:
+def _status_when(config: PipelineConfig, predicate, what: str, timeout: float = 20) -> dict:
     """The first status file the scheduler writes that satisfies `predicate`."""
     def check():
         status = read_status(status_path(config))
         return status if status and predicate(status) else None
-    return _wait(check, what=what)
+    return _wait(check, timeout=timeout, what=what)
 
 
 def _wait_for_polls(config: PipelineConfig, after: int, count: int) -> dict:
@@ -340,17 +340,21 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Live processes in process group `pgid` (field 5 of /proc/<pid>/stat)."""
-    members = []
+def _live_processes(field: int, value: int) -> list[int]:
+    """Live processes whose /proc/<pid>/stat has `value` at `field` (counted after the name: 1 parent, 2 group)."""
+    found = []
     for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat_file.read_text().rpartition(")")[2].split()
         except OSError:
             continue  # ended while we looked
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(stat_file.parent.name))
-    return members
+        if fields[0] != "Z" and int(fields[field]) == value:
+            found.append(int(stat_file.parent.name))
+    return found
+
+
+def _group_members(pgid: int) -> list[int]:
+    return _live_processes(2, pgid)
 
 
 @pytest.fixture
@@ -489,6 +493,62 @@ def test_a_busy_cycle_is_retried_after_retry(tmp_path, processes):
     assert log.read_text().count("cycle skipped: ") == 2 and f"next try in {retry:g}s" in log.read_text()
 
 
+def test_a_cycle_runs_in_the_process_started_before_it_was_due(tmp_path, processes):
+    config = _config(tmp_path)
+    log = tmp_path / "schedule.log"
+    with FileLock(config.run_root / RUN_LOCK, purpose="make run-local"):  # the cycle is busy once it has started
+        scheduler = processes.schedule(_config_file(tmp_path, config), "--interval", "1h", "--min-new-records", "1",
+                                       "--poll", "0.1s", "--retry", "1h", log=log)
+        first = processes.track(_status_when(config, lambda status: status["ready_process_pid"],
+                                             "the process for the first cycle")["ready_process_pid"])
+        idle = _wait_for_polls(config, 0, 3)
+        assert idle["cycles"] == {} and idle["ready_process_pid"] == first and _alive(first)
+
+        _drop(config, "a.jsonl", 1)  # the cycle is due from now on
+        status = _status_when(config, lambda status: status["cycles"].get(BUSY) == 1 and status["ready_process_pid"],
+                              "the busy cycle and the process for the next", timeout=180)
+    assert status["last_cycle"]["process"] == {"pid": first, "started_in_advance": True}, log.read_text()
+    assert not _alive(first)
+    second = processes.track(status["ready_process_pid"])
+    assert second != first and _alive(second)
+
+    scheduler.send_signal(signal.SIGTERM)
+    assert scheduler.wait(timeout=60) == 0, log.read_text()
+    assert not _alive(second) and _group_members(second) == [], "the waiting process outlived the scheduler"
+    assert read_status(status_path(config))["ready_process_pid"] is None
+
+
+def test_a_process_started_in_advance_that_ended_is_replaced_when_the_cycle_is_due(tmp_path, processes):
+    config = _config(tmp_path)
+    log = tmp_path / "schedule.log"
+    with FileLock(config.run_root / RUN_LOCK, purpose="make run-local"):
+        scheduler = processes.schedule(_config_file(tmp_path, config), "--interval", "1h", "--min-new-records", "1",
+                                       "--poll", "0.1s", "--max-cycles", "1", log=log)
+        ready = processes.track(_status_when(config, lambda status: status["ready_process_pid"],
+                                             "the process for the first cycle")["ready_process_pid"])
+        os.kill(ready, signal.SIGKILL)  # as the kernel's OOM killer would
+        _wait(lambda: not _alive(ready), what="the killed process to end")
+        _drop(config, "a.jsonl", 1)
+        assert scheduler.wait(timeout=180) == 0, log.read_text()
+    last = read_status(status_path(config))["last_cycle"]
+    processes.track(last["process"]["pid"])
+    assert last["result"] == BUSY and last["process"]["started_in_advance"] is False
+    assert last["process"]["pid"] != ready
+    assert (f"the cycle process started in advance (pid {ready}) had ended (exit code {-signal.SIGKILL}): "
+            "starting a new one") in log.read_text()
+
+
+def test_without_start_in_advance_no_process_waits(tmp_path, processes):
+    config = _config(tmp_path)
+    log = tmp_path / "schedule.log"
+    scheduler = processes.schedule(_config_file(tmp_path, config), "--interval", "1h", "--poll", "0.1s",
+                                   "--no-start-in-advance", log=log)
+    assert _wait_for_polls(config, 0, 3)["ready_process_pid"] is None
+    assert _live_processes(1, scheduler.pid) == []  # none of the scheduler's children
+    scheduler.send_signal(signal.SIGTERM)
+    assert scheduler.wait(timeout=60) == 0, log.read_text()
+
+
 def _scrape(url: str) -> dict[str, float]:
     """Prometheus text from `url` as {name or name{label=value}: value}."""
     answer = requests.get(url, timeout=10)
@@ -509,8 +569,10 @@ def test_metrics_port_serves_the_schedulers_gauges_over_http(tmp_path, processes
     with FileLock(config.run_root / RUN_LOCK, purpose="make run-local"):  # the cycle is busy at once
         scheduler = processes.schedule(config_file, "--interval", "1h", "--min-new-records", "1", "--poll", "0.1s",
                                        "--retry", "1h", "--metrics_port", "0", log=log)
+        # The first poll after the cycle: the gauges are published with each status change, not with each poll.
         status = _status_when(config, lambda status: status["cycles"].get(BUSY) == 1 and status["state"] == "idle"
-                              and status["next_due_at"], "the busy cycle")
+                              and status["next_due_at"] and status["last_poll_at"] > status["last_cycle"]["finished_at"],
+                              "the first poll after the busy cycle", timeout=120)
     url = status["scheduler"]["metrics_url"]
     assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics") and ":0/" not in url
     assert f"Prometheus metrics on {url}" in log.read_text()
