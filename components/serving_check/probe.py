@@ -1,6 +1,7 @@
 """The serving check's child process: load the candidate, send it real requests, judge the answers.
 
     python -m components.serving_check.probe REQUEST.json RESULT.json
+    python -m components.serving_check.probe --wait    (files given on stdin later)
 
 Runs apart from the pipeline so that a model which crashes, hangs or leaks on
 load takes down only this process (the executor enforces the deadline), and so
@@ -16,6 +17,7 @@ import base64
 import concurrent.futures
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,7 +27,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from components import storage
+from components import storage, waiting_process
 from components.serving_check import checks
 from components.serving_check.backends import BackendError, ModelServerBackend, ObjectBackend, SessionBackend
 from components.trainer.predictions import Prediction, read_eval_predictions
@@ -305,8 +307,33 @@ def _one_line(err: BaseException) -> str:
     return text[:300] or type(err).__name__
 
 
+def wait_for_job() -> tuple[str, str] | None:
+    """`--wait`: TensorFlow is loaded; read {"request", "result", "log"} as one JSON line on stdin.
+
+    From then on the process writes to that log, as a probe started with its
+    files does. None at end of input (the pipeline ended without a check).
+    """
+    job = waiting_process.read_message()
+    if job is None:
+        return None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)  # TensorFlow's own logging writes to these descriptors directly
+    os.dup2(log, 2)
+    os.close(log)
+    return job["request"], job["result"]
+
+
 def main(argv: list[str]) -> int:
-    request_path, result_path = argv[1:3]
+    if argv[1:] == ["--wait"]:
+        job = wait_for_job()
+        if job is None:
+            return 0
+        request_path, result_path = job
+    else:
+        request_path, result_path = argv[1:3]
+    print(f"serving check probe, pid {os.getpid()}", flush=True)
     request = ProbeRequest(**json.loads(Path(request_path).read_text(encoding="utf-8")))
     result = run_probe(request)
     Path(result_path).write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")

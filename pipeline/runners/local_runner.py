@@ -12,8 +12,10 @@ are invalid, 75 (EXIT_BUSY) another run holds the lock. Every outcome is also
 written to --summary-json, a failure as {"result": "failed", "error": reason},
 which is what the scheduler records for the cycle.
 
-Layer: runners. May import definition/, serving.contract, and
-training_server's run_lock and run_summary; TFX only when running.
+Layer: runners. May import definition/, serving.contract,
+training_server's run_lock and run_summary, and the serving check's
+probe_started_in_advance (the check's process loads TensorFlow while the first
+components run); TFX only when running.
 """
 from __future__ import annotations
 
@@ -61,10 +63,12 @@ def run(config: PipelineConfig) -> RunSummary:
         # tfx.v1's LocalDagRunner (why not tfx.v1: pipeline/definition/pipeline.py).
         from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
+        from components.serving_check.component import probe_started_in_advance
         from pipeline.training_server.run_summary import summarize
 
         started = time.monotonic()
-        LocalDagRunner().run(build(config, paths))
+        with probe_started_in_advance():
+            LocalDagRunner().run(build(config, paths))
         summary = summarize(paths.metadata_path)
         log.info("pipeline run finished in %.1f s", time.monotonic() - started)
     return summary
@@ -150,12 +154,14 @@ def arguments_from_stdin() -> argparse.Namespace | None:
     from pipeline.definition.pipeline import create_pipeline  # noqa: F401
     from pipeline.training_server.run_summary import summarize  # noqa: F401
 
-    line = sys.stdin.readline()
-    if not line.strip():
+    from components import waiting_process
+
+    arguments = waiting_process.read_message()
+    if arguments is None:
         return None
-    arguments = json.loads(line)
     if not isinstance(arguments, list) or not all(isinstance(a, str) for a in arguments):
-        raise SystemExit(f"signflow run: --arguments-on-stdin expects a JSON list of strings, got {line.strip()!r}")
+        raise SystemExit("signflow run: --arguments-on-stdin expects a JSON list of strings, got "
+                         f"{json.dumps(arguments)!r}")
     parser = argparse.ArgumentParser(prog="signflow run")
     add_arguments(parser)
     parsed = parser.parse_args(arguments)

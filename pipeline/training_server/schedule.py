@@ -13,7 +13,7 @@ crash, a leak or a TensorFlow abort ends that cycle only, the scheduler logs the
 reason and goes on, and the serving side keeps the last version pushed. The
 next cycle's child starts as soon as the last cycle ends, loads TensorFlow and
 TFX (~10 s) and waits for its arguments on stdin (`start_ready_child`,
-`hand_over`; `--no-start-in-advance` turns that off). A cycle
+components/waiting_process.py; `--no-start-in-advance` turns that off). A cycle
 counts as finished only when its child exits 0 or 75 and leaves its run summary;
 a child killed by a signal, or one that exits without a summary, is a failed
 cycle with that reason. Processes a cycle leaves behind in its group are killed
@@ -37,8 +37,9 @@ scheduler exits 0 (with `--once`, 1: the cycle did not finish). Exit codes: 0
 stopped or `--max-cycles` reached, 1 the `--once` cycle failed, 2 bad
 settings, 75 another scheduler runs this pipeline (or the `--once` cycle was busy).
 
-Layer: training_server. May import definition/, run_lock, serving.contract and
-components.ingest.landing; never a runner (a cycle is a child process).
+Layer: training_server. May import definition/, run_lock, serving.contract,
+components.ingest.landing and components.waiting_process; never a runner (a
+cycle is a child process).
 
 Over 450 lines because the loop, the child's lifecycle (process group, stop,
 leftovers) and the status file must agree on every state a cycle can end in;
@@ -47,7 +48,6 @@ split apart they would each restate those states.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -64,6 +64,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from components import waiting_process
 from pipeline.definition.configs import PipelineConfig, load_config
 from pipeline.training_server.run_lock import SCHEDULER_LOCK, FileLock, LockHeld
 from serving.contract import write_atomic
@@ -141,33 +142,8 @@ def scheduler_lock_path(config: PipelineConfig) -> Path:
 
 
 def start_ready_child(prefix: tuple[str, ...] = ()) -> subprocess.Popen:
-    """A `signflow run` that loads TFX now and runs once its arguments arrive on stdin (`hand_over`)."""
-    command = [*prefix, sys.executable, "-m", "pipeline.cli", "run", "--arguments-on-stdin"]
-    return subprocess.Popen(command, stdin=subprocess.PIPE, start_new_session=True)
-
-
-def hand_over(ready: subprocess.Popen, arguments: list[str]) -> bool:
-    """Give a ready child its run's arguments; False when it had ended (it is then reaped, its group ended)."""
-    if ready.poll() is None:
-        try:
-            ready.stdin.write((json.dumps(arguments) + "\n").encode())
-            ready.stdin.close()
-            return True
-        except BrokenPipeError:  # it ended between poll() and the write
-            pass
-    code = ready.wait()
-    _signal_group(ready.pid, signal.SIGKILL)
-    log.warning("the cycle process started in advance (pid %d) had ended (exit code %d): starting a new one",
-                ready.pid, code)
-    return False
-
-
-def discard_ready_child(ready: subprocess.Popen) -> None:
-    """End a ready child that will not be needed: it holds no lock and has written nothing yet."""
-    _signal_group(ready.pid, signal.SIGKILL)
-    ready.wait()
-    with contextlib.suppress(BrokenPipeError):
-        ready.stdin.close()
+    """A `signflow run` that loads TFX now and runs once its arguments arrive on stdin (run_child's `ready`)."""
+    return waiting_process.start([*prefix, sys.executable, "-m", "pipeline.cli", "run", "--arguments-on-stdin"])
 
 
 def run_child(run_args: tuple[str, ...], summary_json: Path, stop: threading.Event,
@@ -177,27 +153,33 @@ def run_child(run_args: tuple[str, ...], summary_json: Path, stop: threading.Eve
     `ready` (start_ready_child) runs the cycle when it is still alive; otherwise a new process does.
     """
     arguments = [*run_args, "--summary-json", str(summary_json)]
-    if ready is not None and hand_over(ready, arguments):
-        child, warm = ready, True
-    else:
-        child, warm = subprocess.Popen([*prefix, sys.executable, "-m", "pipeline.cli", "run", *arguments],
-                                       start_new_session=True), False
+    child = None
+    if ready is not None:
+        ended = waiting_process.hand_over(ready, arguments)
+        if ended is None:
+            child = ready
+        else:
+            log.warning("the cycle process started in advance (pid %d) had ended (exit code %d): starting a new one",
+                        ready.pid, ended)
+    if child is None:
+        child = subprocess.Popen([*prefix, sys.executable, "-m", "pipeline.cli", "run", *arguments],
+                                 start_new_session=True)
     stopped = False
     while child.poll() is None:
         if stop.wait(0.5):
             stopped = True
             log.info("stopping: asking the running cycle (pid %d) to stop", child.pid)
-            _signal_group(child.pid, signal.SIGTERM)
+            waiting_process.signal_group(child.pid, signal.SIGTERM)
             try:
                 child.wait(timeout=STOP_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
                 log.warning("the cycle (pid %d) did not stop within %s: killing it", child.pid,
                             human_duration(STOP_GRACE_SECONDS))
-                _signal_group(child.pid, signal.SIGKILL)
+                waiting_process.signal_group(child.pid, signal.SIGKILL)
             break
     code = child.wait()
     # Beam workers and other helpers of a crashed run would otherwise outlive it (and hold memory).
-    if _signal_group(child.pid, signal.SIGKILL):
+    if waiting_process.signal_group(child.pid, signal.SIGKILL):
         log.warning("killed processes the cycle (pid %d) left behind in its process group", child.pid)
     try:
         summary = json.loads(summary_json.read_text(encoding="utf-8"))
@@ -208,24 +190,13 @@ def run_child(run_args: tuple[str, ...], summary_json: Path, stop: threading.Eve
         summary["error"] = f"signflow run ended with exit code {code}"
     if stopped and result == FAILED:
         summary["error"] = f"the scheduler was asked to stop: {summary.get('error')}"
-    return CycleResult(result, code, summary, process={"pid": child.pid, "started_in_advance": warm})
+    return CycleResult(result, code, summary, process={"pid": child.pid, "started_in_advance": child is ready})
 
 
 def _no_summary_reason(code: int) -> str:
     if code < 0:
         return f"signflow run was killed by {signal.Signals(-code).name} (exit code {code}) before writing its summary"
     return f"signflow run ended with exit code {code} without writing its summary"
-
-
-def _signal_group(pgid: int, signum: int) -> bool:
-    """Send `signum` to the process group `pgid`; False when no process is left in it."""
-    try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # the group's number was reused by someone else's processes
-        return False
-    return True
 
 
 class Scheduler:
@@ -285,7 +256,7 @@ class Scheduler:
             return self._loop()
         finally:
             if self._ready is not None:
-                discard_ready_child(self._take_ready())
+                waiting_process.discard(self._take_ready())
             self._set(state="stopped", current_cycle=None)
             lock.release()
 

@@ -6,6 +6,7 @@ import logging
 import os
 import select
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from tfx.components.util import model_utils
 from tfx.types import standard_artifacts
 
 from components.serving_check.checks import check_signature_defs
-from components.serving_check.component import Executor, ServingCheck
+from components.serving_check.component import Executor, ServingCheck, probe_started_in_advance
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -72,6 +73,39 @@ def test_good_model_is_infra_blessed_in_tfx_terms(candidate, eval_images):
     assert report["images"] == report["compared_with_trainer"] == len(eval_images)
     # TFX's own Pusher accepts this InfraBlessing.
     assert tfx_pusher_executor.Executor().CheckBlessing({"infra_blessing": [blessing]})
+    assert report["probe_process"]["started_in_advance"] is False
+
+
+def test_the_probe_started_in_advance_runs_the_check_and_writes_its_log(candidate, eval_images):
+    with probe_started_in_advance() as ready:  # as the local runner wraps a run
+        blessing, report = run_check(candidate)
+
+    assert report["problems"] == [] and model_utils.is_infra_validated(blessing)
+    assert report["images"] == report["compared_with_trainer"] == len(eval_images)
+    assert report["probe_process"] == {"pid": ready.pid, "started_in_advance": True}
+    assert f"serving check probe, pid {ready.pid}" in (Path(blessing.uri) / "serving_check.log").read_text()
+    assert ready.returncode == 0
+
+
+def test_a_probe_started_in_advance_that_ended_is_replaced(candidate, caplog):
+    with probe_started_in_advance() as ready:
+        os.killpg(ready.pid, signal.SIGKILL)  # as the kernel's OOM killer would
+        ready.wait()
+        with caplog.at_level(logging.WARNING):
+            blessing, report = run_check(candidate)
+
+    assert report["problems"] == [] and model_utils.is_infra_validated(blessing)
+    assert report["probe_process"]["started_in_advance"] is False and report["probe_process"]["pid"] != ready.pid
+    assert (f"the serving check's probe started in advance (pid {ready.pid}) had ended (exit code "
+            f"{-signal.SIGKILL}): starting a new one") in caplog.text
+
+
+def test_a_probe_started_in_advance_and_not_needed_ends_with_the_run():
+    with probe_started_in_advance() as ready:
+        assert ready.poll() is None
+    assert ready.returncode is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(ready.pid, 0)  # nothing is left in its process group
 
 
 def test_broken_serving_signature_is_not_blessed(candidate, caplog):
