@@ -109,6 +109,7 @@ def main(args: argparse.Namespace) -> int:
         return local_runner.EXIT_USAGE
     landed = land(signer, images, Path(config.paths().ingest.inbox_dir))
     print(f"enrolling {signer!r}: {len(landed)} references in {landed[0].parent}")
-    return local_runner.main(argparse.Namespace(
-        config=args.config, overrides=[*args.overrides, "trainer.cycle=fast"], beam_mode=None, workers=None,
-        summary_json=args.summary_json, verbose=args.verbose))
+    run_args = local_runner.parse_arguments([])
+    run_args.config, run_args.overrides = args.config, [*args.overrides, "trainer.cycle=fast"]
+    run_args.summary_json, run_args.verbose = args.summary_json, args.verbose
+    return local_runner.main(run_args)

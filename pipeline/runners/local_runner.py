@@ -162,12 +162,17 @@ def arguments_from_stdin() -> argparse.Namespace | None:
     if not isinstance(arguments, list) or not all(isinstance(a, str) for a in arguments):
         raise SystemExit("signflow run: --arguments-on-stdin expects a JSON list of strings, got "
                          f"{json.dumps(arguments)!r}")
+    parsed = parse_arguments(arguments)
+    if parsed.arguments_on_stdin:
+        raise SystemExit("signflow run: --arguments-on-stdin is not one of a run's arguments")
+    return parsed
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """`signflow run`'s arguments, every option at its default unless given (also for commands that run it)."""
     parser = argparse.ArgumentParser(prog="signflow run")
     add_arguments(parser)
-    parsed = parser.parse_args(arguments)
-    if parsed.arguments_on_stdin:
-        parser.error("--arguments-on-stdin is not one of a run's arguments")
-    return parsed
+    return parser.parse_args(argv)
 
 
 def _failed(summary_json: Path | None, reason: str, code: int) -> int:

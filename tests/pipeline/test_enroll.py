@@ -1,4 +1,4 @@
-"""`signflow enroll`: what it refuses before any pipeline runs, and how it lands the references.
+"""`signflow enroll`: what it refuses before any pipeline runs, how it lands the references, and that it then runs.
 
 The fast cycle it runs is tested with the real Trainer in tests/trainer/test_trainer_tfx.py
 and end to end in tests/e2e/test_continuous_training.py.
@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.definition.configs import PipelineConfig
 from pipeline.runners.enroll_runner import MIN_REFERENCES, land
+from pipeline.training_server.run_lock import RUN_LOCK, FileLock
 from tests.fixtures.tiny_model import make_image_bytes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,3 +73,18 @@ def test_references_land_in_the_signers_inbox_folder_once(tmp_path):
     (renamed,) = land("alice", [other], inbox)
     assert renamed.name == f"{other.stem}-1{other.suffix}" and renamed.read_bytes() == other.read_bytes()
     assert not list(inbox.rglob("*.part"))
+
+
+def test_past_its_checks_enrolment_is_a_signflow_run_with_its_summary(tmp_path):
+    images = _references(tmp_path / "refs", MIN_REFERENCES)
+    (tmp_path / "serving_model" / "xception" / "1").mkdir(parents=True)  # a served version to start from
+    summary = tmp_path / "summary.json"
+    run_lock = PipelineConfig(pipeline_root=tmp_path / "pipeline_root").run_root / RUN_LOCK
+    run_lock.parent.mkdir(parents=True)
+    # The run finds the pipeline busy at once: what is tested is the hand-over to `signflow run`, not a cycle.
+    with FileLock(run_lock, purpose="make run-local"):
+        done = _enroll(tmp_path, "--signer", "alice", "--images", str(images), "--summary-json", str(summary))
+    assert done.returncode == 75, done.stderr[-3000:]
+    assert "enrolling 'alice': 5 references" in done.stdout
+    written = json.loads(summary.read_text())
+    assert written["result"] == "busy" and "make run-local" in written["error"]
