@@ -41,9 +41,10 @@ def hand_over(process: subprocess.Popen, message: Any) -> int | None:
 
 
 def discard(process: subprocess.Popen) -> None:
-    """End a waiting process that will not be needed, and whatever it started."""
-    signal_group(process.pid, signal.SIGKILL)
-    process.wait()
+    """End a waiting process that will not be needed, and whatever it started (nothing if it was run and reaped)."""
+    if process.returncode is None:  # not reaped yet, so its process group number is still its own
+        signal_group(process.pid, signal.SIGKILL)
+        process.wait()
     with contextlib.suppress(BrokenPipeError):
         process.stdin.close()
 

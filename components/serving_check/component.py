@@ -168,7 +168,7 @@ _ready_probe: subprocess.Popen | None = None
 
 
 @contextlib.contextmanager
-def probe_started_in_advance() -> Iterator[subprocess.Popen]:
+def probe_started_in_advance() -> Iterator[subprocess.Popen | None]:
     """While the block runs, a probe process waits with TensorFlow loaded; a serving check in it uses that process.
 
     The local runner wraps a whole run in this: importing TensorFlow is ~5.5 s of
@@ -177,7 +177,13 @@ def probe_started_in_advance() -> Iterator[subprocess.Popen]:
     """
     global _ready_probe
     command, env, root = _probe_command("--wait")
-    process = waiting_process.start(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=root)
+    try:
+        process = waiting_process.start(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                        cwd=root)
+    except OSError as err:  # the check will start its own process (and report why that fails, if it does)
+        logging.warning("could not start the serving check's probe in advance: %s", err)
+        yield None
+        return
     _ready_probe = process
     try:
         yield process
@@ -202,11 +208,12 @@ def run_probe_process(request: ProbeRequest, workdir: Path, log_path: Path, time
     log_path.parent.mkdir(parents=True, exist_ok=True)
     ready, _ready_probe = _ready_probe, None
     job = {"request": str(request_path), "result": str(result_path), "log": str(log_path)}
-    ended = waiting_process.hand_over(ready, job) if ready is not None else None
-    if ended is not None:
-        logging.warning("the serving check's probe started in advance (pid %d) had ended (exit code %d): "
-                        "starting a new one", ready.pid, ended)
+    # Opened (emptied) before the hand-over: the waiting probe appends to it from then on.
     with open(log_path, "wb") as log:
+        ended = waiting_process.hand_over(ready, job) if ready is not None else None
+        if ended is not None:
+            logging.warning("the serving check's probe started in advance (pid %d) had ended (exit code %d): "
+                            "starting a new one", ready.pid, ended)
         if ready is not None and ended is None:
             process = ready
         else:

@@ -111,7 +111,8 @@ def main(args: argparse.Namespace) -> int:
         args = arguments_from_stdin()
         if args is None:
             return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: a process started in advance has imported TFX, which already gave the root logger a handler.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     if not args.verbose:
         # TFX (absl) logs each component's full IR and Beam each type hint at INFO:
         # thousands of lines that hide signflow's own progress lines.

@@ -13,7 +13,8 @@ crash, a leak or a TensorFlow abort ends that cycle only, the scheduler logs the
 reason and goes on, and the serving side keeps the last version pushed. The
 next cycle's child starts as soon as the last cycle ends, loads TensorFlow and
 TFX (~10 s) and waits for its arguments on stdin (`start_ready_child`,
-components/waiting_process.py; `--no-start-in-advance` turns that off). A cycle
+components/waiting_process.py; `--no-start-in-advance` turns that off, and so
+does a `--cycle-prefix`, which may limit the process's life). A cycle
 counts as finished only when its child exits 0 or 75 and leaves its run summary;
 a child killed by a signal, or one that exits without a summary, is a failed
 cycle with that reason. Processes a cycle leaves behind in its group are killed
@@ -110,7 +111,8 @@ class ScheduleSettings:
     cycle_prefix: tuple[str, ...] = ()
     """A command each cycle's `signflow run` runs under (`nice -n 10`, `timeout 4h`); it must pass the exit code on."""
     start_in_advance: bool = True
-    """Start the next cycle's process (and its TFX imports, ~10 s) as soon as the last cycle ends."""
+    """Start the next cycle's process (and its TFX imports, ~10 s) as soon as the last cycle ends; never under a
+    cycle_prefix."""
 
 
 @dataclass
@@ -214,7 +216,8 @@ class Scheduler:
             lambda path, stop: run_child((*settings.run_args, *self.cycle_args), path, stop,
                                          prefix=settings.cycle_prefix, ready=self._take_ready()))
         # The next cycle's `signflow run`, loading TFX while the scheduler waits (only for real child cycles).
-        self._start_in_advance = settings.start_in_advance and run_cycle is None
+        # Not under a --cycle-prefix: the prefix may measure or limit the process's life (`timeout 4h`).
+        self._start_in_advance = settings.start_in_advance and run_cycle is None and not settings.cycle_prefix
         self._ready: subprocess.Popen | None = None
         self._on_status = on_status
         self._paths = config.paths().ingest
@@ -481,8 +484,8 @@ def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, help="passed on to every run (see signflow run --help)")
     parser.add_argument("--cycle-prefix", type=shlex.split, default=[], metavar="COMMAND",
                         help="run each cycle's `signflow run` under this command, split as a shell would, e.g. "
-                             "'nice -n 10' or 'timeout 4h'; it must pass the exit code on. The process starts "
-                             "before its cycle is due (see --no-start-in-advance), so a time limit counts the wait")
+                             "'nice -n 10' or 'timeout 4h'; it must pass the exit code on. With a prefix each "
+                             "cycle's process starts when the cycle is due, as with --no-start-in-advance")
     parser.add_argument("--no-start-in-advance", dest="start_in_advance", action="store_false",
                         help="start each cycle's process only when the cycle is due (default: the next cycle's "
                              "process starts when the last ends and loads TensorFlow and TFX while it waits: "
