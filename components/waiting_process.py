@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def start(command: list[str], **popen_args: Any) -> subprocess.Popen:
@@ -26,18 +29,19 @@ def start(command: list[str], **popen_args: Any) -> subprocess.Popen:
     return subprocess.Popen(command, stdin=subprocess.PIPE, start_new_session=True, **popen_args)
 
 
-def hand_over(process: subprocess.Popen, message: Any) -> int | None:
-    """Send `message`; None once sent, or the exit code of a process that had ended (reaped, its group ended)."""
+def hand_over(process: subprocess.Popen, message: Any, name: str) -> bool:
+    """Send `message`; False (logged, with `name`) when the process had ended: it is reaped, its group ended."""
     if process.poll() is None:
         try:
             process.stdin.write((json.dumps(message) + "\n").encode())
             process.stdin.close()
-            return None
+            return True
         except BrokenPipeError:  # it ended between poll() and the write
             pass
     code = process.wait()
     signal_group(process.pid, signal.SIGKILL)
-    return code
+    log.warning("%s started in advance (pid %d) had ended (exit code %d): starting a new one", name, process.pid, code)
+    return False
 
 
 def discard(process: subprocess.Popen) -> None:

@@ -210,11 +210,7 @@ def run_probe_process(request: ProbeRequest, workdir: Path, log_path: Path, time
     job = {"request": str(request_path), "result": str(result_path), "log": str(log_path)}
     # Opened (emptied) before the hand-over: the waiting probe appends to it from then on.
     with open(log_path, "wb") as log:
-        ended = waiting_process.hand_over(ready, job) if ready is not None else None
-        if ended is not None:
-            logging.warning("the serving check's probe started in advance (pid %d) had ended (exit code %d): "
-                            "starting a new one", ready.pid, ended)
-        if ready is not None and ended is None:
+        if ready is not None and waiting_process.hand_over(ready, job, "the serving check's probe"):
             process = ready
         else:
             command, env, root = _probe_command(str(request_path), str(result_path))

@@ -143,9 +143,9 @@ def scheduler_lock_path(config: PipelineConfig) -> Path:
     return schedule_dir(config) / SCHEDULER_LOCK
 
 
-def start_ready_child(prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+def start_ready_child() -> subprocess.Popen:
     """A `signflow run` that loads TFX now and runs once its arguments arrive on stdin (run_child's `ready`)."""
-    return waiting_process.start([*prefix, sys.executable, "-m", "pipeline.cli", "run", "--arguments-on-stdin"])
+    return waiting_process.start([sys.executable, "-m", "pipeline.cli", "run", "--arguments-on-stdin"])
 
 
 def run_child(run_args: tuple[str, ...], summary_json: Path, stop: threading.Event,
@@ -155,15 +155,9 @@ def run_child(run_args: tuple[str, ...], summary_json: Path, stop: threading.Eve
     `ready` (start_ready_child) runs the cycle when it is still alive; otherwise a new process does.
     """
     arguments = [*run_args, "--summary-json", str(summary_json)]
-    child = None
-    if ready is not None:
-        ended = waiting_process.hand_over(ready, arguments)
-        if ended is None:
-            child = ready
-        else:
-            log.warning("the cycle process started in advance (pid %d) had ended (exit code %d): starting a new one",
-                        ready.pid, ended)
-    if child is None:
+    if ready is not None and waiting_process.hand_over(ready, arguments, "the cycle process"):
+        child = ready
+    else:
         child = subprocess.Popen([*prefix, sys.executable, "-m", "pipeline.cli", "run", *arguments],
                                  start_new_session=True)
     stopped = False
@@ -270,7 +264,7 @@ class Scheduler:
                  human_duration(s.interval_seconds), s.min_new_records, human_duration(s.poll_seconds), self.status_file)
         while not self.stop.is_set():
             if self._start_in_advance and self._ready is None:
-                self._ready = start_ready_child(s.cycle_prefix)
+                self._ready = start_ready_child()
                 self._set(ready_process_pid=self._ready.pid)
             waiting = self._count_waiting()
             now = time.time()
