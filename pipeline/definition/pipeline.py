@@ -117,10 +117,11 @@ def create_pipeline(
         eval_config=evaluation.eval_config(gate),
         module_path=evaluation.EVALUATOR_MODULE,
     )
+    # Not given the Evaluator's blessing (which would let it skip a refused model): without it the two
+    # depend only on the Trainer and run side by side (pipeline/runners/concurrent_dag.py).
     serving_check = ServingCheck(
         model=trainer.outputs["model"],
         examples=training_examples,
-        blessing=evaluator.outputs["blessing"],
         model_run=trainer.outputs["model_run"],
         num_examples=delivery.check_requests,
         score_tolerance=delivery.score_tolerance,

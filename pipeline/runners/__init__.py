@@ -2,7 +2,9 @@
 pipeline with create_pipeline(**pipeline_arguments(config, paths)), and hands it to one orchestrator. The ingest
 runner runs the ExampleGen alone, under the same name and MLMD.
 
-    local_runner.py                               `signflow run`: LocalDagRunner, SQLite MLMD, the run lock
+    local_runner.py                               `signflow run`: SQLite MLMD, the run lock
+    concurrent_dag.py                             its orchestrator: TFX's LocalDagRunner, independent components
+                                                  side by side
     kubeflow_v2_runner.py + kubeflow_config.py    `signflow compile-kubeflow` / `collect-kubeflow`
     airflow_dag.py                                an Airflow DAG file (a process entry point of its own)
     ingest_runner.py                              `signflow ingest`: the ExampleGen alone

@@ -1,4 +1,5 @@
-"""Runs the pipeline once on this machine: TFX's LocalDagRunner, Beam's DirectRunner, SQLite MLMD.
+"""Runs the pipeline once on this machine: TFX's LocalDagRunner (independent components side by side), Beam's
+DirectRunner, SQLite MLMD.
 
 `make run-local` and `signflow run` call this, and `signflow schedule` runs it
 as a child process per cycle. All paths come from the typed config
@@ -60,15 +61,13 @@ def run(config: PipelineConfig) -> RunSummary:
     Path(paths.pipeline_root).parent.mkdir(parents=True, exist_ok=True)
     Path(paths.ingest.inbox_dir).mkdir(parents=True, exist_ok=True)
     with FileLock(Path(paths.pipeline_root) / RUN_LOCK, purpose="signflow run"):
-        # tfx.v1's LocalDagRunner (why not tfx.v1: pipeline/definition/pipeline.py).
-        from tfx.orchestration.local.local_dag_runner import LocalDagRunner
-
         from components.serving_check.component import probe_started_in_advance
+        from pipeline.runners.concurrent_dag import ConcurrentDagRunner
         from pipeline.training_server.run_summary import summarize
 
         started = time.monotonic()
         with probe_started_in_advance():
-            LocalDagRunner().run(build(config, paths))
+            ConcurrentDagRunner().run(build(config, paths))
         summary = summarize(paths.metadata_path)
         log.info("pipeline run finished in %.1f s", time.monotonic() - started)
     return summary
@@ -151,8 +150,8 @@ def arguments_from_stdin() -> argparse.Namespace | None:
     server stopped without needing this process.
     """
     # The run's own imports (build() and run()), done now rather than once the cycle is due.
-    from tfx.orchestration.local.local_dag_runner import LocalDagRunner  # noqa: F401
     from pipeline.definition.pipeline import create_pipeline  # noqa: F401
+    from pipeline.runners.concurrent_dag import ConcurrentDagRunner  # noqa: F401
     from pipeline.training_server.run_summary import summarize  # noqa: F401
 
     from components import waiting_process
