@@ -25,6 +25,10 @@ from serving.contract import (
     SERVING_SIGNATURE,
 )
 
+# The reason ServingCheck records when given the Evaluator's blessing and the model is not blessed: a skip,
+# not a verdict (pipeline/training_server/run_summary.py reads it so).
+SKIPPED_NOT_BLESSED = "skipped: the Evaluator did not bless this model"
+
 # DataType enum values from tensorflow/core/framework/types.proto.
 DT_FLOAT = 1
 DT_STRING = 7

@@ -1,6 +1,7 @@
 """ServingCheck: TFX's InfraValidator for a machine without Docker or Kubernetes.
 
-Between Evaluator and Pusher. The executor starts a separate process
+After the Trainer and beside the Evaluator (it waits for the gate's verdict only
+when given it), before the Pusher. The executor starts a separate process
 (components.serving_check.probe) that loads the candidate SavedModel as TF
 Serving does (or runs a real `tensorflow_model_server` when one is on PATH),
 replays the model's own warmup requests, sends base64 requests built from eval
@@ -43,6 +44,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import path_utils
 
 from components import storage, waiting_process
+from components.serving_check.checks import SKIPPED_NOT_BLESSED
 from components.serving_check.probe import IN_PROCESS, MODEL_SERVER, ProbeRequest
 from components.trainer.predictions import EVAL_PREDICTIONS_FILE
 
@@ -111,7 +113,7 @@ class Executor(base_executor.BaseExecutor):
         blessing = input_dict.get(BLESSING_KEY)
         if blessing and not model_utils.is_model_blessed(artifact_utils.get_single_instance(blessing)):
             # Serving a model that will not be pushed anyway would only cost time.
-            _mark(infra_blessing, ["skipped: the Evaluator did not bless this model"], {})
+            _mark(infra_blessing, [SKIPPED_NOT_BLESSED], {})
             return
 
         problems = []

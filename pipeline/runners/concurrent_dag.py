@@ -6,15 +6,18 @@ independent ones in parallel one day). In this pipeline the Evaluator and the
 serving check depend only on the Trainer's model, and each spends seconds loading
 and calling it (the check mostly in its own probe process): run side by side, as
 Kubeflow and Vertex AI run them, a cycle waits for the longer of the two instead of
-their sum.
+their sum. (The first components overlap a little too: the schema import and the
+baseline resolver with ingestion, the span resolver with StatisticsGen.)
 
-Each component is launched by TFX's own `Launcher`, as LocalDagRunner launches it,
-on a thread of its own. ML Metadata's SQLite store is not written by two
-connections at once: every Launcher's connection takes one process-wide lock while
-it is open (TFX opens it only around its reads and writes, not while the executor
-runs). A component that fails lets the ones already running finish, starts no
-other, and its exception is raised. Partial runs (`run_options`) go to
-LocalDagRunner as they are.
+Each component is launched by TFX's own `Launcher`, as LocalDagRunner launches it.
+Of the components ready at once, the first runs on the calling thread, as under
+LocalDagRunner (so Ctrl-C during the Trainer stops the Trainer), the others on
+threads of their own. ML Metadata's SQLite store is not written by two connections
+at once: every Launcher's connection takes one process-wide lock while it is open
+(TFX opens it only around its reads and writes, not while the executor runs). A
+component that fails, or an interrupt, starts no other component; the runner waits
+for those still running on their threads (a second interrupt ends the process at
+once), then raises. Partial runs (`run_options`) go to LocalDagRunner as they are.
 
 Layer: runner (used by local_runner; Kubeflow and Vertex AI have their own).
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import queue
 import threading
 
@@ -31,11 +35,14 @@ from tfx.orchestration.local import runner_utils
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 from tfx.orchestration.portable import launcher, runtime_parameter_utils
 from tfx.proto.orchestration import pipeline_pb2
+from tfx.utils import telemetry_utils
 
 log = logging.getLogger(__name__)
 
 # One ML Metadata connection open at a time in this process (reentrant: TFX nests them).
 _METADATA_LOCK = threading.RLock()
+# A shell's exit status for a process ended by SIGINT.
+EXIT_INTERRUPTED = 130
 
 
 class _OneAtATimeMetadata(metadata.Metadata):
@@ -87,11 +94,11 @@ class ConcurrentDagRunner(LocalDagRunner):
 
         waiting = [node.pipeline_node for node in pipeline.nodes]  # topological order
         done: set[str] = set()
-        running: set[str] = set()
+        on_threads: set[str] = set()
         finished: queue.Queue[tuple[str, BaseException | None]] = queue.Queue()
         failure: BaseException | None = None
 
-        def launch(node_id: str, component: launcher.Launcher) -> None:
+        def launch_on_thread(node_id: str, component: launcher.Launcher) -> None:
             try:
                 component.launch()
             except BaseException as err:  # handed to the runner's thread, which raises it
@@ -99,31 +106,72 @@ class ConcurrentDagRunner(LocalDagRunner):
             else:
                 finished.put((node_id, None))
 
-        while True:
-            while failure is None and len(running) < self._max_parallel:
-                ready = next((n for n in waiting if set(n.upstream_nodes) <= done), None)
-                if ready is None:
-                    break
-                waiting.remove(ready)
-                node_id = ready.node_info.id
-                if ready.execution_options.HasField("skip"):
-                    log.info("Skipping component %s.", node_id)
-                    done.add(node_id)
-                    continue
-                log.info("Component %s is running.", node_id)
-                running.add(node_id)
-                # Daemon: an interrupted run does not wait for its components at exit.
-                threading.Thread(target=launch, args=(node_id, launcher_for(ready)), name=f"tfx-{node_id}",
-                                 daemon=True).start()
-            if not running:
-                break
-            node_id, err = finished.get()
-            running.discard(node_id)
+        def settle(node_id: str, err: BaseException | None) -> None:
+            nonlocal failure
             if err is None:
                 done.add(node_id)
                 log.info("Component %s is finished.", node_id)
             elif failure is None:
                 failure = err
+
+        with telemetry_utils.scoped_labels({telemetry_utils.LABEL_TFX_RUNNER: "local"}):
+            try:
+                while failure is None:
+                    ready = [n for n in waiting if set(n.upstream_nodes) <= done]
+                    ready = ready[:max(self._max_parallel - len(on_threads), 0)]
+                    for node in ready:
+                        waiting.remove(node)
+                    launchers = []
+                    for node in ready:
+                        node_id = node.node_info.id
+                        if node.execution_options.HasField("skip"):
+                            log.info("Skipping component %s.", node_id)
+                            done.add(node_id)
+                        else:
+                            launchers.append((node_id, launcher_for(node)))
+                    if not launchers and not on_threads:
+                        if ready:  # only skipped ones: look again
+                            continue
+                        break
+                    for node_id, component in launchers[1:]:
+                        log.info("Component %s is running.", node_id)
+                        on_threads.add(node_id)
+                        threading.Thread(target=launch_on_thread, args=(node_id, component), name=f"tfx-{node_id}",
+                                         daemon=True).start()
+                    if launchers:
+                        node_id, component = launchers[0]
+                        log.info("Component %s is running.", node_id)
+                        try:
+                            component.launch()
+                        except Exception as err:
+                            settle(node_id, err)
+                        else:
+                            settle(node_id, None)
+                    else:
+                        node_id, err = finished.get()
+                        on_threads.discard(node_id)
+                        settle(node_id, err)
+                    while True:  # whatever else ended meanwhile
+                        try:
+                            node_id, err = finished.get_nowait()
+                        except queue.Empty:
+                            break
+                        on_threads.discard(node_id)
+                        settle(node_id, err)
+            except BaseException as err:  # an interrupt, or a failure launching a component
+                failure = err
+            if on_threads:
+                log.warning("waiting for %s to finish before stopping the run (interrupt again to end at once)",
+                            ", ".join(sorted(on_threads)))
+            try:
+                while on_threads:
+                    node_id, err = finished.get()
+                    on_threads.discard(node_id)
+                    settle(node_id, err)
+            except KeyboardInterrupt:
+                # The run lock and the probe's input are released by the kernel when the process ends.
+                log.error("interrupted again: ending with %s still running", ", ".join(sorted(on_threads)))
+                os._exit(EXIT_INTERRUPTED)
         if failure is not None:
             raise failure
         if waiting:  # upstream nodes that are not in the pipeline: a compiler bug, not a run to report as done

@@ -1,5 +1,5 @@
-"""Runs the pipeline once on this machine: TFX's LocalDagRunner (independent components side by side), Beam's
-DirectRunner, SQLite MLMD.
+"""Runs the pipeline once on this machine: ConcurrentDagRunner (TFX's LocalDagRunner, independent components side
+by side), Beam's DirectRunner, SQLite MLMD.
 
 `make run-local` and `signflow run` call this, and `signflow schedule` runs it
 as a child process per cycle. All paths come from the typed config

@@ -24,13 +24,15 @@ from typing import Any
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
+from components.serving_check.checks import SKIPPED_NOT_BLESSED
 from serving.contract import INGEST_COUNTS, VERIFICATION_METRIC_PREFIX
 
 PIPELINE_RUN_CONTEXT = "pipeline_run"
 NODE_CONTEXT = "node"
 # Signers printed as the weakest, lowest accuracy first; verifiers printed as the worst, highest EER first.
 WEAKEST_SIGNERS = 3
-# What `serving_check` says: ServingCheck's verdict, or that it skipped a model the Evaluator did not bless.
+# What `serving_check` says: ServingCheck's verdict, or that it skipped a model the Evaluator did not bless
+# (when a pipeline gives it the Evaluator's blessing; this one does not).
 CHECK_PASSED, CHECK_FAILED, CHECK_NOT_RUN = "passed", "failed", "not run"
 
 
@@ -449,13 +451,13 @@ def _threshold(threshold: Any) -> str:
 def _read_delivery(summary: RunSummary) -> None:
     infra = _outputs(summary, "ServingCheck.infra_blessing")
     if infra:
-        if summary.blessed is False:
-            # NOTE: ServingCheck serves nothing when the Evaluator did not bless the model; the not-blessed
-            # InfraBlessing it writes then is a skip, not a verdict (components/serving_check/component.py).
+        reason = _custom(infra[0], "reason") or ""
+        if reason.startswith(SKIPPED_NOT_BLESSED):
+            # Given the Evaluator's blessing, ServingCheck serves nothing the Evaluator refused: a skip, not a verdict.
             summary.serving_check = CHECK_NOT_RUN
         else:
             summary.infra_blessed = _custom(infra[0], "blessed") == 1
-            summary.infra_reason = _custom(infra[0], "reason") or ""
+            summary.infra_reason = reason
             summary.serving_check = CHECK_PASSED if summary.infra_blessed else CHECK_FAILED
     for pushed in _outputs(summary, "Pusher.pushed_model"):
         if _custom(pushed, "pushed") == 1:

@@ -8,6 +8,7 @@ objects.)
 """
 from typing import List
 
+import logging
 import threading
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tfx.orchestration import metadata
 from tfx.orchestration.pipeline import Pipeline
 from tfx.types.standard_artifacts import String
 
+from pipeline.runners import concurrent_dag
 from pipeline.runners.concurrent_dag import ConcurrentDagRunner
 
 # A hang guard, not a pace: a component that waits this long at the barrier has run alone.
@@ -34,6 +36,8 @@ class Journal:
         self.running = 0
         self.most_at_once = 0
         self.barrier = threading.Barrier(barrier_parties, timeout=BARRIER_TIMEOUT_S)
+        self.right_started = threading.Event()
+        self.release_right = threading.Event()
 
     def enter(self, name: str) -> None:
         with self.lock:
@@ -59,13 +63,23 @@ def Source(out: OutputArtifact[String]):  # noqa: N802 (TFX component names are 
 
 @component
 def Branch(source: InputArtifact[String], out: OutputArtifact[String], name: Parameter[str],  # noqa: N802
-           meet: Parameter[int] = 0, fail: Parameter[int] = 0):
+           behaviour: Parameter[str] = ""):
     JOURNAL.enter(name)
     try:
-        if meet:
+        if name == "right":
+            JOURNAL.right_started.set()
+        if behaviour == "meet":
             JOURNAL.barrier.wait()
-        if fail:
+        elif behaviour == "fail":
             raise RuntimeError(f"{name} failed on purpose")
+        elif behaviour == "interrupt":  # as Ctrl-C lands in the component running on the runner's thread
+            assert JOURNAL.right_started.wait(BARRIER_TIMEOUT_S), "right never started"
+            raise KeyboardInterrupt
+        elif behaviour == "wait_for_release":
+            assert JOURNAL.release_right.wait(BARRIER_TIMEOUT_S), "never released"
+        elif behaviour == "alone":
+            # A wait for something that must not happen is bounded by time; 1 s is ample for a thread to start.
+            assert not JOURNAL.right_started.wait(1), "right started while left was running"
         out.value = name
     finally:
         JOURNAL.leave(name)
@@ -77,10 +91,11 @@ def Sink(left: InputArtifact[String], right: InputArtifact[String]):  # noqa: N8
     JOURNAL.leave("sink")
 
 
-def diamond(root: Path, *, meet: int = 0, fail_left: int = 0) -> Pipeline:
+def diamond(root: Path, left: str = "", right: str = "") -> Pipeline:
+    """source -> (left, right) -> sink; `left` and `right` say what each branch does (Branch's behaviour)."""
     source = Source()
-    left = Branch(source=source.outputs["out"], name="left", meet=meet, fail=fail_left).with_id("left")
-    right = Branch(source=source.outputs["out"], name="right", meet=meet).with_id("right")
+    left = Branch(source=source.outputs["out"], name="left", behaviour=left).with_id("left")
+    right = Branch(source=source.outputs["out"], name="right", behaviour=right).with_id("right")
     sink = Sink(left=left.outputs["out"], right=right.outputs["out"])
     return Pipeline(
         pipeline_name="diamond", pipeline_root=str(root / "root"), components=[source, left, right, sink],
@@ -101,7 +116,7 @@ def journal():
 
 
 def test_independent_components_run_at_the_same_time_and_their_dependents_after_both(tmp_path, journal):
-    ConcurrentDagRunner().run(diamond(tmp_path, meet=1))
+    ConcurrentDagRunner().run(diamond(tmp_path, left="meet", right="meet"))
     events = journal.events
     assert events[:2] == ["start source", "end source"]
     assert set(events[2:4]) == {"start left", "start right"}  # both started before either ended
@@ -111,17 +126,61 @@ def test_independent_components_run_at_the_same_time_and_their_dependents_after_
 
 
 def test_max_parallel_one_runs_one_component_at_a_time(tmp_path, journal):
-    ConcurrentDagRunner(max_parallel=1).run(diamond(tmp_path))
+    ConcurrentDagRunner(max_parallel=1).run(diamond(tmp_path, left="alone"))
     assert journal.most_at_once == 1
     assert journal.events[-2:] == ["start sink", "end sink"] and len(journal.events) == 8
 
 
 def test_a_failure_lets_the_running_branch_finish_starts_nothing_after_it_and_is_raised(tmp_path, journal):
     with pytest.raises(RuntimeError, match="left failed on purpose"):
-        ConcurrentDagRunner().run(diamond(tmp_path, fail_left=1))
+        ConcurrentDagRunner().run(diamond(tmp_path, left="fail"))
     assert "end right" in journal.events
     assert "start sink" not in journal.events
     assert execution_states(tmp_path) == ["COMPLETE", "COMPLETE", "FAILED"]
+
+
+class _ReleaseWhenTheRunnerWaits(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("waiting for right to finish"):
+            JOURNAL.release_right.set()
+
+
+def test_an_interrupt_waits_for_the_component_on_the_other_thread_then_is_raised(tmp_path, journal):
+    """Ctrl-C lands in the component on the runner's own thread (left); right, on another thread, is let finish
+    (and recorded) before the interrupt leaves the runner, so the run lock is not released under it."""
+    handler = _ReleaseWhenTheRunnerWaits()
+    runner_log = logging.getLogger("pipeline.runners.concurrent_dag")
+    runner_log.addHandler(handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ConcurrentDagRunner().run(diamond(tmp_path, left="interrupt", right="wait_for_release"))
+    finally:
+        runner_log.removeHandler(handler)
+    assert journal.events[-1] == "end right" and "start sink" not in journal.events
+    assert execution_states(tmp_path) == ["COMPLETE", "COMPLETE", "RUNNING"]  # source, right; left interrupted
+
+
+def test_one_metadata_connection_is_open_at_a_time(tmp_path):
+    config = metadata.sqlite_metadata_connection_config(str(tmp_path / "metadata.sqlite"))
+
+    def free_elsewhere() -> bool:
+        result = []
+
+        def probe():
+            if concurrent_dag._METADATA_LOCK.acquire(blocking=False):
+                concurrent_dag._METADATA_LOCK.release()
+                result.append(True)
+            else:
+                result.append(False)
+
+        thread = threading.Thread(target=probe)
+        thread.start()
+        thread.join()
+        return result[0]
+
+    with concurrent_dag._OneAtATimeMetadata(config) as m:
+        assert m.store is not None and not free_elsewhere()
+    assert free_elsewhere()
 
 
 def test_max_parallel_must_be_positive():

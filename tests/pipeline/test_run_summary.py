@@ -1,7 +1,7 @@
 """What the run summary says about the gate and the serving check, from the artifacts' own properties.
 
 The artifacts carry the properties the Evaluator, ServingCheck and Pusher write
-(ServingCheck's skip of a model the Evaluator did not bless included); the
+(ServingCheck's skip of a model the Evaluator did not bless, when a pipeline gives it that verdict, included); the
 per-signer lines are read from a real evaluation in test_signer_gate.py.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 
+from components.serving_check.checks import SKIPPED_NOT_BLESSED
 from pipeline.training_server.run_summary import CHECK_NOT_RUN, RunSummary, SignerResult, read_outputs
 
 
@@ -36,15 +37,26 @@ def _summary(blessed: int, infra_blessed: int, infra_reason: str = "", pushed: i
     return summary
 
 
-def test_a_model_the_evaluator_did_not_bless_was_not_served_by_the_serving_check():
-    # What ServingCheck writes for a model that is not blessed (components/serving_check/component.py).
-    summary = _summary(blessed=0, infra_blessed=0, infra_reason="skipped: the Evaluator did not bless this model")
+def test_a_serving_check_given_the_evaluators_refusal_is_reported_as_not_run():
+    # What ServingCheck writes when a pipeline gives it the Evaluator's blessing and the model is not blessed.
+    summary = _summary(blessed=0, infra_blessed=0, infra_reason=SKIPPED_NOT_BLESSED)
     lines = summary.lines()
     assert "serving check: not run" in lines
     assert not [line for line in lines if "skipped" in line or "failed" in line]
     assert summary.result == "not_blessed"
     data = summary.to_json()
     assert (data["serving_check"], data["infra_blessed"], data["infra_reason"]) == (CHECK_NOT_RUN, None, "")
+
+
+@pytest.mark.parametrize("infra_blessed, line", [
+    (1, "serving check: passed"),
+    (0, "serving check: failed: tf-serving-session: failed to load"),
+])
+def test_a_model_the_evaluator_refused_still_gets_the_verdict_of_the_check_that_ran_beside_it(infra_blessed, line):
+    summary = _summary(blessed=0, infra_blessed=infra_blessed,
+                       infra_reason="" if infra_blessed else "tf-serving-session: failed to load")
+    assert line in summary.lines() and summary.result == "not_blessed"
+    assert summary.to_json()["infra_blessed"] == bool(infra_blessed)
 
 
 @pytest.mark.parametrize(
