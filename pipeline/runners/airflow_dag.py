@@ -18,7 +18,9 @@ TFX's component launcher with its driver, so SignatureExampleGen's driver
 collects new inbox files into a new span exactly as in a local run.
 
 One run at a time and one task at a time: ingestion's spans and the SQLite
-MLMD store expect a single writer, as under LocalDagRunner. The local run lock
+MLMD store expect a single writer (a local run, which runs the Evaluator and the
+serving check side by side, lets one MLMD connection be open at a time; Airflow's
+tasks are separate processes, which no lock here spans). The local run lock
 (pipeline/training_server/run_lock.py) is not taken across Airflow's tasks, so do not run
 `signflow run` or `signflow schedule` on the same pipeline root as this DAG.
 Written for Airflow 2.4 to 2.x: TFX 1.16's Airflow runner imports
