@@ -213,6 +213,10 @@ class Scheduler:
         # Not under a --cycle-prefix: the prefix may measure or limit the process's life (`timeout 4h`).
         self._start_in_advance = settings.start_in_advance and run_cycle is None and not settings.cycle_prefix
         self._ready: subprocess.Popen | None = None
+        # Set when the process started in advance ended while waiting: none is started again before the next
+        # cycle has run, so that one that cannot start (a failing import after a deploy) is not restarted at
+        # every poll.
+        self._ready_ended = False
         self._on_status = on_status
         self._paths = config.paths().ingest
         self._key_cache: dict = {}
@@ -263,7 +267,13 @@ class Scheduler:
         log.info("training server: interval %s, min new records %d, poll %s; status in %s",
                  human_duration(s.interval_seconds), s.min_new_records, human_duration(s.poll_seconds), self.status_file)
         while not self.stop.is_set():
-            if self._start_in_advance and self._ready is None:
+            if self._ready is not None and self._ready.poll() is not None:
+                ended = self._take_ready()
+                log.warning("the cycle process started in advance (pid %d) ended while waiting (exit code %s): "
+                            "the next cycle starts its own", ended.pid, ended.returncode)
+                waiting_process.discard(ended)
+                self._ready_ended = True
+            if self._start_in_advance and self._ready is None and not self._ready_ended:
                 self._ready = start_ready_child()
                 self._set(ready_process_pid=self._ready.pid)
             waiting = self._count_waiting()
@@ -274,6 +284,7 @@ class Scheduler:
             trigger = "once" if s.once else self._trigger(waiting.records, now)
             if trigger:
                 outcome = self._cycle(trigger)
+                self._ready_ended = False
                 cycles += 1
                 if s.once:
                     return 0 if outcome.result in FINISHED else (75 if outcome.result == BUSY else 1)

@@ -520,24 +520,33 @@ def test_a_cycle_runs_in_the_process_started_before_it_was_due(tmp_path, process
     assert read_status(status_path(config))["ready_process_pid"] is None
 
 
-def test_a_process_started_in_advance_that_ended_is_replaced_when_the_cycle_is_due(tmp_path, processes):
+def test_a_process_started_in_advance_that_ended_is_noticed_at_the_next_poll_and_the_cycle_starts_its_own(
+        tmp_path, processes):
     config = _config(tmp_path)
     log = tmp_path / "schedule.log"
     with FileLock(config.run_root / RUN_LOCK, purpose="make run-local"):
         scheduler = processes.schedule(_config_file(tmp_path, config), "--interval", "1h", "--min-new-records", "1",
-                                       "--poll", "0.1s", "--max-cycles", "1", log=log)
+                                       "--poll", "0.1s", "--retry", "1h", log=log)
         ready = processes.track(_status_when(config, lambda status: status["ready_process_pid"],
                                              "the process for the first cycle")["ready_process_pid"])
         os.kill(ready, signal.SIGKILL)  # as the kernel's OOM killer would
         _wait(lambda: not _alive(ready), what="the killed process to end")
+        polled = _status_when(config, lambda status: status["ready_process_pid"] is None,
+                              "the status to stop naming the killed process")
+        # Not replaced before the next cycle: later polls name no process.
+        assert _wait_for_polls(config, polled["polls"], 3)["ready_process_pid"] is None
         _drop(config, "a.jsonl", 1)
-        assert scheduler.wait(timeout=180) == 0, log.read_text()
-    last = read_status(status_path(config))["last_cycle"]
+        status = _status_when(config, lambda status: status["cycles"].get(BUSY) == 1 and status["ready_process_pid"],
+                              "the busy cycle and, after it, a process for the next", timeout=180)
+    last = status["last_cycle"]
     processes.track(last["process"]["pid"])
     assert last["result"] == BUSY and last["process"]["started_in_advance"] is False
     assert last["process"]["pid"] != ready
-    assert (f"the cycle process started in advance (pid {ready}) had ended (exit code {-signal.SIGKILL}): "
-            "starting a new one") in log.read_text()
+    assert _alive(processes.track(status["ready_process_pid"]))
+    scheduler.send_signal(signal.SIGTERM)
+    assert scheduler.wait(timeout=60) == 0, log.read_text()
+    assert (f"the cycle process started in advance (pid {ready}) ended while waiting (exit code {-signal.SIGKILL}): "
+            "the next cycle starts its own") in log.read_text()
 
 
 @pytest.mark.parametrize("option", [("--no-start-in-advance",), ("--cycle-prefix", "nice -n 5")],
