@@ -218,17 +218,17 @@ def run_probe_process(request: ProbeRequest, workdir: Path, log_path: Path, time
             command, env, root = _probe_command(str(request_path), str(result_path))
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root,
                                        start_new_session=True)
+        probe = {"probe_process": {"pid": process.pid, "started_in_advance": process is ready}}
         try:
             code = process.wait(timeout=timeout_seconds)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            return {"problems": [f"the serving check did not finish within {timeout_seconds}s (killed)"]}
+            return {"problems": [f"the serving check did not finish within {timeout_seconds}s (killed)"], **probe}
     if code != 0 or not result_path.is_file():
         tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
-        return {"problems": [f"the serving process died (exit code {code}): {tail}"]}
-    return {**json.loads(result_path.read_text(encoding="utf-8")),
-            "probe_process": {"pid": process.pid, "started_in_advance": process is ready}}
+        return {"problems": [f"the serving process died (exit code {code}): {tail}"], **probe}
+    return {**json.loads(result_path.read_text(encoding="utf-8")), **probe}
 
 
 def _probe_command(*args: str) -> tuple[list[str], dict[str, str], str]:

@@ -213,6 +213,7 @@ def test_hung_serving_process_is_killed_with_its_children_and_not_blessed(candid
 
     assert not model_utils.is_infra_validated(blessing)
     assert report["problems"] == ["the serving check did not finish within 1s (killed)"]
+    assert report["probe_process"]["started_in_advance"] is False  # which process it was, also when it failed
     # The whole process group went, not only the probe.
     assert every_holder_exited, f"a process of the killed serving check still held {fifo} after {EXIT_GUARD_SECONDS}s"
 
