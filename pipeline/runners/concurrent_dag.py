@@ -108,6 +108,7 @@ class ConcurrentDagRunner(LocalDagRunner):
 
         def settle(node_id: str, err: BaseException | None) -> None:
             nonlocal failure
+            on_threads.discard(node_id)
             if err is None:
                 done.add(node_id)
                 log.info("Component %s is finished.", node_id)
@@ -148,16 +149,9 @@ class ConcurrentDagRunner(LocalDagRunner):
                         else:
                             settle(node_id, None)
                     else:
-                        node_id, err = finished.get()
-                        on_threads.discard(node_id)
-                        settle(node_id, err)
-                    while True:  # whatever else ended meanwhile
-                        try:
-                            node_id, err = finished.get_nowait()
-                        except queue.Empty:
-                            break
-                        on_threads.discard(node_id)
-                        settle(node_id, err)
+                        settle(*finished.get())
+                    while not finished.empty():  # whatever else ended meanwhile (only this thread takes)
+                        settle(*finished.get())
             except BaseException as err:  # an interrupt, or a failure launching a component
                 failure = err
             if on_threads:
@@ -165,9 +159,7 @@ class ConcurrentDagRunner(LocalDagRunner):
                             ", ".join(sorted(on_threads)))
             try:
                 while on_threads:
-                    node_id, err = finished.get()
-                    on_threads.discard(node_id)
-                    settle(node_id, err)
+                    settle(*finished.get())
             except KeyboardInterrupt:
                 # The run lock and the probe's input are released by the kernel when the process ends.
                 log.error("interrupted again: ending with %s still running", ", ".join(sorted(on_threads)))

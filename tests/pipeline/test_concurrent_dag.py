@@ -30,12 +30,12 @@ BARRIER_TIMEOUT_S = 120
 class Journal:
     """What the components did, in order, and how many ran at once at most."""
 
-    def __init__(self, barrier_parties: int = 2):
+    def __init__(self):
         self.lock = threading.Lock()
         self.events: List[str] = []
         self.running = 0
         self.most_at_once = 0
-        self.barrier = threading.Barrier(barrier_parties, timeout=BARRIER_TIMEOUT_S)
+        self.barrier = threading.Barrier(2, timeout=BARRIER_TIMEOUT_S)
         self.right_started = threading.Event()
         self.release_right = threading.Event()
 
