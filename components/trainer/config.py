@@ -115,13 +115,18 @@ class TrainerConfig:
     cache_mib: int = 1024
     label_smoothing: float = 0.1
     dropout: float = 0.2
-    # Weight of the forgery head's loss (model.with_forgery_head) when the train split has
+    # Weight of the forgery head's loss (model.training_model) when the train split has
     # forgeries: the backbone also learns to tell a forgery from a genuine signature, so the
     # verification SVMs see skilled forgeries apart. Measured on real scans
     # (docs/benchmarks.md#verification-on-real-signatures): skilled-forgery EER 19.1% -> 13.9%,
     # random-forgery EER 0.4% -> 1.6%, open set costs more. 0: the signer head alone. Without
     # forgeries in the train split nothing changes.
     forgery_loss_weight: float = 1.0
+    # Weight of the signer-centre loss (model.training_model): each genuine signature's
+    # cosine distance to a learned centre of its signer, so that a signer's signatures
+    # gather around one direction of the L2-normalised features the verification SVMs
+    # and the open-set rule see. 0: off.
+    center_loss_weight: float = 0.0
 
     # Augmentation (training only).
     augment: bool = True
@@ -218,6 +223,8 @@ class TrainerConfig:
             raise ValueError(f"validation_fraction must be in [0, 0.5), got {self.validation_fraction}")
         if self.forgery_loss_weight < 0:
             raise ValueError(f"forgery_loss_weight must be >= 0, got {self.forgery_loss_weight}")
+        if self.center_loss_weight < 0:
+            raise ValueError(f"center_loss_weight must be >= 0, got {self.center_loss_weight}")
         if not 0.0 <= self.stroke_probability <= 0.5:
             raise ValueError(f"stroke_probability must be in [0, 0.5], got {self.stroke_probability}")
         if self.preprocessing not in (PREPROCESS_SCAN, PREPROCESS_FIT):

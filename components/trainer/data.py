@@ -135,7 +135,7 @@ def _train_part(files: Sequence[str], config: TrainerConfig, *, forgeries: bool 
 
 def training_dataset(files: Sequence[str], labels: Sequence[str], config: TrainerConfig,
                      *, augment: bool | None = None, num_examples: int | None = None,
-                     forgeries: bool = False) -> tf.data.Dataset:
+                     forgeries: bool = False, centers: bool = False) -> tf.data.Dataset:
     """Endless shuffled batches of (images [B, H, W, 3] float32, label ids [B] int32).
 
     The validation share of the split (`config.validation_fraction`) is left out;
@@ -144,11 +144,13 @@ def training_dataset(files: Sequence[str], labels: Sequence[str], config: Traine
     images are kept in memory after the first pass when they fit in
     `config.cache_mib`.
 
-    With `forgeries`, for the two-headed training model (model.with_forgery_head),
+    With `forgeries`, for the training model's forgery head (model.training_model),
     the forgeries come too and batches are (images, (label ids, forged [B, 1] float32),
     (signer weights, forgery weights)): a forgery's signer weight is 0 (its label id,
     which may be -1 for a signer without a class, is then 0), every example's forgery
-    weight 1.
+    weight 1. With `centers`, for its signer-centre output, the label ids come once more
+    as the last target (and, with `forgeries`, the signer weights as the last weights):
+    (images, (label ids, label ids)) or (images, (ids, forged, ids), (signer w, forgery w, signer w)).
     """
     augment = config.augment if augment is None else augment
     table = label_table(labels)
@@ -160,6 +162,10 @@ def training_dataset(files: Sequence[str], labels: Sequence[str], config: Traine
     else:
         dataset = examples.map(lambda ex: _to_model_input(ex, table, config), num_parallel_calls=tf.data.AUTOTUNE)
         dataset = dataset.filter(lambda image, label: label >= 0)
+    if centers and forgeries:
+        dataset = dataset.map(lambda image, targets, weights: (image, (*targets, targets[0]), (*weights, weights[0])))
+    elif centers:
+        dataset = dataset.map(lambda image, ids: (image, (ids, ids)))
     if num_examples is not None and num_examples * _bytes_per_input(config) <= config.cache_mib * 2**20:
         dataset = dataset.cache()
     dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed).repeat()

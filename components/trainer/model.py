@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 BACKBONE_NAME = "xception"
 HEAD_NAME = "signer_probabilities"
 FORGERY_HEAD_NAME = "forgery_probability"
+CENTER_HEAD_NAME = "signer_center_distance"
 
 # urllib waits forever on a silent network; the 88 MB file itself needs far less than this
 # per socket operation.
@@ -158,19 +159,54 @@ def build_classifier(num_classes: int, image_size: tuple[int, int], *, weights_p
     return keras.Model(inputs, outputs, name="signflow_classifier")
 
 
-def with_forgery_head(classifier: keras.Model) -> keras.Model:
-    """A training model with two outputs, the classifier's signer probabilities and P(forged) [B, 1], sharing all
-    of the classifier's layers; the forgery head is a sigmoid on the pooled features (before the dropout).
+def training_model(classifier: keras.Model, *, forgery_head: bool = False, center_loss: bool = False) -> keras.Model:
+    """The model the Trainer fits: the classifier itself, or the classifier with training-only outputs on its pooled
+    features (before the dropout), sharing all of its layers. Outputs in this order:
 
-    Training both (TrainerConfig.forgery_loss_weight) makes the backbone keep what
-    tells a careful imitation from the writer's own hand, which the signer head alone
-    has no reason to learn: the verification SVMs then get features in which skilled
-    forgeries stand apart (Hafemann et al. 2017, SigNet-F). Only the classifier is
-    exported; the forgery head is dropped with the training model.
+    - the classifier's signer probabilities;
+    - with `forgery_head`, P(forged) [B, 1], a sigmoid. Training it
+      (TrainerConfig.forgery_loss_weight) makes the backbone keep what tells a careful
+      imitation from the writer's own hand, which the signer head alone has no reason
+      to learn: the verification SVMs then get features in which skilled forgeries
+      stand apart (Hafemann et al. 2017, SigNet-F);
+    - with `center_loss`, each image's cosine distance to a learned centre of every
+      signer [B, C] (SignerCenters). Its loss (TrainerConfig.center_loss_weight) pulls
+      a signer's signatures towards one direction, the geometry the verification
+      SVMs see (they work on L2-normalised features), so that a stranger's signature
+      lies away from every enrolled signer's references (Wen et al. 2016, center loss).
+
+    Only the classifier is exported; the training-only outputs are dropped with this model.
     """
     pooled = classifier.get_layer("avg_pool").output
-    forged = keras.layers.Dense(1, activation="sigmoid", name=FORGERY_HEAD_NAME)(pooled)
-    return keras.Model(classifier.inputs, [classifier.output, forged], name="signflow_two_heads")
+    outputs = [classifier.output]
+    if forgery_head:
+        outputs.append(keras.layers.Dense(1, activation="sigmoid", name=FORGERY_HEAD_NAME)(pooled))
+    if center_loss:
+        outputs.append(SignerCenters(classifier.output_shape[-1], name=CENTER_HEAD_NAME)(pooled))
+    if len(outputs) == 1:
+        return classifier
+    return keras.Model(classifier.inputs, outputs, name="signflow_training")
+
+
+class SignerCenters(keras.layers.Layer):
+    """1 - cos(features, centre of signer c) for every signer c: [B, num_classes], the centres trained weights."""
+
+    def __init__(self, num_classes: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+
+    def build(self, input_shape):
+        self.centers = self.add_weight(name="centers", shape=(self.num_classes, int(input_shape[-1])),
+                                       initializer=keras.initializers.RandomNormal(seed=0), trainable=True)
+        super().build(input_shape)
+
+    def call(self, features):
+        cosine = tf.matmul(tf.math.l2_normalize(features, axis=-1), tf.math.l2_normalize(self.centers, axis=-1),
+                           transpose_b=True)
+        return 1.0 - cosine
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_classes": self.num_classes}
 
 
 # Each model's inference graph, traced once for any batch size and kept while the model lives: a new

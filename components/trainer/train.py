@@ -16,9 +16,11 @@ Schedules (see TrainerConfig):
   at a lower learning rate with cosine decay.
 
 With `forgery_loss_weight` > 0 and forgeries in the train split, training runs
-a two-headed model (model.with_forgery_head): the signer head on the genuine
+a model with a second head (model.training_model): the signer head on the genuine
 examples, and a forgery head, P(forged) from the pooled features, on all of them,
-its loss at that weight. The exported classifier is the signer model alone.
+its loss at that weight. With `center_loss_weight` > 0 a third output, each genuine
+example's cosine distance to its signer's learned centre, joins the loss at that
+weight. The exported classifier is the signer model alone.
 
 With a validation split (`validation_fraction`, carved out of the train split by
 sha256) every epoch is evaluated on it and, with `restore_best_epoch`, the best
@@ -119,14 +121,20 @@ def train(config: TrainerConfig, train_files: Sequence[str], eval_files: Sequenc
              f"; forgery head on {train_summary.num_forgeries} forgeries at weight {config.forgery_loss_weight}"
              if forgery_head else "")
 
-    fit_model = model_lib.with_forgery_head(classifier) if forgery_head else classifier
-    train_ds = data.training_dataset(train_files, labels, config, num_examples=per_pass, forgeries=forgery_head)
+    center_loss = config.center_loss_weight > 0
+    fit_model = model_lib.training_model(classifier, forgery_head=forgery_head, center_loss=center_loss)
+    train_ds = data.training_dataset(train_files, labels, config, num_examples=per_pass, forgeries=forgery_head,
+                                     centers=center_loss)
     validation_ds = data.validation_dataset(train_files, labels, config)
     if validation_ds is not None and forgery_head:
         # Genuine only, as without the forgery head: the forgery head's weight is 0 there.
         validation_ds = validation_ds.map(lambda images, ids: (
-            images, (ids, tf.zeros([tf.shape(ids)[0], 1])), (tf.ones(tf.shape(ids)), tf.zeros(tf.shape(ids)))))
-    best = _BestEpoch("val_" + (f"{model_lib.HEAD_NAME}_accuracy" if forgery_head else "accuracy"))
+            images, (ids, tf.zeros([tf.shape(ids)[0], 1]), *[ids] * center_loss),
+            (tf.ones(tf.shape(ids)), tf.zeros(tf.shape(ids)), *[tf.ones(tf.shape(ids))] * center_loss)))
+    elif validation_ds is not None and center_loss:
+        validation_ds = validation_ds.map(lambda images, ids: (images, (ids, ids)))
+    several_outputs = fit_model is not classifier
+    best = _BestEpoch("val_" + (f"{model_lib.HEAD_NAME}_accuracy" if several_outputs else "accuracy"))
     callbacks: list[keras.callbacks.Callback] = [best] if validation_ds is not None else []
     if log_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir), profile_batch=0))
@@ -137,7 +145,8 @@ def train(config: TrainerConfig, train_files: Sequence[str], eval_files: Sequenc
             continue
         phase.prepare(classifier)
         compile_classifier(fit_model, phase.learning_rate(steps), config.label_smoothing,
-                           forgery_loss_weight=config.forgery_loss_weight if forgery_head else None)
+                           forgery_loss_weight=config.forgery_loss_weight if forgery_head else None,
+                           center_loss_weight=config.center_loss_weight if center_loss else None)
         timer = _EpochTimer()
         fit = fit_model.fit(train_ds, epochs=epoch + phase.epochs, initial_epoch=epoch, steps_per_epoch=steps,
                             validation_data=validation_ds, callbacks=[*callbacks, timer], verbose=2)
@@ -249,34 +258,45 @@ def _phases(config: TrainerConfig, schedule: str) -> list[_Phase]:
 
 def compile_classifier(classifier: keras.Model,
                        learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
-                       label_smoothing: float, *, forgery_loss_weight: float | None = None) -> None:
+                       label_smoothing: float, *, forgery_loss_weight: float | None = None,
+                       center_loss_weight: float | None = None) -> None:
     """Adam on label-smoothed crossentropy over label ids, with accuracy: the training step of every phase.
 
-    With `forgery_loss_weight`, `classifier` is the two-headed training model
-    (model.with_forgery_head): the forgery head's binary crossentropy joins the loss
-    at that weight, and the signer accuracy is weighted by the batches' signer
+    With `forgery_loss_weight` and/or `center_loss_weight`, `classifier` is the
+    training model with those outputs (model.training_model, in its order): the
+    forgery head's binary crossentropy and the signer-centre distance join the loss
+    at their weights, and the signer accuracy is weighted by the batches' signer
     weights, so forgeries do not count in it.
     """
     accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-    if forgery_loss_weight is None:
-        classifier.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
-            loss=_smoothed_sparse_crossentropy(classifier.output_shape[-1], label_smoothing),
-            metrics=[accuracy_metric],
-        )
+    signer_loss = _smoothed_sparse_crossentropy(classifier.outputs[0].shape[-1], label_smoothing)
+    if forgery_loss_weight is None and center_loss_weight is None:
+        classifier.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=signer_loss,
+                           metrics=[accuracy_metric])
         return
-    signer_shape, _ = classifier.output_shape
-    classifier.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=[_smoothed_sparse_crossentropy(signer_shape[-1], label_smoothing), keras.losses.BinaryCrossentropy()],
-        loss_weights=[1.0, forgery_loss_weight],
-        weighted_metrics=[[accuracy_metric], []],
-    )
+    losses, weights, metrics = [signer_loss], [1.0], [[accuracy_metric]]
+    if forgery_loss_weight is not None:
+        losses.append(keras.losses.BinaryCrossentropy())
+        weights.append(forgery_loss_weight)
+        metrics.append([])
+    if center_loss_weight is not None:
+        losses.append(_own_center_distance)
+        weights.append(center_loss_weight)
+        metrics.append([])
+    classifier.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=losses, loss_weights=weights,
+                       weighted_metrics=metrics)
+
+
+def _own_center_distance(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """The distance of each example to its own signer's centre: y_pred [B, C] at the label id y_true [B]."""
+    ids = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+    # Keras squeezes a [B, 1] prediction (one signer) to [B] before calling a loss.
+    return tf.gather(tf.reshape(y_pred, [tf.shape(ids)[0], -1]), ids, axis=1, batch_dims=1)
 
 
 def _history_key(key: str) -> str:
-    """Keras' metric name -> the history's: the two-headed model's signer accuracy is "accuracy", as without the
-    forgery head (its losses keep their output names; "loss" is the total)."""
+    """Keras' metric name -> the history's: the training model's signer accuracy is "accuracy", as without its
+    other outputs (its losses keep their output names; "loss" is the total)."""
     return key.replace(f"{model_lib.HEAD_NAME}_accuracy", "accuracy")
 
 

@@ -268,6 +268,60 @@ def test_the_forgery_head_gets_every_forgery_and_the_signer_head_none(tmp_path, 
             assert 0 <= label_id < len(labels)
 
 
+def test_the_signer_centres_get_the_signer_targets_and_weights(tmp_path, marked):
+    genuine, forged = marked
+    files = _write_marked(tmp_path / "train.gz", forged + genuine)
+    labels = ["signer_00", "signer_01", "signer_02"]
+    config = CONFIG.replace(validation_fraction=0.0, batch_size=len(genuine) + len(forged), shuffle_buffer=64)
+
+    images, (ids, is_forged, centre_ids), (signer_weight, forgery_weight, centre_weight) = next(iter(
+        data.training_dataset(files, labels, config, augment=False, forgeries=True, centers=True)))
+    np.testing.assert_array_equal(centre_ids.numpy(), ids.numpy())
+    np.testing.assert_array_equal(centre_weight.numpy(), signer_weight.numpy())
+    assert 0 < signer_weight.numpy().sum() < len(signer_weight)  # forgeries are in the batch, at weight 0
+
+    genuine_only = CONFIG.replace(validation_fraction=0.0, batch_size=len(genuine), shuffle_buffer=64)
+    images, (ids, centre_ids) = next(iter(
+        data.training_dataset(files, labels, genuine_only, augment=False, centers=True)))
+    assert _kinds([(images,)], marked, genuine_only) == ["genuine"] * len(genuine)
+    np.testing.assert_array_equal(centre_ids.numpy(), ids.numpy())
+
+
+def test_signer_centres_give_each_image_its_cosine_distance_to_every_centre():
+    from components.trainer.model import SignerCenters
+
+    layer = SignerCenters(3)
+    features = np.array([[1.0, 0.0], [3.0, 4.0]], dtype=np.float32)
+    layer.build(features.shape)
+    centres = np.array([[2.0, 0.0], [0.0, 1.0], [-1.0, -1.0]], dtype=np.float32)
+    layer.centers.assign(centres)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(layer(features).numpy(), 1.0 - unit(features) @ unit(centres).T, atol=1e-6)
+    # The loss takes each image's distance to its own signer's centre.
+    np.testing.assert_allclose(train._own_center_distance(tf.constant([2, 0]), layer(features)).numpy(),
+                               [1.0 + np.sqrt(0.5), 1.0 - 0.6], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_center_loss_joins_the_forgery_loss_and_the_exported_classifier_leaves_both_out(tmp_path, marked):
+    genuine, forged = marked
+    train_files = _write_marked(tmp_path / "train.gz", genuine + forged)
+    eval_files = _write_marked(tmp_path / "eval.gz", genuine[::4])
+    config = CONFIG.replace(image_height=71, image_width=142, weights="none", scratch_epochs=2, warmup_epochs=1,
+                            steps_per_epoch=2, bn_recalibration_batches=1, forgery_loss_weight=0.5,
+                            center_loss_weight=0.25, validation_fraction=0.3)
+
+    result = train.train(config, train_files, eval_files)
+
+    first = result.history[0]
+    assert first["loss"] == pytest.approx(first["signer_probabilities_loss"] + 0.5 * first["forgery_probability_loss"]
+                                          + 0.25 * first["signer_center_distance_loss"], rel=1e-3)
+    assert 0.0 < first["signer_center_distance_loss"] <= 2.0
+    assert 0.0 <= first["val_accuracy"] <= 1.0 and result.best_epoch in (1, 2)
+    assert [layer.name for layer in result.model.layers][-1] == "signer_probabilities"
+    assert not {"forgery_probability", "signer_center_distance"} & {layer.name for layer in result.model.layers}
+
+
 @pytest.mark.slow
 def test_a_forgery_loss_trains_a_second_head_that_the_exported_classifier_leaves_out(tmp_path, marked):
     genuine, forged = marked
