@@ -323,17 +323,35 @@ def test_a_center_loss_joins_the_forgery_loss_and_the_exported_classifier_leaves
 
 
 @pytest.mark.slow
+def test_the_default_center_loss_trains_on_genuine_data_with_a_validation_share(tmp_path, items):
+    train_files = _write_marked(tmp_path / "train.gz", [(image, label, 1) for image, label in items])
+    config = CONFIG.replace(image_height=71, image_width=142, weights="none", scratch_epochs=2, warmup_epochs=1,
+                            steps_per_epoch=2, bn_recalibration_batches=1, validation_fraction=0.3)
+    assert config.center_loss_weight > 0
+
+    result = train.train(config, train_files, train_files)
+
+    first = result.history[0]
+    assert first["loss"] == pytest.approx(
+        first["signer_probabilities_loss"] + config.center_loss_weight * first["signer_center_distance_loss"], rel=1e-3)
+    assert "forgery_probability_loss" not in first
+    assert 0.0 <= first["val_accuracy"] <= 1.0 and result.best_epoch in (1, 2)
+    assert "signer_center_distance" not in {layer.name for layer in result.model.layers}
+
+
+@pytest.mark.slow
 def test_a_forgery_loss_trains_a_second_head_that_the_exported_classifier_leaves_out(tmp_path, marked):
     genuine, forged = marked
     train_files = _write_marked(tmp_path / "train.gz", genuine + forged)
     eval_files = _write_marked(tmp_path / "eval.gz", genuine[::4])
     config = CONFIG.replace(image_height=71, image_width=142, weights="none", scratch_epochs=2, warmup_epochs=1,
                             steps_per_epoch=2, bn_recalibration_batches=1, forgery_loss_weight=0.5,
-                            validation_fraction=0.3)
+                            center_loss_weight=0.0, validation_fraction=0.3)
 
     result = train.train(config, train_files, eval_files)
 
     first = result.history[0]
+    assert "signer_center_distance_loss" not in first
     # Both heads' losses, the total at the forgery head's weight, and the signer accuracy under its usual name.
     assert first["loss"] == pytest.approx(first["signer_probabilities_loss"] + 0.5 * first["forgery_probability_loss"],
                                           rel=1e-3)
