@@ -126,9 +126,10 @@ class TrainerConfig:
     # cosine distance to a learned centre of its signer, so that a signer's signatures
     # gather around one direction of the L2-normalised features the verification SVMs
     # and the open-set rule see. Measured on real scans
-    # (docs/benchmarks.md#verification-on-real-signatures): at 0.5, unknown writers
-    # rejected 56% -> 44% but the open set's cost to enrolled writers 4.8 -> 2.0 points
-    # (a better point of the trade-off), skilled-forgery EER 13.9% -> 12.3%. 0: off.
+    # (docs/benchmarks.md#verification-on-real-signatures), two splits: at 0.5 the open
+    # set turns away fewer enrolled images (2.0 points of top-1 instead of 4.8; 3.6
+    # instead of 6.1) for as many unknown writers rejected as that cut would trade for
+    # without it, or more; verification EERs within a point either way. 0: off.
     center_loss_weight: float = 0.5
 
     # Augmentation (training only).
