@@ -290,7 +290,7 @@ def compile_classifier(classifier: keras.Model,
 def _own_center_distance(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     """The distance of each example to its own signer's centre: y_pred [B, C] at the label id y_true [B]."""
     ids = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
-    # Keras squeezes a [B, 1] prediction (one signer) to [B] before calling a loss.
+    # Whatever rank Keras matched y_true and y_pred to (one signer: [B, 1] both), one row per example.
     return tf.gather(tf.reshape(y_pred, [tf.shape(ids)[0], -1]), ids, axis=1, batch_dims=1)
 
 

@@ -30,6 +30,7 @@ def test_unknown_keys_are_rejected():
     ({"scratch_bn_momentum": 1.0}, "momentum"),
     ({"weights": ""}, "weights"),
     ({"forgery_loss_weight": -0.1}, "forgery_loss_weight"),
+    ({"center_loss_weight": -0.5}, "center_loss_weight"),
 ])
 def test_invalid_values_fail_when_the_config_is_made(changes, message):
     with pytest.raises(ValueError, match=message):

@@ -302,6 +302,23 @@ def test_signer_centres_give_each_image_its_cosine_distance_to_every_centre():
                                [1.0 + np.sqrt(0.5), 1.0 - 0.6], atol=1e-6)
 
 
+def test_the_center_loss_reaches_the_backbone_and_the_centres():
+    from components.trainer import model as model_lib
+
+    classifier = model_lib.build_classifier(3, (71, 142))
+    fit_model = model_lib.training_model(classifier, center_loss=True)
+    images = tf.random.stateless_uniform([2, 71, 142, 3], seed=[1, 2], minval=-1.0, maxval=1.0)
+    with tf.GradientTape() as tape:
+        _, distances = fit_model(images, training=True)
+        loss = tf.reduce_mean(train._own_center_distance(tf.constant([0, 2]), distances))
+    backbone = model_lib.backbone_of(classifier).trainable_weights
+    centres = fit_model.get_layer(model_lib.CENTER_HEAD_NAME).trainable_weights
+    gradients = tape.gradient(loss, [*backbone, *centres])
+    # Pulling the features towards the centres is the point: the loss must move the backbone, not only the centres.
+    assert sum(float(tf.reduce_sum(tf.abs(g))) for g in gradients[:len(backbone)] if g is not None) > 0
+    assert float(tf.reduce_sum(tf.abs(gradients[-1]))) > 0
+
+
 @pytest.mark.slow
 def test_a_center_loss_joins_the_forgery_loss_and_the_exported_classifier_leaves_both_out(tmp_path, marked):
     genuine, forged = marked
@@ -317,6 +334,11 @@ def test_a_center_loss_joins_the_forgery_loss_and_the_exported_classifier_leaves
     assert first["loss"] == pytest.approx(first["signer_probabilities_loss"] + 0.5 * first["forgery_probability_loss"]
                                           + 0.25 * first["signer_center_distance_loss"], rel=1e-3)
     assert 0.0 < first["signer_center_distance_loss"] <= 2.0
+    # Validation (genuine only): the centres count, the forgery head does not.
+    assert first["val_forgery_probability_loss"] == 0.0
+    assert 0.0 < first["val_signer_center_distance_loss"] <= 2.0
+    assert first["val_loss"] == pytest.approx(
+        first["val_signer_probabilities_loss"] + 0.25 * first["val_signer_center_distance_loss"], rel=1e-3)
     assert 0.0 <= first["val_accuracy"] <= 1.0 and result.best_epoch in (1, 2)
     assert [layer.name for layer in result.model.layers][-1] == "signer_probabilities"
     assert not {"forgery_probability", "signer_center_distance"} & {layer.name for layer in result.model.layers}
@@ -335,6 +357,10 @@ def test_the_default_center_loss_trains_on_genuine_data_with_a_validation_share(
     assert first["loss"] == pytest.approx(
         first["signer_probabilities_loss"] + config.center_loss_weight * first["signer_center_distance_loss"], rel=1e-3)
     assert "forgery_probability_loss" not in first
+    assert 0.0 < first["val_signer_center_distance_loss"] <= 2.0
+    assert first["val_loss"] == pytest.approx(
+        first["val_signer_probabilities_loss"] + config.center_loss_weight * first["val_signer_center_distance_loss"],
+        rel=1e-3)
     assert 0.0 <= first["val_accuracy"] <= 1.0 and result.best_epoch in (1, 2)
     assert "signer_center_distance" not in {layer.name for layer in result.model.layers}
 
