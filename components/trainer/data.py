@@ -158,14 +158,13 @@ def training_dataset(files: Sequence[str], labels: Sequence[str], config: Traine
     if forgeries:
         dataset = examples.map(lambda ex: _to_two_head_input(ex, table, config), num_parallel_calls=tf.data.AUTOTUNE)
         dataset = dataset.filter(lambda image, targets, weights: tf.logical_or(targets[0] >= 0, targets[1][0] > 0))
-        dataset = dataset.map(lambda image, targets, weights: (image, (tf.maximum(targets[0], 0), targets[1]), weights))
+        dataset = dataset.map(lambda image, targets, weights: _in_output_order(
+            image, tf.maximum(targets[0], 0), centers=centers, forged=targets[1], weights=weights))
     else:
         dataset = examples.map(lambda ex: _to_model_input(ex, table, config), num_parallel_calls=tf.data.AUTOTUNE)
         dataset = dataset.filter(lambda image, label: label >= 0)
-    if centers and forgeries:
-        dataset = dataset.map(lambda image, targets, weights: (image, (*targets, targets[0]), (*weights, weights[0])))
-    elif centers:
-        dataset = dataset.map(lambda image, ids: (image, (ids, ids)))
+        if centers:
+            dataset = dataset.map(lambda image, ids: _in_output_order(image, ids, centers=True))
     if num_examples is not None and num_examples * _bytes_per_input(config) <= config.cache_mib * 2**20:
         dataset = dataset.cache()
     dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed).repeat()
@@ -183,19 +182,37 @@ def _to_two_head_input(example: dict[str, tf.Tensor], table: tf.lookup.StaticHas
     return image, (label, tf.reshape(1.0 - genuine, [1])), (genuine, tf.constant(1.0))
 
 
+def _in_output_order(image, ids, *, centers: bool, forged=None, weights=None):
+    """An example for model.training_model: (image, targets) without a forgery head, else (image, targets,
+    weights); targets in its output order (label ids, then `forged` with a forgery head, then the ids again for
+    the signer centres), weights as (signer, forgery) and the signer weight again for the centres."""
+    if forged is None:
+        return (image, (ids, ids)) if centers else (image, ids)
+    signer_weight, forgery_weight = weights
+    if centers:
+        return image, (ids, forged, ids), (signer_weight, forgery_weight, signer_weight)
+    return image, (ids, forged), (signer_weight, forgery_weight)
+
+
 def _bytes_per_input(config: TrainerConfig) -> int:
     return config.image_height * config.image_width * 3 * 4
 
 
-def validation_dataset(files: Sequence[str], labels: Sequence[str], config: TrainerConfig) -> tf.data.Dataset | None:
+def validation_dataset(files: Sequence[str], labels: Sequence[str], config: TrainerConfig,
+                       *, forgeries: bool = False, centers: bool = False) -> tf.data.Dataset | None:
     """One ordered pass over the genuine examples of the validation share of the train split, or None when there
-    is no such share."""
+    is no such share. With `forgeries` and/or `centers`, batches laid out as training_dataset's with the same flags;
+    the forgery head's weight is 0 (genuine examples only)."""
     if config.validation_fraction <= 0:
         return None
     table = label_table(labels)
     examples = read_genuine_examples(files).filter(lambda ex: _in_validation(ex, config.validation_fraction))
     dataset = examples.map(lambda ex: _to_model_input(ex, table, config), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.filter(lambda image, label: label >= 0)
+    if forgeries or centers:
+        dataset = dataset.map(lambda image, ids: _in_output_order(
+            image, ids, centers=centers, forged=tf.zeros([1]) if forgeries else None,
+            weights=(tf.constant(1.0), tf.constant(0.0))))
     return dataset.batch(config.batch_size).cache().prefetch(tf.data.AUTOTUNE)
 
 

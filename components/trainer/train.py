@@ -125,14 +125,7 @@ def train(config: TrainerConfig, train_files: Sequence[str], eval_files: Sequenc
     fit_model = model_lib.training_model(classifier, forgery_head=forgery_head, center_loss=center_loss)
     train_ds = data.training_dataset(train_files, labels, config, num_examples=per_pass, forgeries=forgery_head,
                                      centers=center_loss)
-    validation_ds = data.validation_dataset(train_files, labels, config)
-    if validation_ds is not None and forgery_head:
-        # Genuine only, as without the forgery head: the forgery head's weight is 0 there.
-        validation_ds = validation_ds.map(lambda images, ids: (
-            images, (ids, tf.zeros([tf.shape(ids)[0], 1]), *[ids] * center_loss),
-            (tf.ones(tf.shape(ids)), tf.zeros(tf.shape(ids)), *[tf.ones(tf.shape(ids))] * center_loss)))
-    elif validation_ds is not None and center_loss:
-        validation_ds = validation_ds.map(lambda images, ids: (images, (ids, ids)))
+    validation_ds = data.validation_dataset(train_files, labels, config, forgeries=forgery_head, centers=center_loss)
     several_outputs = fit_model is not classifier
     best = _BestEpoch("val_" + (f"{model_lib.HEAD_NAME}_accuracy" if several_outputs else "accuracy"))
     callbacks: list[keras.callbacks.Callback] = [best] if validation_ds is not None else []
