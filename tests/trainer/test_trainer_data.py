@@ -13,6 +13,9 @@ from components.trainer.preprocess import image_to_model_input
 from tests.trainer.helpers import generator, rendered_items, split_pattern, write_records, write_splits
 
 CONFIG = TrainerConfig(image_height=72, image_width=144, batch_size=4, seed=3)
+# Two short epochs of a small Xception from random init, with a validation share: a real training run in seconds.
+SHORT_TRAINING = CONFIG.replace(image_height=71, image_width=142, weights="none", scratch_epochs=2, warmup_epochs=1,
+                                steps_per_epoch=2, bn_recalibration_batches=1, validation_fraction=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -324,9 +327,7 @@ def test_a_center_loss_joins_the_forgery_loss_and_the_exported_classifier_leaves
     genuine, forged = marked
     train_files = _write_marked(tmp_path / "train.gz", genuine + forged)
     eval_files = _write_marked(tmp_path / "eval.gz", genuine[::4])
-    config = CONFIG.replace(image_height=71, image_width=142, weights="none", scratch_epochs=2, warmup_epochs=1,
-                            steps_per_epoch=2, bn_recalibration_batches=1, forgery_loss_weight=0.5,
-                            center_loss_weight=0.25, validation_fraction=0.3)
+    config = SHORT_TRAINING.replace(forgery_loss_weight=0.5, center_loss_weight=0.25)
 
     result = train.train(config, train_files, eval_files)
 
@@ -347,8 +348,7 @@ def test_a_center_loss_joins_the_forgery_loss_and_the_exported_classifier_leaves
 @pytest.mark.slow
 def test_the_default_center_loss_trains_on_genuine_data_with_a_validation_share(tmp_path, items):
     train_files = _write_marked(tmp_path / "train.gz", [(image, label, 1) for image, label in items])
-    config = CONFIG.replace(image_height=71, image_width=142, weights="none", scratch_epochs=2, warmup_epochs=1,
-                            steps_per_epoch=2, bn_recalibration_batches=1, validation_fraction=0.3)
+    config = SHORT_TRAINING
     assert config.center_loss_weight > 0
 
     result = train.train(config, train_files, train_files)
@@ -370,9 +370,7 @@ def test_a_forgery_loss_trains_a_second_head_that_the_exported_classifier_leaves
     genuine, forged = marked
     train_files = _write_marked(tmp_path / "train.gz", genuine + forged)
     eval_files = _write_marked(tmp_path / "eval.gz", genuine[::4])
-    config = CONFIG.replace(image_height=71, image_width=142, weights="none", scratch_epochs=2, warmup_epochs=1,
-                            steps_per_epoch=2, bn_recalibration_batches=1, forgery_loss_weight=0.5,
-                            center_loss_weight=0.0, validation_fraction=0.3)
+    config = SHORT_TRAINING.replace(forgery_loss_weight=0.5, center_loss_weight=0.0)
 
     result = train.train(config, train_files, eval_files)
 
