@@ -93,8 +93,9 @@ THRESHOLD_OUTPUT = "threshold"
 
 UNKNOWN_LABEL = "unknown"
 """predict_label's `label` when open-set identification is on (the version's MODEL_METADATA_FILE says so under
-"verification": "open_set") and the verifier of the most probable signer scores the image under the version's
-"open_set_threshold": its `score` is then that calibrated verification score instead of a probability. Never a signer's label (the export
+"verification": "open_set") and the image's similarity to the most probable signer's training references (the mean
+cosine to the nearest few, "open_set_rule") is under the version's "open_set_threshold": its `score` is then that
+similarity instead of a probability. Never a signer's label (the export
 refuses a model with a class of that name while open-set is on)."""
 
 VERIFICATION_SCORES_SIGNATURE = "transformed_features"

@@ -18,13 +18,13 @@ Signatures (tf.functions: TF 2.16 has no Estimator export):
                       check call)
         image_bytes: string [N]
         -> label: string [N], score: float32 [N] (max of the row), probabilities: float32 [N, K]
-        Open set (`open_set`, on by default with `verification`): when the verifier of the softmax's top
-        signer scores the image under the open-set threshold (metadata "open_set_threshold": the score
-        TrainerConfig.open_set_acceptance of that signer's cross-validated references reach, at least the
-        verify threshold), the answer is label "unknown" (contract.UNKNOWN_LABEL) with score = that
-        calibrated verification score (on the verify signature's scale, not a probability). Any other
-        image keeps the answer above: the softmax's top label and its probability (a top label too rare to
-        have a verifier included). probabilities are the softmax's on every row.
+        Open set (`open_set`, on by default with `verification`): when the image's mean cosine similarity
+        to the nearest training references of the softmax's top signer is under the open-set threshold
+        (metadata "open_set_threshold": the similarity TrainerConfig.open_set_acceptance of the training
+        references reach, each left out of its signer's in turn; see verification.py), the answer is label
+        "unknown" (contract.UNKNOWN_LABEL) with score = that similarity (in [-1, 1], not a probability).
+        Any other image keeps the answer above: the softmax's top label and its probability (a top label
+        too rare to be enrolled included). probabilities are the softmax's on every row.
     classify         (tensorflow/serving/classify, for TF Serving's Classify API and the Evaluator)
         inputs: string [N]  serialized tf.Example, image bytes under "image" (the
                             seed's classify request) or "image_raw" (ExampleGen's)
@@ -56,6 +56,10 @@ variables/, not in the graph), under `verifier` (a tf.Module):
     intercept, score_mean, score_std   float64 [S]   the SVM's intercept; its z-norm calibration
     gamma            float64 []        the RBF kernel's (0 for the linear kernel)
     threshold        float32 []
+    open_set_threshold  float32 []     predict_label's open set (verification.py):
+    references          float32 [R, D] every enrolled signer's unit-length training references,
+    reference_signer    int32   [R]    each one's signer (position in signers),
+    reference_count     int32   [S]    how many each signer has
 
 The image goes through the same preprocessing and backbone as the other
 signatures; its pooled features (before dropout and head) are L2-normalised,
@@ -78,6 +82,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.saved_model import fingerprinting_utils
@@ -148,7 +153,12 @@ class _Verifier(tf.Module):
         self.score_std = constant(verification.score_std, tf.float64)
         self.gamma = constant(verification.gamma or 0.0, tf.float64)
         self.threshold = constant(verification.threshold, tf.float32)
-        self.open_set_threshold = constant(verification.open_set_cut, tf.float32)
+        self.open_set_threshold = constant(verification.open_set_threshold, tf.float32)
+        self.references = constant(verification.references, tf.float32)
+        self.reference_signer = constant(verification.reference_signer, tf.int32)
+        self.reference_count = constant(np.bincount(verification.reference_signer, minlength=self._count), tf.int32)
+        # tf.math.top_k takes at most as many as there are columns.
+        self._neighbours = min(verification.open_set_neighbours, len(verification.reference_signer))
 
     def signer_index(self, claimed_signer: tf.Tensor) -> tuple[tf.Tensor, tf.Operation]:
         """Each claimed signer's position in `signers`, and the assertion that every one is enrolled."""
@@ -175,6 +185,18 @@ class _Verifier(tf.Module):
                    + tf.expand_dims(tf.reduce_sum(self.support_vectors * self.support_vectors, axis=1), 0)
                    - 2.0 * dots)
         return tf.exp(-self.gamma * tf.maximum(squared, 0.0))
+
+    def open_set_similarity(self, features: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+        """float32 [N]: the mean cosine similarity of pooled `features` [N, D] to the nearest references of the
+        signers at `index` [N] (VerificationModel.open_set_similarity)."""
+        x = features / tf.maximum(tf.norm(features, axis=1, keepdims=True), NORM_EPSILON)
+        similarity = tf.matmul(x, self.references, transpose_b=True)  # [N, R]
+        mine = tf.equal(tf.expand_dims(self.reference_signer, 0), tf.cast(tf.expand_dims(index, 1), tf.int32))
+        # Cosines are >= -1: other signers' references, at -2, come after every one of the signer's own.
+        nearest = tf.math.top_k(tf.where(mine, similarity, -2.0), k=self._neighbours).values  # [N, k]
+        count = tf.minimum(tf.gather(self.reference_count, index), self._neighbours)
+        used = tf.range(self._neighbours)[tf.newaxis, :] < tf.expand_dims(count, 1)
+        return tf.reduce_sum(tf.where(used, nearest, 0.0), axis=1) / tf.cast(count, tf.float32)
 
     def score_all(self, features: tf.Tensor) -> tf.Tensor:
         """Calibrated scores (float64 [N, S]) of pooled `features` [N, D] for every enrolled signer, in `signers`
@@ -299,16 +321,16 @@ class _ServingModule(tf.Module):
                 SCORE_OUTPUT: tf.reduce_max(probabilities, axis=1),
                 PROBABILITIES_OUTPUT: probabilities,
             }
-        probabilities, scores = self._probabilities_and_scores(image_bytes)
+        probabilities, features = self.forward(self.model_inputs(image_bytes))
         top = tf.argmax(probabilities, axis=1)
         signer = tf.gather(self.label_signer, top)
-        top_score = tf.gather(scores, tf.maximum(signer, 0), batch_dims=1)
-        # Open set: the softmax's signer's own verifier does not accept the image, so it is nobody enrolled
-        # (a top label too rare to have a verifier stands as it is).
-        unknown = tf.logical_and(signer >= 0, top_score < self.verifier.open_set_threshold)
+        similarity = self.verifier.open_set_similarity(features, tf.maximum(signer, 0))
+        # Open set: the image is not close enough to the softmax's signer's own references, so it is nobody
+        # enrolled (a top label too rare to be enrolled stands as it is).
+        unknown = tf.logical_and(signer >= 0, similarity < self.verifier.open_set_threshold)
         return {
             LABEL_OUTPUT: tf.where(unknown, tf.constant(UNKNOWN_LABEL), tf.gather(self.labels, top)),
-            SCORE_OUTPUT: tf.where(unknown, top_score, tf.reduce_max(probabilities, axis=1)),
+            SCORE_OUTPUT: tf.where(unknown, similarity, tf.reduce_max(probabilities, axis=1)),
             PROBABILITIES_OUTPUT: probabilities,
         }
 

@@ -44,6 +44,14 @@ What is fitted (`fit_verification`):
   ("random", and always without skilled forgeries). At the random-forgery point
   a skilled forgery passes far more often than a genuine signature fails; the
   skilled point balances the two for the forgeries `verify` exists to catch.
+- The open set (predict_label's "unknown", export.py): not the SVMs. The image's
+  mean cosine similarity to the `open_set_neighbours` nearest training references
+  of the signer the softmax names, against a cut that `open_set_acceptance` of the
+  training references reach when each is left out of its signer's in turn. On real
+  scans this rejected far more writers the model never saw than the named signer's
+  SVM score did at the same cost to enrolled signers (docs/benchmarks.md): an SVM
+  is asked "this signer or the other enrolled ones?", and a stranger is neither,
+  where the nearest references ask "like this signer's own signatures?".
 
 Who is enrolled: signers with at least `min_references` training references (2:
 cross-validation needs one to hold out). Fewer than 2 enrolled signers: no
@@ -78,6 +86,8 @@ log = logging.getLogger(__name__)
 
 KERNELS = (VERIFICATION_RBF, VERIFICATION_LINEAR)
 CALIBRATION = "z-norm"
+# What predict_label's open set compares with `open_set_threshold` (metadata "open_set_rule").
+OPEN_SET_RULE = "nearest-references-cosine"
 
 # The normalisation divides a row by its length, or by this when it is shorter (an all-zero row stays zero).
 NORM_EPSILON = 1e-12
@@ -102,6 +112,7 @@ class VerificationSettings:
     cv_folds: int = TrainerConfig.verification_cv_folds
     min_references: int = TrainerConfig.verification_min_references
     open_set_acceptance: float = TrainerConfig.open_set_acceptance
+    open_set_neighbours: int = TrainerConfig.open_set_neighbours
     # Which cross-validated equal-error point the threshold is (see the module docstring).
     operating_point: str = TrainerConfig.verification_operating_point
     seed: int = 0
@@ -117,6 +128,8 @@ class VerificationSettings:
             raise ValueError(f"cv_folds must be >= 2, got {self.cv_folds}")
         if self.operating_point not in OPERATING_POINTS:
             raise ValueError(f"operating_point must be one of {OPERATING_POINTS}, got {self.operating_point!r}")
+        if self.open_set_neighbours < 1:
+            raise ValueError(f"open_set_neighbours must be >= 1, got {self.open_set_neighbours}")
         if self.min_references < 2:
             raise ValueError(f"min_references must be >= 2 (one is held out in cross-validation), "
                              f"got {self.min_references}")
@@ -127,6 +140,7 @@ class VerificationSettings:
                    gamma_grid=config.verification_gamma_grid, cv_folds=config.verification_cv_folds,
                    min_references=config.verification_min_references,
                    open_set_acceptance=config.open_set_acceptance,
+                   open_set_neighbours=config.open_set_neighbours,
                    operating_point=config.verification_operating_point, seed=config.seed)
 
 
@@ -193,18 +207,18 @@ class VerificationModel:
     skipped: Mapping[str, str] = field(default_factory=dict)
     grid: tuple[GridPoint, ...] = ()
     seconds: float = 0.0
-    # Open set: the least score the top signer's verifier must give an image for the softmax's answer to
-    # stand (None: `threshold`); see fit_verification.
-    open_set_threshold: float | None = None
+    # Open set (see fit_verification and `open_set_similarity`): every enrolled signer's training references as
+    # unit rows (float32 [R, D]), each row's signer (its position in `signers`, int32 [R]), how many nearest
+    # references an image's similarity is the mean of, and the least similarity for the softmax's answer to stand.
+    references: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    reference_signer: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    open_set_neighbours: int = TrainerConfig.open_set_neighbours
+    open_set_threshold: float = 0.0
     # Which equal-error point `threshold` is (OPERATING_SKILLED or OPERATING_RANDOM), and the chosen
     # grid point's cross-validated EERs (skilled: None without skilled forgeries).
     operating_point: str = OPERATING_RANDOM
     cv_random_eer: float | None = None
     cv_skilled_eer: float | None = None
-
-    @property
-    def open_set_cut(self) -> float:
-        return self.threshold if self.open_set_threshold is None else self.open_set_threshold
 
     @property
     def dim(self) -> int:
@@ -233,11 +247,24 @@ class VerificationModel:
         index = self.signer_indices(claimed)
         return (self.decision_function(vectors, claimed) - self.score_mean[index]) / self.score_std[index]
 
+    def open_set_similarity(self, vectors: np.ndarray, claimed: Sequence[str]) -> np.ndarray:
+        """How close each row is to its claimed signer's references (float64 [N]): the mean cosine similarity of
+        its pooled features to the `open_set_neighbours` nearest of them (all of them when there are fewer)."""
+        index = self.signer_indices(claimed)
+        similarity = l2_normalize(vectors) @ self.references.T.astype(np.float64)
+        out = np.empty(len(index))
+        for i, j in enumerate(index):
+            nearest = np.sort(similarity[i, self.reference_signer == j])[::-1][:self.open_set_neighbours]
+            out[i] = nearest.mean()
+        return out
+
     def metadata(self) -> dict:
         """What assets.extra/signflow_model.json says about verification."""
         return {
             "threshold": self.threshold,
-            "open_set_threshold": self.open_set_cut,
+            "open_set_threshold": self.open_set_threshold,
+            "open_set_rule": OPEN_SET_RULE,
+            "open_set_neighbours": self.open_set_neighbours,
             "calibration": CALIBRATION,
             "operating_point": self.operating_point,
             "kernel": self.kernel,
@@ -472,6 +499,25 @@ def _pooled(problem: _Problem, c: float, gamma: float | None, scores: list[np.nd
     return _Pooled(point, calibration, genuine, random_threshold, skilled_threshold)
 
 
+def _open_set(problem: _Problem, settings: VerificationSettings) -> dict:
+    """The open set's references and cut: every enrolled signer's training references, and the similarity that
+    `open_set_acceptance` of them reach when each is left out of its signer's references in turn."""
+    references, reference_signer, left_out = [], [], []
+    k = settings.open_set_neighbours
+    for s, mine in enumerate(problem.own):
+        rows = problem.features[np.flatnonzero(mine)]
+        similarity = rows @ rows.T
+        np.fill_diagonal(similarity, -np.inf)
+        # Row i's nearest others (a signer has at least min_references >= 2 references, so one at least).
+        nearest = -np.sort(-similarity, axis=1)[:, :min(k, len(rows) - 1)]
+        left_out.append(nearest.mean(axis=1))
+        references.append(rows)
+        reference_signer.append(np.full(len(rows), s, np.int32))
+    return {"references": np.concatenate(references).astype(np.float32),
+            "reference_signer": np.concatenate(reference_signer), "open_set_neighbours": k,
+            "open_set_threshold": float(np.quantile(np.concatenate(left_out), 1.0 - settings.open_set_acceptance))}
+
+
 def fit_verification(embeddings: Embeddings, settings: VerificationSettings = VerificationSettings(),
                      extra_negatives: Mapping[str, np.ndarray] | None = None,
                      strangers: np.ndarray | None = None) -> VerificationModel:
@@ -504,12 +550,6 @@ def fit_verification(embeddings: Embeddings, settings: VerificationSettings = Ve
         operating_point = (OPERATING_SKILLED if settings.operating_point == OPERATING_SKILLED
                            and chosen.skilled_threshold is not None else OPERATING_RANDOM)
         threshold = chosen.skilled_threshold if operating_point == OPERATING_SKILLED else chosen.random_threshold
-        # A stranger is most often taken for the signer it looks most like, and scores well under genuine
-        # references: the open set's cut sits where `open_set_acceptance` of the cross-validated genuine
-        # references still pass, never under the random-forgery equal-error point. It does not follow the
-        # skilled point: the open set tells writers apart, it does not judge forgeries.
-        open_set_threshold = max(chosen.random_threshold,
-                                 float(np.quantile(chosen.genuine, 1.0 - settings.open_set_acceptance)))
         kernel = kernels(best.gamma)
 
         # Final SVMs on all of each signer's rows; the calibration is that of its out-of-fold
@@ -533,7 +573,7 @@ def fit_verification(embeddings: Embeddings, settings: VerificationSettings = Ve
         intercept=np.array(intercepts), score_mean=np.array([mean for mean, _ in calibration]),
         score_std=np.array([std for _, std in calibration]), counts=dict(problem.counts), skipped=problem.skipped,
         grid=tuple(result.point for result in results), seconds=time.monotonic() - started,
-        open_set_threshold=open_set_threshold, operating_point=operating_point,
+        operating_point=operating_point, **_open_set(problem, settings),
         cv_random_eer=best.cv_random_eer, cv_skilled_eer=best.cv_skilled_eer,
     )
     log.info("verification: %d signers, %s kernel, C=%g%s, cross-validated EER %.4f on random forgeries, %s on "

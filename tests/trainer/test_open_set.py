@@ -135,24 +135,23 @@ def _call(export_dir, signature: str, **inputs) -> dict[str, np.ndarray]:
     return {name: value.numpy() for name, value in function(**{k: tf.constant(v) for k, v in inputs.items()}).items()}
 
 
-def test_predict_label_is_unknown_exactly_when_the_top_signers_verifier_does_not_accept(exported):
+def test_predict_label_is_unknown_exactly_when_the_image_is_far_from_the_top_signers_references(exported):
     verification = exported["verification"]
     served = _call(exported["export_dir"], PREDICT_LABEL_SIGNATURE, image_bytes=exported["images"])
     labels = np.array([label.decode() for label in served[LABEL_OUTPUT]])
     # The closed-set answer: the softmax's top label and its probability.
     probabilities = served[PROBABILITIES_OUTPUT]
     closed_labels = np.array(exported["labels"])[probabilities.argmax(axis=1)]
-    # Every label is enrolled here: the top signer's own verifier decides.
-    best = verification.score(exported["features"], list(closed_labels))
-    threshold = verification.open_set_cut
-    assert threshold >= verification.threshold
-    decided = np.abs(best - threshold) > 1e-4  # rows this close to the threshold may round either way
+    # Every label is enrolled here: the image's similarity to the top signer's nearest references decides.
+    best = verification.open_set_similarity(exported["features"], list(closed_labels))
+    threshold = verification.open_set_threshold
+    decided = np.abs(best - threshold) > 1e-5  # rows this close to the threshold may round either way
     expect_unknown = best < threshold
 
     np.testing.assert_array_equal((labels == UNKNOWN_LABEL)[decided], expect_unknown[decided])
-    # Unknown rows carry their best verification score; the others keep the closed-set answer unchanged.
+    # Unknown rows carry that similarity; the others keep the closed-set answer unchanged.
     known = labels != UNKNOWN_LABEL
-    np.testing.assert_allclose(served[SCORE_OUTPUT][~known], best[~known], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(served[SCORE_OUTPUT][~known], best[~known], rtol=0, atol=1e-5)
     np.testing.assert_array_equal(labels[known], closed_labels[known])
     np.testing.assert_array_equal(served[SCORE_OUTPUT][known], probabilities[known].max(axis=1))
     # The softmax is the classifier's, open set or not.
@@ -160,7 +159,7 @@ def test_predict_label_is_unknown_exactly_when_the_top_signers_verifier_does_not
     np.testing.assert_allclose(probabilities, expected.numpy(), rtol=0, atol=1e-5)
 
     # What the rule gives here: every enrolled signer's images, fitted on or not, are named; the strangers
-    # (cyan like the rare signers the verifiers saw as impostors, and a blank page) are nobody enrolled.
+    # (cyan like the rare signers, and a blank page: no pooled feature at all) are nobody enrolled.
     true = np.array(exported["true"], dtype=object)
     enrolled = true != None  # noqa: E711 (elementwise)
     assert list(labels[enrolled]) == list(true[enrolled])
@@ -185,7 +184,8 @@ def test_metadata_says_open_set_is_on_with_the_threshold(exported):
     assert metadata["verification"]["open_set"] is True
     assert metadata["verification"]["unknown_label"] == UNKNOWN_LABEL
     assert metadata["verification"]["threshold"] == exported["verification"].threshold
-    assert metadata["verification"]["open_set_threshold"] == exported["verification"].open_set_cut
+    assert metadata["verification"]["open_set_threshold"] == exported["verification"].open_set_threshold
+    assert metadata["verification"]["open_set_rule"] == "nearest-references-cosine"
     assert set(metadata["signatures"]) >= {PREDICT_LABEL_SIGNATURE, VERIFY_SIGNATURE, VERIFICATION_SCORES_SIGNATURE}
     closed = model_metadata(exported["labels"], CONFIG.image_size, CONFIG.preprocessing, exported["verification"],
                             open_set=False)

@@ -31,6 +31,8 @@ def test_unknown_keys_are_rejected():
     ({"weights": ""}, "weights"),
     ({"forgery_loss_weight": -0.1}, "forgery_loss_weight"),
     ({"center_loss_weight": -0.5}, "center_loss_weight"),
+    ({"open_set_neighbours": 0}, "open_set_neighbours"),
+    ({"open_set_acceptance": 0.4}, "open_set_acceptance"),
 ])
 def test_invalid_values_fail_when_the_config_is_made(changes, message):
     with pytest.raises(ValueError, match=message):

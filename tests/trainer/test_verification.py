@@ -26,7 +26,7 @@ from sklearn.svm import SVC
 from components.trainer import data, train
 from components.trainer.config import VERIFICATION_LINEAR, TrainerConfig
 from components.trainer.embeddings import Embeddings, embed_images
-from components.trainer.export import export_serving_model
+from components.trainer.export import _Verifier, export_serving_model
 from components.trainer.verification import (
     NotEnoughSigners,
     SignerCounts,
@@ -301,7 +301,7 @@ def test_with_skilled_forgeries_the_grid_weighs_them_and_the_threshold_is_their_
     # Skilled forgeries sit nearer the references than other signers do: their equal-error point is higher.
     assert skilled.threshold > random.threshold
     # The open set tells writers apart: its cut does not follow the skilled point.
-    assert skilled.open_set_cut == random.open_set_cut
+    assert skilled.open_set_threshold == random.open_set_threshold
     assert skilled.metadata()["operating_point"] == "skilled"
     assert skilled.metadata()["cv_skilled_eer"] == skilled.cv_skilled_eer
 
@@ -401,3 +401,45 @@ def test_after_training_a_signers_own_images_score_higher_than_other_signers(tmp
         margins.append(scores[owners == signer].mean() - scores[owners != signer].mean())
     assert np.mean(margins) > 1.0, f"own minus others' mean calibrated score per signer: {margins}"
     assert min(margins) > 0.0, f"own minus others' mean calibrated score per signer: {margins}"
+
+
+def test_open_set_similarity_is_the_mean_of_the_nearest_references_and_the_cut_their_left_out_quantile():
+    features, _ = clustered_signers(3)
+    # Signer "d" (rows 24-31) keeps 2 references: fewer than the 3 neighbours asked for.
+    keep = slice(0, 26)
+    features = Embeddings(features.sha256[keep], features.labels[keep], features.vectors[keep])
+    settings = VerificationSettings(open_set_neighbours=3, open_set_acceptance=0.9)
+    verification = fit_verification(features, settings)
+    labels = np.array(features.labels)
+    unit = features.vectors / np.linalg.norm(features.vectors, axis=1, keepdims=True)
+    # The references are every enrolled signer's training rows, unit length, with their signer.
+    assert len(verification.references) == len(features)
+    for j, signer in enumerate(verification.signers):
+        np.testing.assert_allclose(verification.references[verification.reference_signer == j], unit[labels == signer],
+                                   rtol=0, atol=1e-6)
+
+    def brute_force(vector: np.ndarray, signer: str, leave_out: int | None = None) -> float:
+        rows = [i for i in np.flatnonzero(labels == signer) if i != leave_out]
+        cosines = sorted((float(unit[i] @ vector) for i in rows), reverse=True)
+        return float(np.mean(cosines[:3]))
+
+    rng = np.random.default_rng(7)
+    probes = rng.normal(size=(6, features.dim)).astype(np.float32) + features.vectors[[0, 9, 17, 24, 25, 25]]
+    for signer in verification.signers:
+        expected = [brute_force(probe / np.linalg.norm(probe), signer) for probe in probes]
+        np.testing.assert_allclose(verification.open_set_similarity(probes, [signer] * len(probes)), expected,
+                                   rtol=0, atol=1e-6)
+    # The graph predict_label runs computes the same, signer "d" with 2 references included.
+    index = np.tile(np.arange(len(verification.signers)), len(probes))
+    graph = _Verifier(verification).open_set_similarity(tf.constant(np.repeat(probes, len(verification.signers), 0)),
+                                                        tf.constant(index))
+    np.testing.assert_allclose(graph.numpy(), verification.open_set_similarity(
+        np.repeat(probes, len(verification.signers), 0), [verification.signers[j] for j in index]),
+        rtol=0, atol=1e-5)
+    # The cut: what 90% of the references reach against the rest of their signer's references.
+    left_out = [brute_force(unit[i], labels[i], leave_out=i) for i in range(len(features))]
+    assert verification.open_set_threshold == pytest.approx(float(np.quantile(left_out, 0.1)), abs=1e-6)
+    assert verification.metadata()["open_set_neighbours"] == 3
+    with pytest.raises(ValueError, match="open_set_neighbours"):
+        VerificationSettings(open_set_neighbours=0)
+
