@@ -469,11 +469,10 @@ def _znorm(scores: np.ndarray, random_negative: np.ndarray) -> tuple[float, floa
 
 @dataclass(frozen=True)
 class _Pooled:
-    """One grid point's calibrated out-of-fold scores, pooled over signers."""
+    """One grid point's figures from its calibrated out-of-fold scores, pooled over signers."""
 
     point: GridPoint
     calibration: list[tuple[float, float]]  # per signer (mean, std)
-    genuine: np.ndarray  # the references' calibrated scores
     random_threshold: float  # equal-error point against random forgeries and strangers
     skilled_threshold: float | None  # equal-error point against skilled forgeries (None: there are none)
 
@@ -496,7 +495,7 @@ def _pooled(problem: _Problem, c: float, gamma: float | None, scores: list[np.nd
     impostor = np.r_[random, skilled]
     auc = float(roc_auc_score(np.r_[np.ones(len(genuine)), np.zeros(len(impostor))], np.r_[genuine, impostor]))
     point = GridPoint(float(c), None if gamma is None else float(gamma), criterion, auc, random_eer, skilled_eer)
-    return _Pooled(point, calibration, genuine, random_threshold, skilled_threshold)
+    return _Pooled(point, calibration, random_threshold, skilled_threshold)
 
 
 def _open_set(problem: _Problem, settings: VerificationSettings) -> dict:
