@@ -85,6 +85,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp"}
+# The split's defaults (--train-share, --forgery-train-share, --unknown-writers).
+TRAIN_SHARE = 2 / 3
+FORGERY_TRAIN_SHARE = 0.5
+UNKNOWN_WRITERS = 10
 MODEL = "xception"
 FORGERY_SUFFIX = "_forg"
 FORGERY_FOLDER = "forged"
@@ -310,6 +314,19 @@ class Split:
     def counts(self) -> dict[str, int]:
         return {name: sum(map(len, getattr(self, name).values()))
                 for name in ("train", "held_out", "train_forged", "held_out_forged", "unknown")}
+
+
+def make_split(writers: dict[str, list[Path]], forged: dict[str, list[Path]], *, pipeline: bool, train_share: float,
+               forgery_train_share: float, unknown_writers: int, seed: int) -> Split:
+    """The run's split of `writer_images`' output: unknown writers and forgeries in pipeline mode only."""
+    unknown = pick_unknown_writers(list(writers), unknown_writers, seed) if pipeline else []
+    enrolled = {w: images for w, images in writers.items() if w not in unknown}
+    train, held_out = split_writers(enrolled, train_share, seed)
+    split = Split(train, held_out, unknown={w: writers[w] for w in unknown})
+    if pipeline:
+        split.train_forged, split.held_out_forged = split_forgeries(
+            {w: images for w, images in forged.items() if w in enrolled}, forgery_train_share, seed)
+    return split
 
 
 class RestProbe:
@@ -553,10 +570,10 @@ def main() -> int:
     parser.add_argument("--mode", choices=("pipeline", "trainer"), default="pipeline")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="a TrainerConfig field (JSON value), e.g. --set image_height=96")
-    parser.add_argument("--train-share", type=float, default=2 / 3, help="of each writer's genuine images")
-    parser.add_argument("--forgery-train-share", type=float, default=0.5,
+    parser.add_argument("--train-share", type=float, default=TRAIN_SHARE, help="of each writer's genuine images")
+    parser.add_argument("--forgery-train-share", type=float, default=FORGERY_TRAIN_SHARE,
                         help="pipeline: of each enrolled writer's skilled forgeries, into the inbox")
-    parser.add_argument("--unknown-writers", type=int, default=10,
+    parser.add_argument("--unknown-writers", type=int, default=UNKNOWN_WRITERS,
                         help="pipeline: whole writers kept out of training, to probe open-set rejection")
     parser.add_argument("--random-claims", type=int, default=5,
                         help="pipeline: other writers each held-out genuine image is claimed as")
@@ -573,22 +590,18 @@ def main() -> int:
 
     writers, forged = writer_images(args.folder)
     overrides = _parse_overrides(args.overrides)
-    unknown = pick_unknown_writers(list(writers), args.unknown_writers, args.seed) if args.mode == "pipeline" else []
-    enrolled = {w: images for w, images in writers.items() if w not in unknown}
-    train, held_out = split_writers(enrolled, args.train_share, args.seed)
-    split = Split(train, held_out, unknown={w: writers[w] for w in unknown})
-    if args.mode == "pipeline":
-        split.train_forged, split.held_out_forged = split_forgeries(
-            {w: images for w, images in forged.items() if w in enrolled}, args.forgery_train_share, args.seed)
+    split = make_split(writers, forged, pipeline=args.mode == "pipeline", train_share=args.train_share,
+                       forgery_train_share=args.forgery_train_share, unknown_writers=args.unknown_writers,
+                       seed=args.seed)
     work = Path(tempfile.mkdtemp(prefix="signflow-bench-quality-"))
     counts = split.counts()
-    print(f"{len(writers)} writers ({len(unknown)} kept out), {counts['train']} genuine training images, "
+    print(f"{len(writers)} writers ({len(split.unknown)} kept out), {counts['train']} genuine training images, "
           f"{counts['held_out']} held out; {counts['train_forged']} forgeries trained, {counts['held_out_forged']} "
           f"held out; {counts['unknown']} images of unknown writers; work folder {work}", flush=True)
     started = time.monotonic()
     try:
         if args.mode == "trainer":
-            result = run_trainer_mode(train, held_out, overrides, work)
+            result = run_trainer_mode(split.train, split.held_out, overrides, work)
         else:
             result = run_pipeline_mode(split, overrides, work, random_claims=args.random_claims, seed=args.seed,
                                        serving_dir=args.serving_dir, gate=_parse_overrides(args.gate))

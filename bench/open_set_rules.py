@@ -99,15 +99,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="the data folder bench_quality was given")
     parser.add_argument("work", type=Path, help="the work folder of a bench_quality --keep run")
-    parser.add_argument("--seed", type=int, default=0, help="the --seed of that run")
+    parser.add_argument("--seed", type=int, default=0, help="the --seed of that run (its split: the defaults)")
     parser.add_argument("--cost", type=float, default=0.02, help="top-1 the open set may cost enrolled writers")
     args = parser.parse_args()
 
-    genuine, forged = bq.writer_images(args.folder)
-    unknown_writers = bq.pick_unknown_writers(list(genuine), 10, args.seed)
-    enrolled = {w: v for w, v in genuine.items() if w not in unknown_writers}
-    train, held_out = bq.split_writers(enrolled, 2 / 3, args.seed)
-    train_forged, _ = bq.split_forgeries({w: v for w, v in forged.items() if w in enrolled}, 0.5, args.seed)
+    split = bq.make_split(*bq.writer_images(args.folder), pipeline=True, train_share=bq.TRAIN_SHARE,
+                          forgery_train_share=bq.FORGERY_TRAIN_SHARE, unknown_writers=bq.UNKNOWN_WRITERS,
+                          seed=args.seed)
     in_split = _train_split_sha256(args.work)
     fitted = lambda paths: [p for p in paths if hashlib.sha256(p.read_bytes()).hexdigest() in in_split]  # noqa: E731
 
@@ -115,10 +113,10 @@ def main() -> int:
     model = tf.saved_model.load(str(version))
     labels = json.loads((version / "assets.extra" / "signflow_model.json").read_text())["labels"]
     groups = {
-        "train": [(p, w) for w, paths in train.items() for p in fitted(paths)],
-        "forged": [(p, w) for w, paths in train_forged.items() for p in fitted(paths)],
-        "held_out": [(p, w) for w, paths in held_out.items() for p in paths],
-        "unknown": [(p, w) for w in unknown_writers for p in genuine[w]],
+        "train": [(p, w) for w, paths in split.train.items() for p in fitted(paths)],
+        "forged": [(p, w) for w, paths in split.train_forged.items() for p in fitted(paths)],
+        "held_out": [(p, w) for w, paths in split.held_out.items() for p in paths],
+        "unknown": [(p, w) for w, paths in split.unknown.items() for p in paths],
     }
     out = {name: _forward(model, [p.read_bytes() for p, _ in rows]) for name, rows in groups.items()}
     writers = {name: np.array([w for _, w in rows]) for name, rows in groups.items()}
