@@ -319,6 +319,12 @@ def folder_claim(folders: Sequence[str]) -> tuple[str | None, bool]:
 
 
 def _read_image_file(landed: LandedFile, max_pixels: int) -> Outcome:
+    if landed.folder_label is not None:
+        # A folder name becomes a class, and a line of labels.txt: the same rule as a record's label.
+        try:
+            check_label(landed.folder_label, lenient=True)
+        except InvalidRecord as err:
+            return Rejected(landed.name, err.reason, f"{err.message} (the folder's name)", None, landed.path)
     try:
         with open(landed.path, "rb") as f:
             data = f.read()

@@ -118,6 +118,15 @@ def test_image_file_takes_its_folder_label(tmp_path, fmt, suffix):
     assert outcome.source == f"span-0/inbox/x.{suffix}"
 
 
+@pytest.mark.parametrize("folder", ["unknown", "signer\n09"])
+def test_an_image_file_in_a_folder_that_cannot_be_a_label_is_rejected_with_the_labels_reason(tmp_path, folder):
+    write_bytes(str(tmp_path / "x.png"), image_bytes(7))
+    [outcome] = _read(tmp_path, "x.png", folder_label=folder)
+    assert isinstance(outcome, Rejected)
+    assert (outcome.reason, outcome.source, outcome.path) == ("invalid_label", "span-0/inbox/x.png", str(tmp_path / "x.png"))
+    assert "folder" in outcome.message
+
+
 def _bomb_png(side: int) -> bytes:
     """A valid PNG header declaring side x side pixels, with a tiny (truncated) body."""
     buf = io.BytesIO()
@@ -141,6 +150,7 @@ BAD_LINES = [
     ("invalid_label", json.dumps({"image": {"b64": b64(image_bytes(1))}, "label": "signer\n01"})),
     ("invalid_label", json.dumps({"image": {"b64": b64(image_bytes(1))}, "label": "signer\u202801"})),
     ("invalid_label", json.dumps({"image": {"b64": b64(image_bytes(1))}, "label": "signer_\ud800"})),
+    ("invalid_label", json.dumps({"image": {"b64": b64(image_bytes(1))}, "label": "unknown"})),  # the open set's answer
     ("invalid_base64", json.dumps({"image": {"b64": "not base64!!"}, "label": "signer_01"})),
     ("invalid_base64", json.dumps({"image": "not base64!!", "label": "signer_01"})),
     ("not_an_image", json.dumps({"image": {"b64": b64(b"plain text, not an image")}, "label": "signer_01"})),

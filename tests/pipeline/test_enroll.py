@@ -57,6 +57,9 @@ def test_a_label_ingestion_would_refuse_is_refused(tmp_path):
     images = _references(tmp_path / "refs", MIN_REFERENCES)
     done = _enroll(tmp_path, "--signer", "alice ", "--images", str(images))
     assert done.returncode == 2 and "leading or trailing whitespace" in done.stderr
+    done = _enroll(tmp_path, "--signer", "unknown", "--images", str(images))
+    assert done.returncode == 2 and "not a signer's label" in done.stderr
+    assert not (tmp_path / "inbox").exists()
 
 
 def test_references_land_in_the_signers_inbox_folder_once(tmp_path):

@@ -30,6 +30,15 @@ def test_both_modes_refuse_what_cannot_be_a_line_of_labels_txt(value):
         assert caught.value.reason == contract.INVALID_LABEL
 
 
+def test_both_modes_refuse_the_open_sets_answer_as_a_label():
+    for lenient in (True, False):
+        with pytest.raises(contract.InvalidRecord) as caught:
+            contract.check_label(contract.UNKNOWN_LABEL, lenient=lenient)
+        assert caught.value.reason == contract.INVALID_LABEL
+        assert "name the signer" in caught.value.message
+    assert contract.check_label("Unknown", lenient=False) == "Unknown"  # only the exact answer is reserved
+
+
 @pytest.mark.parametrize("value", ["signer_03 ", " signer_03", "x" * (contract.MAX_LABEL_CHARS + 1)])
 def test_only_the_strict_mode_refuses_padding_and_length(value):
     assert contract.check_label(value, lenient=True) == value

@@ -154,6 +154,7 @@ def test_mixed_request_writes_the_valid_ones_and_explains_the_others(open_server
         ({"image_bytes": b64(png), "label": "signer_01 "}, "invalid_label"),
         ({"image_bytes": b64(png), "label": "x" * 257}, "invalid_label"),
         ({"image_bytes": b64(png), "label": "lone \ud800 surrogate"}, "invalid_label"),
+        ({"image_bytes": b64(png), "label": "unknown"}, "invalid_label"),  # predict_label's open-set answer
         ({"label": "signer_01"}, "missing_image"),
         ({"image_bytes": base64.b64encode(png).decode(), "label": "signer_01"}, "invalid_image_field"),
         ("just a string", "not_an_object"),
@@ -411,7 +412,7 @@ def test_labels_feedback_accepts_are_accepted_by_ingestion(label):
     assert isinstance(outcome, Accepted) and outcome.label == label
 
 
-@pytest.mark.parametrize("label", ["tab\there", "nl\n", "del\x7f"])
+@pytest.mark.parametrize("label", ["tab\there", "nl\n", "del\x7f", "unknown"])
 def test_labels_ingestion_refuses_are_refused_by_feedback(label):
     with pytest.raises(contract.InvalidRecord) as caught:
         feedback.check_label(label)
