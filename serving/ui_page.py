@@ -13,8 +13,8 @@ The files are plain HTML, CSS and JavaScript modules, read once when the routes
 are built: there is no build step and no third-party script. Every answer
 carries a Content-Security-Policy that allows the page's own files only.
 
-Layer: transport (static). Imports Starlette and the standard library only, so
-`signflow ui` starts without TensorFlow.
+Layer: transport (static). Imports Starlette, the standard library and the contract
+(itself standard library only), so `signflow ui` starts without TensorFlow.
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from typing import Callable
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
+
+from serving.contract import UNKNOWN_LABEL
 
 UI_DIR = Path(__file__).resolve().parent / "ui"
 UI_PATH = "/ui"
@@ -72,6 +74,8 @@ class PageConfig:
     """{"offered", "token_required", "why_not": the reason it is not offered, in words}."""
     dashboard: bool = False
     """signflow's /signflow routes are there (versions, status)."""
+    unknown_label: str = UNKNOWN_LABEL
+    """predict_label's answer for no enrolled signer: shown as such, never offered as a signer's name."""
 
     def to_json(self) -> dict:
         return asdict(self)

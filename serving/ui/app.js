@@ -407,8 +407,17 @@ function showPrediction(prediction, labels, version, versionNote) {
   const probabilities = prediction.probabilities;
   const ranked = probabilities.map((p, index) => ({ p, index })).sort((a, b) => b.p - a.p).slice(0, TOP);
   const name = (index) => (labels && labels[index] !== undefined ? labels[index] : `class ${index}`);
+  // The open set's answer is no signer: its score is a similarity to the nearest signer's references, not a
+  // probability, and it is never offered as a name for feedback or verification.
+  const unknown = prediction.label === state.config.unknown_label;
   $("top-label").textContent = prediction.label;
-  $("top-score").textContent = percent(prediction.score);
+  const similarity = Number(prediction.score).toFixed(3);
+  $("top-score").textContent = unknown ? `similarity ${similarity}` : percent(prediction.score);
+  $("unknown-note").textContent = unknown
+    ? `No enrolled signer is close enough: the most likely, ${name(ranked[0].index)}, is at similarity ${similarity} `
+      + "to its references." : "";
+  $("unknown-note").hidden = !unknown;
+  $("identify-result").dataset.unknown = String(unknown);
   $("answered-by").textContent = version !== null && version !== undefined
     ? `Answered by version ${version}${versionNote}` : "The answering version is not known";
   $("answered-by").dataset.version = version ?? "";
@@ -419,12 +428,12 @@ function showPrediction(prediction, labels, version, versionNote) {
   el("span", { class: "bar-track", "aria-hidden": "true" }, barFill(p)),
   el("span", { class: "bar-value", text: percent(p) }))));
   $("identify-result").hidden = false;
-  state.lastTopLabel = prediction.label;
+  state.lastTopLabel = unknown ? "" : prediction.label;
   if (!$("feedback-label").value || $("feedback-label").dataset.auto === "true") {
-    $("feedback-label").value = prediction.label;
+    $("feedback-label").value = state.lastTopLabel;
     $("feedback-label").dataset.auto = "true";
   }
-  if (!$("claimed").value) $("claimed").value = prediction.label;
+  if (!$("claimed").value) $("claimed").value = state.lastTopLabel;
   updateFeedbackButton();
 }
 

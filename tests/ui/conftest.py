@@ -86,7 +86,8 @@ def page(browser):
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ui_models")
-    return {"plain": build_model(root / "plain"), "verify": build_model(root / "verify", verify=True)}
+    return {"plain": build_model(root / "plain"), "verify": build_model(root / "verify", verify=True),
+            "open_set": build_model(root / "open_set", verify=True, open_set=True)}
 
 
 @dataclass

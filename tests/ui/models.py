@@ -23,20 +23,23 @@ from pathlib import Path
 import tensorflow as tf
 from PIL import Image, ImageDraw
 
-from serving.contract import MODEL_METADATA_FILE
+from serving.contract import MODEL_METADATA_FILE, UNKNOWN_LABEL
 from serving.layout import LABELS_FILE, push_record_path
 from tests.fixtures.tiny_model import encode_image
 from tests.serving.toy_models import CLASSIFY_METHOD, _set_methods
 
 LABELS = ("ada_lovelace", "alan_turing", "grace_hopper", "john_backus", "margaret_hamilton", "tim_berners_lee")
 VERIFY_THRESHOLD = 0.5
+OPEN_SET_CUT = 0.5
+"""With open_set, predict_label answers UNKNOWN_LABEL under this top probability (ink spread over several strips)."""
 
 
 class _StripModel(tf.Module):
-    def __init__(self, labels):
+    def __init__(self, labels, open_set: bool = False):
         super().__init__()
         self._labels = tf.constant(list(labels))
         self._count = len(labels)
+        self._open_set = open_set
 
     def _probabilities(self, image_bytes):
         count = self._count
@@ -57,8 +60,11 @@ class _StripModel(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def predict_label(self, image_bytes):
         probabilities = self._probabilities(image_bytes)
-        return {"label": tf.gather(self._labels, tf.argmax(probabilities, axis=1)),
-                "score": tf.reduce_max(probabilities, axis=1), "probabilities": probabilities}
+        label = tf.gather(self._labels, tf.argmax(probabilities, axis=1))
+        score = tf.reduce_max(probabilities, axis=1)
+        if self._open_set:  # the export's answer shape for no enrolled signer, its score standing in for a similarity
+            label = tf.where(score < OPEN_SET_CUT, tf.constant(UNKNOWN_LABEL), label)
+        return {"label": label, "score": score, "probabilities": probabilities}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     def classify(self, inputs):
@@ -76,9 +82,10 @@ class _StripModel(tf.Module):
                 "threshold": tf.fill(tf.shape(score), VERIFY_THRESHOLD)}
 
 
-def build_model(path: Path, labels=LABELS, verify: bool = False) -> Path:
-    """A version folder (a SavedModel with labels.txt and signflow_model.json); `verify` adds that signature."""
-    module = _StripModel(labels)
+def build_model(path: Path, labels=LABELS, verify: bool = False, open_set: bool = False) -> Path:
+    """A version folder (a SavedModel with labels.txt and signflow_model.json); `verify` adds that signature,
+    `open_set` an "unknown" answer from predict_label (see OPEN_SET_CUT)."""
+    module = _StripModel(labels, open_set)
     signatures = {"serving_default": module.serving_default, "predict_label": module.predict_label,
                   "classify": module.classify}
     if verify:
@@ -102,6 +109,15 @@ def strip_image(strip: int, count: int = len(LABELS), fmt: str = "PNG", size=(60
     points = [(left + (right - left) * (0.1 + 0.8 * i / 7), height * (0.3 if i % 2 else 0.7)) for i in range(8)]
     draw.line(points, fill=(20, 20, 30), width=6)
     return encode_image(image, fmt)
+
+
+def two_strip_image() -> bytes:
+    """The same strokes in the first two strips: no strip dominates (an open-set model answers UNKNOWN_LABEL)."""
+    image = Image.new("RGB", (600, 200), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    for left in (0, 100):
+        draw.line([(left + 10 + 11 * i, 60 if i % 2 else 140) for i in range(8)], fill=(20, 20, 30), width=6)
+    return encode_image(image, "PNG")
 
 
 def write_push_record(base: Path, version: int, run_id: str, accuracy: float, labels=LABELS,

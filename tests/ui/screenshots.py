@@ -20,7 +20,7 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from tests.serving.conftest import install_version, wait_for  # noqa: E402
 from tests.ui.conftest import DESKTOP, PHONE, TOKEN, WAIT_MS, AppServer, chromium_path, start_ui_server  # noqa: E402
-from tests.ui.models import build_model, strip_image, write_push_record  # noqa: E402
+from tests.ui.models import build_model, strip_image, two_strip_image, write_push_record  # noqa: E402
 
 WAVE = [(0.06 + 0.03 * i, 0.45 + 0.22 * ((i % 4) - 1.5) / 1.5) for i in range(29)]
 
@@ -40,6 +40,8 @@ def main(out: Path) -> int:
     plain, verifying = build_model(work / "plain"), build_model(work / "verify", verify=True)
     plain_server = start_ui_server(work / "plain-server", plain, versions=(1, 2))
     verify_server = start_ui_server(work / "verify-server", verifying, token=TOKEN)
+    open_set_server = start_ui_server(work / "open-set-server", build_model(work / "open_set", verify=True,
+                                                                             open_set=True))
     # Version 3 pushed, then rolled back: the dashboard shows all three kinds.
     install_version(plain, plain_server.base, 3)
     write_push_record(plain_server.base, 3, "run-3", 0.88)
@@ -124,10 +126,20 @@ def main(out: Path) -> int:
             expect(page.locator("#identify-result")).to_be_visible()
             shot(page, "10-tf-serving-mode")
             page.context.close()
+
+            page = page_at(open_set_server.url + "/ui/")
+            page.check("input[name=source][value=upload]")
+            page.set_input_files("#file", files=[{"name": "stranger.png", "mimeType": "image/png",
+                                                  "buffer": two_strip_image()}])
+            page.click("#identify")
+            expect(page.locator("#identify-result")).to_have_attribute("data-unknown", "true")
+            shot(page, "11-unknown-signer")
+            page.context.close()
         browser.close()
     front.stop()
     plain_server.thread.stop()
     verify_server.thread.stop()
+    open_set_server.thread.stop()
     return 0
 
 

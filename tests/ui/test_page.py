@@ -15,10 +15,11 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from components.pusher import records
+from serving.contract import UNKNOWN_LABEL
 from serving.layout import list_versions
 from tests.serving.conftest import install_version, wait_for
 from tests.ui.conftest import MODEL, PHONE, TOKEN, open_page
-from tests.ui.models import LABELS, strip_image, write_push_record
+from tests.ui.models import LABELS, OPEN_SET_CUT, strip_image, two_strip_image, write_push_record
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -186,6 +187,35 @@ def test_verify_is_offered_only_when_the_serving_version_exports_it(page, shared
     page.click("#verify-button")
     expect(page.locator("#verify-message")).to_contain_text("Forged: this signature does not match ada_lovelace")
     expect(page.locator("#verify-message")).to_have_attribute("data-genuine", "false")
+
+
+def test_an_unknown_answer_shows_its_similarity_and_is_never_offered_as_a_signers_name(page, ui_server):
+    server = ui_server("open_set")
+    open_ready(page, server.page_url)
+    upload(page, "two.png", two_strip_image(), "image/png")
+    request = identify(page)
+    answer = requests.post(f"{server.url}/v1/models/{MODEL}:predict", json=request.post_data_json,
+                           timeout=60).json()["predictions"][0]
+    assert answer["label"] == UNKNOWN_LABEL and answer["score"] < OPEN_SET_CUT
+    nearest = LABELS[max(range(len(LABELS)), key=lambda i: answer["probabilities"][i])]
+    expect(page.locator("#top-label")).to_have_text(UNKNOWN_LABEL)
+    expect(page.locator("#top-score")).to_have_text(f"similarity {answer['score']:.3f}")
+    expect(page.locator("#unknown-note")).to_have_text(
+        f"No enrolled signer is close enough: the most likely, {nearest}, is at similarity {answer['score']:.3f} "
+        "to its references.")
+    expect(page.locator("#identify-result")).to_have_attribute("data-unknown", "true")
+    expect(page.locator("#feedback-label")).to_have_value("")
+    expect(page.locator("#feedback-send")).to_have_text("This is…")
+    expect(page.locator("#claimed")).to_have_value("")
+
+    # A signer's answer fills both in, as before.
+    upload(page, "alan.png", strip_image(1), "image/png")
+    identify(page)
+    expect(page.locator("#top-label")).to_have_text("alan_turing")
+    expect(page.locator("#identify-result")).to_have_attribute("data-unknown", "false")
+    expect(page.locator("#unknown-note")).to_be_hidden()
+    expect(page.locator("#feedback-label")).to_have_value("alan_turing")
+    expect(page.locator("#claimed")).to_have_value("alan_turing")
 
 
 def test_a_correction_asks_for_the_token_once_and_lands_in_the_feedback_folder(page, ui_server):

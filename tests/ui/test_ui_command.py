@@ -42,6 +42,7 @@ def test_python_m_serving_ui_serves_the_page_and_forwards_without_the_training_s
         config = requests.get(f"{url}/ui/config.json", timeout=10).json()
         assert config["mode"] == "tf-serving" and config["models"] == ["xception"]
         assert config["api"] == f"http://127.0.0.1:{nothing}" and config["dashboard"] is False
+        assert config["unknown_label"] == "unknown"  # the page needs it in front of TF Serving too
         down = requests.get(f"{url}/v1/models/xception", timeout=30)
         assert down.status_code == 502 and "is not answering" in down.json()["error"]
 
