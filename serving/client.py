@@ -52,6 +52,7 @@ from serving.contract import (
     SCORE_OUTPUT,
     SIGNATURE_NAME_KEY,
     THRESHOLD_OUTPUT,
+    UNKNOWN_LABEL,
     VERIFY_SCORE_OUTPUT,
     VERIFY_SIGNATURE,
 )
@@ -465,7 +466,11 @@ def main(args: argparse.Namespace) -> int:
                 record["top_k"] = [{"label": label, "score": score} for label, score in prediction.top_k]
             print(json.dumps(record))
             continue
-        print(f"{name}: {prediction.label} (score {prediction.score:.4f})")
+        if prediction.label == UNKNOWN_LABEL:
+            # Not a signer: its score is the similarity to the most likely signer's references, not a probability.
+            print(f"{name}: {UNKNOWN_LABEL} (no enrolled signer is close enough: similarity {prediction.score:.4f})")
+        else:
+            print(f"{name}: {prediction.label} (score {prediction.score:.4f})")
         for rank, (label, score) in enumerate(prediction.top_k, start=1):
             print(f"  {rank}. {label}  {score:.4f}")
     return 0

@@ -33,10 +33,12 @@ from serving.client import (
     fetch_image_url,
     read_image_file,
 )
+from serving.contract import UNKNOWN_LABEL
 from serving.server import ServerThread
 from tests.fixtures.tiny_model import DEFAULT_LABELS, build_tiny_saved_model, make_image_bytes
 from tests.serving.conftest import SIGNFLOW_MODEL as MODEL
 from tests.serving.conftest import install_version, make_settings, write_model_config
+from tests.ui.models import build_model, strip_image, two_strip_image
 
 ROOT = Path(__file__).resolve().parents[2]
 FORMATS = {"png": "PNG", "jpg": "JPEG", "gif": "GIF"}
@@ -340,6 +342,27 @@ def test_cli_predicts_files_base64_and_urls_over_rest(signflow_server, image_fil
         f"-: {labels[1]} (score {scores[1]:.4f})",
         f"{web}/signature.png: {labels[2]} (score {scores[2]:.4f})",
     ]
+
+
+def test_cli_says_an_unknown_answer_is_no_signer_and_its_score_a_similarity(tmp_path):
+    base = tmp_path / "models" / MODEL
+    install_version(build_model(tmp_path / "open_set", open_set=True), base, 1)
+    server = ServerThread(make_settings(model_name=MODEL, model_base_path=str(base))).start()
+    try:
+        stranger, alan = tmp_path / "stranger.png", tmp_path / "alan.png"
+        stranger.write_bytes(two_strip_image())
+        alan.write_bytes(strip_image(1))
+        result = signflow(str(stranger), str(alan), "--rest-url", server.rest_url, "--model", MODEL, "--json")
+        assert result.returncode == 0, result.stderr
+        answers = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [a["label"] for a in answers] == [UNKNOWN_LABEL, "alan_turing"]
+        result = signflow(str(stranger), str(alan), "--rest-url", server.rest_url, "--model", MODEL)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [
+            f"{stranger}: unknown (no enrolled signer is close enough: similarity {answers[0]['score']:.4f})",
+            f"{alan}: alan_turing (score {answers[1]['score']:.4f})"]
+    finally:
+        server.stop()
 
 
 def test_cli_top_k_json_over_grpc(signflow_server, image_files, in_process):
