@@ -95,8 +95,8 @@ UNKNOWN_LABEL = "unknown"
 """predict_label's `label` when open-set identification is on (the version's MODEL_METADATA_FILE says so under
 "verification": "open_set") and the image's similarity to the most probable signer's training references (the mean
 cosine to the nearest few, "open_set_rule") is under the version's "open_set_threshold": its `score` is then that
-similarity instead of a probability. Never a signer's label: check_label refuses it (ingestion, feedback,
-enrolment), and the export refuses a model with a class of that name while open-set is on."""
+similarity instead of a probability. Never a signer's label: check_label refuses it where a label becomes a class
+(ingestion, feedback, enrolment), and the export refuses a model with a class of that name while open-set is on."""
 
 VERIFICATION_SCORES_SIGNATURE = "transformed_features"
 """Serialized tf.Examples in (CLASSIFY_INPUT, the image as in classify), every enrolled signer's calibrated score
@@ -246,12 +246,15 @@ MAX_LABEL_CHARS = 256
 _FORBIDDEN_LABEL_CATEGORIES = ("Cc", "Zl", "Zp", "Cs")
 
 
-def check_label(value: Any, *, lenient: bool) -> str | None:
+def check_label(value: Any, *, lenient: bool, names_a_class: bool = True) -> str | None:
     """The label `value` stands for, or InvalidRecord (MISSING_LABEL / INVALID_LABEL).
 
-    Both modes refuse a value that is not a string, one holding a control
-    character, a line or paragraph separator or a lone surrogate, and
-    UNKNOWN_LABEL.
+    Both modes refuse a value that is not a string and one holding a control
+    character, a line or paragraph separator or a lone surrogate.
+
+    names_a_class (ingestion, feedback, enrolment: the label becomes a class)
+    also refuses UNKNOWN_LABEL. Batch prediction's expected labels are answers,
+    not classes, and may be it (the open set's right answer for a stranger).
 
     lenient (ingestion): a missing (None) or blank label means "unlabelled" and
     gives None.
@@ -277,7 +280,7 @@ def check_label(value: Any, *, lenient: bool) -> str | None:
             raise InvalidRecord(INVALID_LABEL, f"label has leading or trailing whitespace: {value!r}")
     if any(unicodedata.category(ch) in _FORBIDDEN_LABEL_CATEGORIES for ch in value):
         raise InvalidRecord(INVALID_LABEL, f"label contains control or line-separator characters: {value!r}")
-    if value == UNKNOWN_LABEL:
+    if names_a_class and value == UNKNOWN_LABEL:
         # A class of that name would make predict_label's "no enrolled signer" ambiguous; the export refuses it.
         raise InvalidRecord(INVALID_LABEL, f"{UNKNOWN_LABEL!r} is the open set's answer for no enrolled signer, "
                                            "not a signer's label: name the signer")

@@ -137,22 +137,25 @@ def read_landed_file(
     label_keys: Sequence[str] = (RECORD_LABEL_KEY,),
     max_pixels: int = DEFAULT_MAX_PIXELS,
     threads: int = 1,
+    labels_name_classes: bool = True,
 ) -> Iterator[Outcome]:
     """Yield one outcome per record in `landed`, in file order.
 
     `threads` > 1 validates the records of a JSON Lines file on that many
     threads (outcomes still in file order): decoding an image releases the GIL,
-    and it is most of the cost of a record.
+    and it is most of the cost of a record. `labels_name_classes` False (batch
+    prediction: a label is the answer expected) accepts contract.UNKNOWN_LABEL
+    as a label (see contract.check_label).
     """
     suffix = os.path.splitext(landed.name)[1].lower()
     if landed.unreadable is not None:
         yield Rejected(landed.name, UNREADABLE_FILE, landed.unreadable, None, landed.path)
     elif suffix in IMAGE_SUFFIXES:
-        yield _read_image_file(landed, max_pixels)
+        yield _read_image_file(landed, max_pixels, labels_name_classes)
     elif suffix == JSONL_SUFFIX:
-        yield from _read_jsonl(landed, label_keys, max_pixels, threads)
+        yield from _read_jsonl(landed, label_keys, max_pixels, threads, labels_name_classes)
     elif suffix == JSON_SUFFIX:
-        yield from _read_json(landed, label_keys, max_pixels)
+        yield from _read_json(landed, label_keys, max_pixels, labels_name_classes)
     else:
         yield Rejected(
             landed.name,
@@ -171,6 +174,7 @@ def parse_record(
     *,
     label_keys: Sequence[str] = (RECORD_LABEL_KEY,),
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    labels_name_classes: bool = True,
 ) -> Outcome:
     """Validate one JSON record: the image as {"b64": ...} under image_bytes/image, as base64 text under
     image, or as a bare "b64" string; the label under the first of `label_keys`; "genuine" (optional)."""
@@ -178,7 +182,7 @@ def parse_record(
         return Rejected(source, NOT_AN_OBJECT, f"expected a JSON object, got {json_type_name(obj)}", obj, path)
     try:
         text = _image_text(obj)
-        label = _label(obj, label_keys)
+        label = _label(obj, label_keys, labels_name_classes)
         genuine = _genuine(obj)
     except InvalidRecord as err:
         return Rejected(source, err.reason, err.message, obj, path)
@@ -270,14 +274,14 @@ def _image_field_error(key: str, value: Any) -> str:
     return f'"{key}" must be {wanted}, got {json_type_name(value)}'
 
 
-def _label(obj: dict, label_keys: Sequence[str]) -> str | None:
+def _label(obj: dict, label_keys: Sequence[str], names_a_class: bool) -> str | None:
     """The label under the first of `label_keys` that holds a value (None: unlabelled), or InvalidRecord."""
     for key in label_keys:
         value = obj.get(key)
         if value is None:
             continue
         try:
-            return check_label(value, lenient=True)
+            return check_label(value, lenient=True, names_a_class=names_a_class)
         except InvalidRecord as err:
             if key == RECORD_LABEL_KEY:
                 raise
@@ -318,11 +322,11 @@ def folder_claim(folders: Sequence[str]) -> tuple[str | None, bool]:
     return name, True
 
 
-def _read_image_file(landed: LandedFile, max_pixels: int) -> Outcome:
+def _read_image_file(landed: LandedFile, max_pixels: int, labels_name_classes: bool) -> Outcome:
     if landed.folder_label is not None:
         # A folder name becomes a class, and a line of labels.txt: the same rule as a record's label.
         try:
-            check_label(landed.folder_label, lenient=True)
+            check_label(landed.folder_label, lenient=True, names_a_class=labels_name_classes)
         except InvalidRecord as err:
             return Rejected(landed.name, err.reason, f"{err.message} (the folder's name)", None, landed.path)
     try:
@@ -337,10 +341,12 @@ def _read_image_file(landed: LandedFile, max_pixels: int) -> Outcome:
     return Accepted(landed.name, (landed.order, 1), data, info, landed.folder_label, landed.folder_genuine)
 
 
-def _read_jsonl(landed: LandedFile, label_keys: Sequence[str], max_pixels: int, threads: int) -> Iterator[Outcome]:
+def _read_jsonl(landed: LandedFile, label_keys: Sequence[str], max_pixels: int, threads: int,
+                labels_name_classes: bool) -> Iterator[Outcome]:
     def validate(item: tuple[str, int, Any]) -> Outcome:
         source, line_no, obj = item
-        return parse_record(obj, source, (landed.order, line_no), landed.path, label_keys=label_keys, max_pixels=max_pixels)
+        return parse_record(obj, source, (landed.order, line_no), landed.path, label_keys=label_keys,
+                            max_pixels=max_pixels, labels_name_classes=labels_name_classes)
 
     if threads <= 1:
         for item in _jsonl_items(landed):
@@ -395,7 +401,8 @@ def _jsonl_items(landed: LandedFile) -> Iterator[tuple[str, int, Any] | Rejected
             yield source, line_no, obj
 
 
-def _read_json(landed: LandedFile, label_keys: Sequence[str], max_pixels: int) -> Iterator[Outcome]:
+def _read_json(landed: LandedFile, label_keys: Sequence[str], max_pixels: int,
+               labels_name_classes: bool) -> Iterator[Outcome]:
     try:
         with open(landed.path, "rb") as f:
             raw = f.read()
@@ -420,6 +427,7 @@ def _read_json(landed: LandedFile, label_keys: Sequence[str], max_pixels: int) -
             landed.path,
             label_keys=label_keys,
             max_pixels=max_pixels,
+            labels_name_classes=labels_name_classes,
         )
 
 

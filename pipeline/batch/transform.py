@@ -26,7 +26,8 @@ _ERRORS = Metrics.counter(METRICS_NAMESPACE, "errors")
 
 def _read(landed: LandedFile, label_keys: Sequence[str], max_pixels: int) -> Iterator[Any]:
     """The records of one input file: accepted ones keyed for RunInference, refused ones tagged."""
-    for outcome in read_landed_file(landed, label_keys=label_keys, max_pixels=max_pixels):
+    # A label here is the answer expected, which may be the open set's "unknown" for a stranger.
+    for outcome in read_landed_file(landed, label_keys=label_keys, max_pixels=max_pixels, labels_name_classes=False):
         _RECORDS_READ.inc()
         if isinstance(outcome, Accepted):
             yield RecordKey(outcome.source, outcome.info.sha256, outcome.label), outcome.image

@@ -77,6 +77,9 @@ def _build_inputs(root: Path) -> dict[str, Expected]:
         add_line(json.dumps({**field, "label": label}), Expected(image, label))
         if i == 5:
             lines.append("")
+    # The answer expected of a stranger is the open set's "unknown": a label here, not a class as in the inbox.
+    image = next(images)
+    add_line(json.dumps({"image": {"b64": _b64(image)}, "label": "unknown"}), Expected(image, "unknown"))
     add_line('{"image": {"b64": ', Expected(None, reason="invalid_json"))
     add_line(json.dumps({"label": "signer_00"}), Expected(None, reason="missing_image"))
     add_line(json.dumps({"image": {"b64": "!!not base64!!"}}), Expected(None, reason="invalid_base64"))
@@ -104,7 +107,7 @@ def _build_inputs(root: Path) -> dict[str, Expected]:
         expected[f"{root}/columns.json:{n}"] = Expected(image, "signer_02")
 
     # <label>/<image> files, one truncated and one in a depth the model's decoder refuses.
-    for label, count in (("signer_01", 6), ("signer_02", 3)):
+    for label, count in (("signer_01", 6), ("signer_02", 3), ("unknown", 1)):
         (root / label).mkdir()
         for n in range(count):
             image = next(images)
