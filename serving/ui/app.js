@@ -102,7 +102,11 @@ async function start() {
   $("identify").addEventListener("click", () => busy($("identify"), identify));
   $("verify-button").addEventListener("click", () => busy($("verify-button"), verify));
   $("feedback-send").addEventListener("click", () => busy($("feedback-send"), sendFeedback));
-  $("feedback-label").addEventListener("input", updateFeedbackButton);
+  $("feedback-label").addEventListener("input", () => {
+    // A name the person typed is theirs: the next answer no longer replaces it (an emptied field takes it again).
+    $("feedback-label").dataset.auto = "false";
+    updateFeedbackButton();
+  });
   $("refresh").addEventListener("click", () => busy($("refresh"), loadDashboard));
   $("model").addEventListener("change", () => selectModel($("model").value));
   // Cancel is not a submit button: Enter in a dialog's field means the dialog's action.

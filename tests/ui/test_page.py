@@ -217,6 +217,18 @@ def test_an_unknown_answer_shows_its_similarity_and_is_never_offered_as_a_signer
     expect(page.locator("#feedback-label")).to_have_value("alan_turing")
     expect(page.locator("#claimed")).to_have_value("alan_turing")
 
+    # A name the person typed stays through the next answer; an emptied field takes the answer again.
+    page.fill("#feedback-label", "grace_hopper")
+    upload(page, "john.png", strip_image(3), "image/png")
+    identify(page)
+    expect(page.locator("#top-label")).to_have_text("john_backus")
+    expect(page.locator("#feedback-label")).to_have_value("grace_hopper")
+    page.fill("#feedback-label", "")
+    upload(page, "ada.png", strip_image(0), "image/png")
+    identify(page)
+    expect(page.locator("#top-label")).to_have_text("ada_lovelace")
+    expect(page.locator("#feedback-label")).to_have_value("ada_lovelace")
+
 
 def test_a_correction_asks_for_the_token_once_and_lands_in_the_feedback_folder(page, ui_server):
     server = ui_server(token=TOKEN)
