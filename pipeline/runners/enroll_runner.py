@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
 
-from components.ingest.records import IMAGE_SUFFIXES
+from components.ingest.records import IMAGE_SUFFIXES, folder_claim
 from pipeline.definition.configs import load_config
 from pipeline.runners import local_runner
 from serving.contract import InvalidRecord, check_label
@@ -61,6 +62,18 @@ def references(folder: Path) -> list[Path]:
     return accepted
 
 
+def check_folder_name(signer: str) -> str:
+    """`signer`, or EnrollError when `<inbox>/<signer>/` would not be read back as that signer's genuine
+    references: a path rather than a name, a hidden folder (the inbox skips it), or a forgery folder."""
+    if "/" in signer or os.sep in signer or signer.startswith("."):
+        raise EnrollError(f"the signer {signer!r} names the inbox folder the references go to: no '/' and "
+                          "no leading '.'")
+    if folder_claim([signer]) != (signer, True):
+        raise EnrollError(f"a folder named {signer!r} holds forgeries for ingestion, not {signer!r}'s references: "
+                          "choose another name")
+    return signer
+
+
 def land(signer: str, images: list[Path], inbox: Path) -> list[Path]:
     """Copy the references to `<inbox>/<signer>/`; a name already taken there by other bytes gets a suffix."""
     target = inbox / signer
@@ -96,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        signer = check_label(args.signer, lenient=False)
+        signer = check_folder_name(check_label(args.signer, lenient=False))
         images = references(args.images)
         config = load_config(args.config, args.overrides)
     except (EnrollError, InvalidRecord, OSError, ValueError) as err:

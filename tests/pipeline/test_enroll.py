@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipeline.definition.configs import PipelineConfig
 from pipeline.runners.enroll_runner import MIN_REFERENCES, land
 from pipeline.training_server.run_lock import RUN_LOCK, FileLock
@@ -60,6 +62,16 @@ def test_a_label_ingestion_would_refuse_is_refused(tmp_path):
     done = _enroll(tmp_path, "--signer", "unknown", "--images", str(images))
     assert done.returncode == 2 and "not a signer's label" in done.stderr
     assert not (tmp_path / "inbox").exists()
+
+
+@pytest.mark.parametrize("signer,said", [
+    ("../alice", "no '/'"), ("team/alice", "no '/'"), (".alice", "no leading '.'"),
+    ("alice_forg", "holds forgeries"), ("forged", "holds forgeries")])
+def test_a_signer_whose_inbox_folder_would_not_read_back_as_its_references_is_refused(tmp_path, signer, said):
+    images = _references(tmp_path / "refs", MIN_REFERENCES)
+    done = _enroll(tmp_path, "--signer", signer, "--images", str(images))
+    assert done.returncode == 2 and said in done.stderr, done.stderr
+    assert not (tmp_path / "inbox").exists() and not (tmp_path / "alice").exists()
 
 
 def test_references_land_in_the_signers_inbox_folder_once(tmp_path):
