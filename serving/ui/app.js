@@ -26,7 +26,6 @@ const state = {
   labels: new Map(), // version -> labels, from the versions route
   upload: null, // {b64, type, name, size}
   verify: false,
-  lastTopLabel: "",
   dashboardLoaded: false,
 };
 
@@ -432,12 +431,12 @@ function showPrediction(prediction, labels, version, versionNote) {
   el("span", { class: "bar-track", "aria-hidden": "true" }, barFill(p)),
   el("span", { class: "bar-value", text: percent(p) }))));
   $("identify-result").hidden = false;
-  state.lastTopLabel = unknown ? "" : prediction.label;
+  const offered = unknown ? "" : prediction.label;
   if (!$("feedback-label").value || $("feedback-label").dataset.auto === "true") {
-    $("feedback-label").value = state.lastTopLabel;
+    $("feedback-label").value = offered;
     $("feedback-label").dataset.auto = "true";
   }
-  if (!$("claimed").value) $("claimed").value = state.lastTopLabel;
+  if (!$("claimed").value) $("claimed").value = offered;
   updateFeedbackButton();
 }
 
