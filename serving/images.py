@@ -9,7 +9,6 @@ serving.contract only.
 """
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import io
@@ -78,7 +77,10 @@ def decode_b64(text: str | bytes, *, lenient: bool) -> bytes:
     """
     if isinstance(text, str):
         if lenient:
-            text = _DATA_URL.sub("", text.strip(), count=1)
+            text = text.strip()
+            # match, not sub: sub tries the anchored pattern at every offset of a 15 KB text.
+            if prefix := _DATA_URL.match(text):
+                text = text[prefix.end():]
         try:
             raw = text.encode("ascii")
         except UnicodeEncodeError:
@@ -107,7 +109,8 @@ def decode_b64(text: str | bytes, *, lenient: bool) -> bytes:
     if len(raw) % 4 == 1:
         raise InvalidImage(INVALID_BASE64, "base64 text has an impossible length")
     try:
-        return base64.b64decode(raw + b"=" * (-len(raw) % 4), validate=True)
+        # The alphabet is checked above: b64decode(validate=True) would scan the text again.
+        return binascii.a2b_base64(raw + b"=" * (-len(raw) % 4))
     except binascii.Error as err:
         raise InvalidImage(INVALID_BASE64, str(err)) from None
 
