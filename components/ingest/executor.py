@@ -64,10 +64,13 @@ FORGERIES_PROPERTY = "ingest_forgeries"  # of the examples, those marked as forg
 _SIDE = "side"
 # Threads validating the records of one JSON Lines file (image decoding releases
 # the GIL). Two: the pipeline's machines have a few cores, and the Beam runner and
-# the shard compression (executor's _ShardFile) use the rest.
+# the shard writes (executor's _ShardFile) use the rest; a third measured no faster.
 VALIDATION_THREADS = 2
-# TFX's .gz TFRecords.
+# TFX's .gz TFRecords, deflate level 0 (stored blocks): the records are mostly PNG, JPEG
+# and GIF bytes, already compressed, which TensorFlow's default level shrinks by ~4% for
+# most of a span's write time (docs/benchmarks.md#ingestion). Every GZIP reader reads them.
 _COMPRESSION = "GZIP"
+_COMPRESSION_LEVEL = 0
 # Shard kinds: the examples of one split, or side records (JSON lines).
 _EXAMPLES_SHARD = "examples"
 _SIDE_SHARD = "side"
@@ -271,7 +274,8 @@ class _ShardFile:
     """One shard being written: GZIP TFRecords (TensorFlow's own writer), or UTF-8 lines; through tf.io.gfile."""
 
     def __init__(self, path: str, tfrecord: bool):
-        self._records = tf.io.TFRecordWriter(path, options=_COMPRESSION) if tfrecord else None
+        options = tf.io.TFRecordOptions(compression_type=_COMPRESSION, compression_level=_COMPRESSION_LEVEL)
+        self._records = tf.io.TFRecordWriter(path, options=options) if tfrecord else None
         self._lines = None if tfrecord else tf.io.gfile.GFile(path, "wb")
 
     def add(self, record: bytes) -> None:
