@@ -49,6 +49,7 @@ if str(ROOT) not in sys.path:  # `python bench/bench_batch_predict.py` as well a
 
 # NOTE: before Beam: importing apache_beam appends IPython/extensions to
 # sys.path, whose regular `tests` package would then shadow this namespace one.
+from bench.results import reserve  # noqa: E402
 from tests.fixtures.tiny_model import DEFAULT_LABELS, build_tiny_saved_model  # noqa: E402
 
 from components.ingest.records import Accepted, read_landed_file  # noqa: E402
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc)
-    out = out_dir / f"batch-predict-{stamp:%Y%m%dT%H%M%SZ}.json"
+    out = reserve(out_dir, f"batch-predict-{stamp:%Y%m%dT%H%M%SZ}")
     out.write_text(json.dumps({"date": stamp.isoformat(timespec="seconds"), "machine": machine,
                                "load_average_1m_after": round(os.getloadavg()[0], 2), **result}, indent=2))
     print(f"wrote {out}")

@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.results import reserve  # noqa: E402
 from components.trainer.config import TrainerConfig  # noqa: E402
 from pipeline.definition.paths import METADATA_FILE  # noqa: E402
 from serving.layout import list_versions  # noqa: E402
@@ -217,7 +218,7 @@ def main() -> int:
     print(f"ceiling (Trainer alone) {stages['train']:.1f} s; cycle / Trainer = {total / stages['train']:.2f}x")
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"cycle-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    path = reserve(out, f"cycle-{dt.datetime.now():%Y%m%d-%H%M%S}")
     path.write_text(json.dumps(result, indent=1))
     print(f"written to {path}")
     return 0

@@ -39,6 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
+from bench.results import reserve  # noqa: E402
 from components.ingest import landing  # noqa: E402
 from components.ingest.executor import run_executor  # noqa: E402
 from components.ingest.records import Accepted, LandedFile, read_landed_file, to_example  # noqa: E402
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'path':38} {'s':>7} {'MB/s':>7} {'rec/s':>8} {'x ceiling':>9}")
     for name, r in report["results"].items():
         print(f"{name:38} {r['seconds']:7.2f} {r['mb_per_s']:7.2f} {r['records_per_s']:8.1f} {r['ratio_to_ceiling']:9.3f}")
-    out = OUT / f"ingest-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    out = reserve(OUT, f"ingest-{dt.datetime.now():%Y%m%d-%H%M%S}")
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {out.relative_to(ROOT)}")
     return 0

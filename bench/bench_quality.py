@@ -84,6 +84,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.results import reserve  # noqa: E402
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp"}
 # The split's defaults (--train-share, --forgery-train-share, --unknown-writers).
 TRAIN_SHARE = 2 / 3
@@ -620,7 +622,7 @@ def main() -> int:
     }
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"quality-{args.mode}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    path = reserve(out, f"quality-{args.mode}-{dt.datetime.now():%Y%m%d-%H%M%S}")
     path.write_text(json.dumps(result, indent=1))
     _report(result, path)
     print(f"written to {path}")

@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/bench_serving.py` as well as `-m bench.bench_serving`
     sys.path.insert(0, str(ROOT))
 
+from bench.results import reserve  # noqa: E402
 from serving import layout  # noqa: E402
 
 MODEL_NAME = "xception"
@@ -447,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc)
-    out = out_dir / f"serving-{stamp:%Y%m%dT%H%M%SZ}.json"
+    out = reserve(out_dir, f"serving-{stamp:%Y%m%dT%H%M%SZ}")
     out.write_text(json.dumps({
         "date": stamp.isoformat(timespec="seconds"),
         "machine": machine_before,

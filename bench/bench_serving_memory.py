@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/bench_serving_memory.py` as well as `-m bench.bench_serving_memory`
     sys.path.insert(0, str(ROOT))
 
+from bench.results import reserve  # noqa: E402
 from serving import layout  # noqa: E402
 
 MODEL_NAME = "xception"
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         stamp = dt.datetime.now(dt.timezone.utc)
         out_dir = Path(args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
-        log_path = out_dir / f"serving-memory-{stamp:%Y%m%dT%H%M%SZ}.log"
+        log_path = reserve(out_dir, f"serving-memory-{stamp:%Y%m%dT%H%M%SZ}", ".log")
         with Server(base, log_path, extra_env, args.server_flag) as server:
             try:
                 server.wait_until("version 1", lambda: server.states().get(1, ("", ""))[0] == "AVAILABLE",
@@ -344,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
           f"final/first {ratios['final_over_first']} (target <= {TARGET_RATIO}: {'met' if met else 'NOT met'}), "
           f"max/first {ratios['max_over_first']}")
 
-    out = out_dir / f"serving-memory-{stamp:%Y%m%dT%H%M%SZ}.json"
+    out = reserve(out_dir, log_path.stem)
     out.write_text(json.dumps({
         "date": stamp.isoformat(timespec="seconds"),
         "machine": machine,

@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
+from bench.results import reserve  # noqa: E402
 from components.trainer import data, model as model_lib, train  # noqa: E402
 from components.trainer.config import TrainerConfig  # noqa: E402
 from tests.trainer.helpers import rendered_items, write_records  # noqa: E402
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
           f"ratio {trainer_steady / ceiling_steady:.3f}; seconds from the last batch to fit's return: {tails}")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"trainer-{stamp:%Y%m%dT%H%M%SZ}.json"
+    out = reserve(out_dir, f"trainer-{stamp:%Y%m%dT%H%M%SZ}")
     out.write_text(json.dumps({
         "date": stamp.isoformat(timespec="seconds"), "machine": machine,
         "load_average_1m_after": round(os.getloadavg()[0], 2),

@@ -28,6 +28,7 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from bench.results import reserve
 from bench.bench_quality import writer_images
 from components.trainer.verification import equal_error_rate
 
@@ -85,7 +86,7 @@ def main() -> int:
         print(f"  {group:14s} genuine vs forged, writers held out: EER {eers[group]:.3f}")
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"forgery-shortcuts-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    path = reserve(out, f"forgery-shortcuts-{dt.datetime.now():%Y%m%d-%H%M%S}")
     path.write_text(json.dumps({"data": str(args.folder), "writers": len(set(writers)),
                                 "genuine": int((~is_forged).sum()), "forged": int(is_forged.sum()),
                                 "means": means, "eer": eers}, indent=2))

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from bench.results import reserve
 from bench import bench_quality as bq
 from components.trainer.embeddings import Embeddings
 from components.trainer.verification import (
@@ -167,8 +168,7 @@ def main() -> int:
     result["rules"]["product"]["model_cut"] = own
     print(f"  product at the model's own cut {cut:.4f}: unknown writers rejected {own['rejected']:.3f}, "
           f"top-1 cost {own['cost']:.4f}")
-    path = bq.ROOT / "bench" / "out" / f"open-set-rules-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = reserve(bq.ROOT / "bench" / "out", f"open-set-rules-{dt.datetime.now():%Y%m%d-%H%M%S}")
     path.write_text(json.dumps(result, indent=2))
     print(f"written to {path}")
     return 0
