@@ -257,7 +257,7 @@ def walk_folder(root: str, prefix: str) -> Iterator[_Candidate]:
     if not os.path.isdir(root):
         return
     for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not skipped_folder(d))
         rel_folder = os.path.relpath(folder, root)
         for name in sorted(names):
             full = os.path.join(folder, name)
@@ -271,6 +271,11 @@ def walk_folder(root: str, prefix: str) -> Iterator[_Candidate]:
             if rel_folder != "." and name.lower().endswith(IMAGE_SUFFIXES):
                 label, genuine = folder_claim(rel_folder.split(os.sep))
             yield _Candidate(os.path.abspath(full), f"{prefix}/{rel.replace(os.sep, '/')}", label, genuine)
+
+
+def skipped_folder(name: str) -> bool:
+    """Whether collection leaves out a folder of this name and everything in it (hidden folders)."""
+    return name.startswith(".")
 
 
 def _skipped(name: str) -> bool:

@@ -20,6 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from components.ingest.landing import skipped_folder
 from components.ingest.records import IMAGE_SUFFIXES, folder_claim
 from pipeline.definition.configs import load_config
 from pipeline.runners import local_runner
@@ -65,7 +66,7 @@ def references(folder: Path) -> list[Path]:
 def check_folder_name(signer: str) -> str:
     """`signer`, or EnrollError when `<inbox>/<signer>/` would not be read back as that signer's genuine
     references: a path rather than a name, a hidden folder (the inbox skips it), or a forgery folder."""
-    if "/" in signer or os.sep in signer or signer.startswith("."):
+    if "/" in signer or os.sep in signer or skipped_folder(signer):
         raise EnrollError(f"the signer {signer!r} names the inbox folder the references go to: no '/' and "
                           "no leading '.'")
     if folder_claim([signer]) != (signer, True):
