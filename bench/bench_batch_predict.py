@@ -258,7 +258,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"answers: labels equal to the ceiling's: {labels_equal}; largest score difference {max_score_diff:.2e}")
 
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc)
     out = reserve(out_dir, f"batch-predict-{stamp:%Y%m%dT%H%M%SZ}")
     out.write_text(json.dumps({"date": stamp.isoformat(timespec="seconds"), "machine": machine,

@@ -217,7 +217,6 @@ def main() -> int:
         print(f"  (components side by side for {overlap:.1f} s: the stages add up to more than the total)")
     print(f"ceiling (Trainer alone) {stages['train']:.1f} s; cycle / Trainer = {total / stages['train']:.2f}x")
     out = ROOT / "bench" / "out"
-    out.mkdir(parents=True, exist_ok=True)
     path = reserve(out, f"cycle-{dt.datetime.now():%Y%m%d-%H%M%S}")
     path.write_text(json.dumps(result, indent=1))
     print(f"written to {path}")

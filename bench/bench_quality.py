@@ -621,7 +621,6 @@ def main() -> int:
         "wall_seconds": time.monotonic() - started, **result,
     }
     out = ROOT / "bench" / "out"
-    out.mkdir(parents=True, exist_ok=True)
     path = reserve(out, f"quality-{args.mode}-{dt.datetime.now():%Y%m%d-%H%M%S}")
     path.write_text(json.dumps(result, indent=1))
     _report(result, path)

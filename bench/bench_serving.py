@@ -446,7 +446,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: {check['value']} (target {check['target']}) {'met' if check['met'] else 'NOT met'}")
 
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc)
     out = reserve(out_dir, f"serving-{stamp:%Y%m%dT%H%M%SZ}")
     out.write_text(json.dumps({

@@ -319,7 +319,6 @@ def main(argv: list[str] | None = None) -> int:
         push_version(template, base, 1)
         stamp = dt.datetime.now(dt.timezone.utc)
         out_dir = Path(args.out)
-        out_dir.mkdir(parents=True, exist_ok=True)
         log_path = reserve(out_dir, f"serving-memory-{stamp:%Y%m%dT%H%M%SZ}", ".log")
         with Server(base, log_path, extra_env, args.server_flag) as server:
             try:

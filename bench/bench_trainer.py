@@ -144,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"between the first and last batch: trainer {trainer_steady:.2f}, ceiling {ceiling_steady:.2f} images/s, "
           f"ratio {trainer_steady / ceiling_steady:.3f}; seconds from the last batch to fit's return: {tails}")
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     out = reserve(out_dir, f"trainer-{stamp:%Y%m%dT%H%M%SZ}")
     out.write_text(json.dumps({
         "date": stamp.isoformat(timespec="seconds"), "machine": machine,

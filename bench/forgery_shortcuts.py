@@ -85,7 +85,6 @@ def main() -> int:
         eers[group], _ = equal_error_rate(-scores[~is_forged], -scores[is_forged])
         print(f"  {group:14s} genuine vs forged, writers held out: EER {eers[group]:.3f}")
     out = ROOT / "bench" / "out"
-    out.mkdir(parents=True, exist_ok=True)
     path = reserve(out, f"forgery-shortcuts-{dt.datetime.now():%Y%m%d-%H%M%S}")
     path.write_text(json.dumps({"data": str(args.folder), "writers": len(set(writers)),
                                 "genuine": int((~is_forged).sum()), "forged": int(is_forged.sum()),
