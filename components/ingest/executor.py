@@ -44,7 +44,7 @@ from components import storage
 from components.ingest import landing, spec
 from components.ingest.records import Accepted, LandedFile, Rejected, read_landed_file, to_example, unlabelled_entry
 from serving.contract import RECORD_LABEL_KEY
-from serving.images import DEFAULT_MAX_PIXELS
+from serving.images import DEFAULT_MAX_PIXELS, ImageInfo
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def _IngestSpan(pipeline: beam.Pipeline, exec_properties: dict, split_pattern: s
     )
     decided = (
         accepted
-        | "KeyBySha" >> beam.Map(lambda a: (a.info.sha256, a))
+        | "KeyBySha" >> beam.Map(lambda a: (a.info.sha256, _to_wire(a)))
         | "GroupBySha" >> beam.GroupByKey()
         | "Deduplicate" >> beam.FlatMap(_deduplicate, prior=plan.prior, span=plan.span).with_outputs(_SIDE, main="examples")
     )
@@ -353,10 +353,22 @@ def _side_line(item: Rejected | _FileRead, span: int) -> str:
     return json.dumps({"kind": "quarantine", **item.to_json(span)}, ensure_ascii=False)
 
 
-def _deduplicate(item: tuple[str, Iterable[Accepted]], prior: dict[str, tuple[int, str, bool]], span: int):
+# Accepted records cross the shuffle as tuples of primitives, which Beam's coder
+# writes in compiled code; a dataclass would be pickled on each of four crossings.
+def _to_wire(a: Accepted) -> tuple:
+    info = a.info
+    return (a.source, a.order, a.image, info.format, info.width, info.height, info.sha256, a.label, a.genuine)
+
+
+def _from_wire(t: tuple) -> Accepted:
+    source, order, image, fmt, width, height, sha256, label, genuine = t
+    return Accepted(source, tuple(order), image, ImageInfo(fmt, width, height, sha256), label, genuine)
+
+
+def _deduplicate(item: tuple[str, Iterable[tuple]], prior: dict[str, tuple[int, str, bool]], span: int):
     """One image (sha256): keep the first labelled record of this span unless an earlier span has it."""
     sha256, records = item
-    new = sorted(records, key=lambda a: (a.label is None, a.order))
+    new = sorted(map(_from_wire, records), key=lambda a: (a.label is None, a.order))
     if sha256 in prior:
         first_span, first_label, first_genuine = prior[sha256]
         for a in new:
