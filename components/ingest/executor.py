@@ -42,7 +42,7 @@ from tfx.utils import proto_utils
 
 from components import storage
 from components.ingest import landing, spec
-from components.ingest.records import Accepted, LandedFile, Rejected, read_landed_file, to_example, unlabelled_entry
+from components.ingest.records import Accepted, LandedFile, read_landed_file, to_example, unlabelled_entry
 from serving.contract import RECORD_LABEL_KEY
 from serving.images import DEFAULT_MAX_PIXELS, ImageInfo
 
@@ -248,19 +248,17 @@ def _IngestSpan(pipeline: beam.Pipeline, exec_properties: dict, split_pattern: s
         | "LandedFiles" >> beam.Create(plan.files)
         # Lets a distributed runner read different files on different workers.
         | "SpreadFiles" >> beam.Reshuffle()
-        | "ReadAndValidate" >> beam.FlatMap(_read_counted, label_keys=plan.label_keys, max_pixels=plan.max_pixels)
-    )
-    accepted, side = outcomes | "AcceptedOrNot" >> beam.Partition(
-        lambda outcome, _: 0 if isinstance(outcome, Accepted) else 1, 2
+        | "ReadAndValidate" >> beam.FlatMap(
+            _read_file, span=plan.span, label_keys=plan.label_keys, max_pixels=plan.max_pixels
+        ).with_outputs(_SIDE, main="accepted")
     )
     decided = (
-        accepted
-        | "KeyBySha" >> beam.Map(lambda a: (a.info.sha256, _to_wire(a)))
+        outcomes.accepted
         | "GroupBySha" >> beam.GroupByKey()
         | "Deduplicate" >> beam.FlatMap(_deduplicate, prior=plan.prior, span=plan.span).with_outputs(_SIDE, main="examples")
     )
     _ = (
-        (side | "SideJson" >> beam.Map(_side_line, span=plan.span), decided[_SIDE])
+        (outcomes[_SIDE], decided[_SIDE])
         | "AllSide" >> beam.Flatten()
         | "WriteSide" >> beam.ParDo(_WriteShards(plan.staging, _SIDE_SHARD, "", tfrecord=False))
         | "ListSideShards" >> _ListShards(plan.side_shard_list)
@@ -332,25 +330,18 @@ def _ListShards(shards: beam.PCollection, path: str):  # noqa: N802
     )
 
 
-@dataclass(frozen=True)
-class _FileRead:
-    name: str
-    records: int
-
-
-def _read_counted(landed: LandedFile, **kwargs):
-    """The outcomes of one file, then how many there were (counted apart from how they end)."""
+def _read_file(landed: LandedFile, span: int, **kwargs) -> Iterator[Any]:
+    """One file's accepted records as (sha256, _to_wire(record)); as side lines, its rejected records and
+    how many records it held (counted apart from how they end)."""
     count = 0
     for outcome in read_landed_file(landed, threads=VALIDATION_THREADS, **kwargs):
         count += 1
-        yield outcome
-    yield _FileRead(landed.name, count)
-
-
-def _side_line(item: Rejected | _FileRead, span: int) -> str:
-    if isinstance(item, _FileRead):
-        return json.dumps({"kind": "read", "file": item.name, "records": item.records})
-    return json.dumps({"kind": "quarantine", **item.to_json(span)}, ensure_ascii=False)
+        if isinstance(outcome, Accepted):
+            yield outcome.info.sha256, _to_wire(outcome)
+        else:
+            yield beam.pvalue.TaggedOutput(
+                _SIDE, json.dumps({"kind": "quarantine", **outcome.to_json(span)}, ensure_ascii=False))
+    yield beam.pvalue.TaggedOutput(_SIDE, json.dumps({"kind": "read", "file": landed.name, "records": count}))
 
 
 # Accepted records cross the shuffle as tuples of primitives, which Beam's coder
