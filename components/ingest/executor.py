@@ -275,8 +275,10 @@ class _ShardFile:
         options = tf.io.TFRecordOptions(compression_type=_COMPRESSION, compression_level=_COMPRESSION_LEVEL)
         self._records = tf.io.TFRecordWriter(path, options=options) if tfrecord else None
         self._lines = None if tfrecord else tf.io.gfile.GFile(path, "wb")
+        self.records = 0
 
     def add(self, record: bytes) -> None:
+        self.records += 1
         if self._records is not None:
             self._records.write(record)
         else:
@@ -287,7 +289,7 @@ class _ShardFile:
 
 
 class _WriteShards(beam.DoFn):
-    """Writes each bundle's elements to one new file in `folder`; outputs (kind, split, file name).
+    """Writes each bundle's elements to one new file in `folder`; outputs (kind, split, file name, records).
 
     Examples (tf.train.Example) become GZIP TFRecords, side records (str) lines.
     Only the files named in the output count (`_ListShards` lists them): a
@@ -317,15 +319,19 @@ class _WriteShards(beam.DoFn):
         if self._shard is None:
             return
         self._shard.close()
-        yield GlobalWindows.windowed_value((self._kind, self._split, self._name))
+        yield GlobalWindows.windowed_value((self._kind, self._split, self._name, self._shard.records))
 
 
 @beam.ptransform_fn
 def _ListShards(shards: beam.PCollection, path: str):  # noqa: N802
-    """Write the (kind, split, file name) of every committed shard to `path`, as one JSON list."""
+    """Write the (kind, split, file name, records) of every committed shard to `path`, as one JSON list.
+
+    Nothing is written when there are no shards: without the default for an empty
+    input, Beam's graph is two stages smaller (_publish checks the counts instead).
+    """
     return (
         shards
-        | "ToList" >> beam.combiners.ToList()
+        | "ToList" >> beam.combiners.ToList().without_defaults()
         | "Write" >> beam.Map(lambda names: storage.write(path, json.dumps(sorted(names))))
     )
 
@@ -423,16 +429,25 @@ def _read_prior(paths: landing.IngestPaths, span: int) -> dict[str, tuple[int, s
 def _publish(
     plan: _SpanPlan, paths: landing.IngestPaths, uri: str, split_names: list[str], assign: Callable[[str], str]
 ) -> dict:
-    """Move the listed shards into place, sort the side records into their files, write the summary, then the
-    ledger (last)."""
-    _place_examples(plan, uri, split_names)
+    """Check that every landed file and every example is accounted for, move the listed shards into place, sort
+    the side records into their files, write the summary, then the ledger (last)."""
+    example_shards = _listed_shards(plan.example_shard_list)
     kinds: dict[str, list[dict]] = collections.defaultdict(list)
-    for _, _, name in _listed_shards(plan.side_shard_list):
+    for _, _, name, _ in _listed_shards(plan.side_shard_list):
         for line in storage.read_lines(storage.join(plan.staging, name)):
             entry = json.loads(line)
             kinds[entry.pop("kind")].append(entry)
     records_read = sum(entry["records"] for entry in kinds["read"])
     ledger = sorted(_ledger_line(e["sha256"], e["label"], e["genuine"]) for e in kinds["example"])
+    # Every file reports how many records it held, and every example is in a listed
+    # shard: a shard or a file lost between the workers and here fails the span.
+    reported = sorted(entry["file"] for entry in kinds["read"])
+    if reported != sorted(landed.name for landed in plan.files):
+        raise RuntimeError(f"ingest span {plan.span}: {len(plan.files)} files landed but {len(reported)} reported")
+    written = sum(records for _, _, _, records in example_shards)
+    if written != len(ledger):
+        raise RuntimeError(f"ingest span {plan.span}: {len(ledger)} examples decided but {written} written")
+    _place_examples(plan.staging, example_shards, uri, split_names)
     quarantine, unlabelled, duplicates = (
         sorted(kinds[kind], key=_by_source) for kind in ("quarantine", "unlabelled", "duplicate")
     )
@@ -474,19 +489,21 @@ def _publish(
     return summary
 
 
-def _listed_shards(path: str) -> list[tuple[str, str, str]]:
-    """The (kind, split, file name) of the shards a finished pipeline committed."""
+def _listed_shards(path: str) -> list[tuple[str, str, str, int]]:
+    """The (kind, split, file name, records) of the shards a finished pipeline committed (none: no list)."""
+    if not storage.exists(path):
+        return []
     return [tuple(item) for item in json.loads(storage.read_text(path))]
 
 
-def _place_examples(plan: _SpanPlan, uri: str, split_names: list[str]) -> None:
+def _place_examples(staging: str, shards: list[tuple[str, str, str, int]], uri: str, split_names: list[str]) -> None:
     """Move each split's shards to `Split-<name>/data_tfrecord-NNNNN-of-NNNNN.gz`, TFX's own names.
 
     A split without examples gets one empty file, as Beam's TFRecord sink writes:
     readers that list the split's files then find a (valid, empty) TFRecord.
     """
     by_split: dict[str, list[str]] = collections.defaultdict(list)
-    for _, split, name in _listed_shards(plan.example_shard_list):
+    for _, split, name, _ in shards:
         by_split[split].append(name)
     for split in split_names:
         folder = storage.join(uri, f"Split-{split}")
@@ -496,7 +513,7 @@ def _place_examples(plan: _SpanPlan, uri: str, split_names: list[str]) -> None:
             _ShardFile(storage.join(folder, f"{write_split.DEFAULT_FILE_NAME}-00000-of-00001.gz"), tfrecord=True).close()
         for index, name in enumerate(names):
             target = storage.join(folder, f"{write_split.DEFAULT_FILE_NAME}-{index:05d}-of-{len(names):05d}.gz")
-            storage.rename(storage.join(plan.staging, name), target)
+            storage.rename(storage.join(staging, name), target)
 
 
 def _jsonl(entries: list[dict]) -> str:

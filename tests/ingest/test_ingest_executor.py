@@ -5,6 +5,9 @@ import base64
 import json
 import os
 
+import pytest
+
+from components.ingest import executor as executor_module
 from components.ingest import landing
 from components.ingest.executor import split_assigner
 from components.ingest.spec import OUTPUT_CONFIG
@@ -225,3 +228,29 @@ def test_zero_valid_new_records_is_not_an_error(tmp_path):
     assert (summary["records_read"], summary["examples"], summary["quarantined"]) == (2, 0, 2)
     assert examples == {"train": [], "eval": []}
     assert landing.is_processed(paths, 0)
+
+
+@pytest.mark.parametrize(
+    ("listing", "message"),
+    [("example_shard_list", "4 examples decided but 0 written"), ("side_shard_list", "2 files landed but 0 reported")],
+)
+def test_a_lost_shard_listing_fails_the_span_and_a_rerun_recovers(tmp_path, monkeypatch, listing, message):
+    paths = make_paths(str(tmp_path))
+    write_jsonl(f"{paths.inbox_dir}/a.jsonl", [{"b64": b64(image_bytes(800 + i)), "label": "signer_01"} for i in range(3)])
+    write_jsonl(f"{paths.inbox_dir}/b.jsonl", [{"b64": b64(image_bytes(810)), "label": "signer_02"}])
+    publish = executor_module._publish
+
+    def publish_after_losing_the_listing(plan, *args):
+        # What a filesystem that loses a write would leave: the pipeline ran, its listing is gone.
+        os.remove(getattr(plan, listing))
+        return publish(plan, *args)
+
+    monkeypatch.setattr(executor_module, "_publish", publish_after_losing_the_listing)
+    with pytest.raises(RuntimeError, match=message):
+        ingest_step(paths, str(tmp_path), 0)
+    assert not landing.is_processed(paths, 0)
+
+    monkeypatch.setattr(executor_module, "_publish", publish)
+    collection, summary, examples = ingest_step(paths, str(tmp_path), 1)
+    assert (collection.latest_span, summary["records_read"], summary["examples"]) == (0, 4, 4)
+    assert sum(len(split) for split in examples.values()) == 4
