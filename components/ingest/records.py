@@ -341,26 +341,40 @@ def _read_jsonl(landed: LandedFile, label_keys: Sequence[str], max_pixels: int, 
         return parse_record(obj, source, (landed.order, line_no), landed.path, label_keys=label_keys,
                             max_pixels=max_pixels, labels_name_classes=labels_name_classes)
 
+    def validate_chunk(items: list[tuple[str, int, Any] | Rejected]) -> list[Outcome]:
+        return [item if isinstance(item, Rejected) else validate(item) for item in items]
+
     if threads <= 1:
         for item in _jsonl_items(landed):
             yield item if isinstance(item, Rejected) else validate(item)
         return
     with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-        # A bounded window of records in flight keeps memory flat on a large file.
-        window: collections.deque[concurrent.futures.Future | Rejected] = collections.deque()
-        for item in _jsonl_items(landed):
-            window.append(item if isinstance(item, Rejected) else pool.submit(validate, item))
-            if len(window) >= _WINDOW_PER_THREAD * threads:
-                yield _outcome(window.popleft())
+        # A bounded window of chunks in flight keeps memory flat on a large file.
+        window: collections.deque[concurrent.futures.Future] = collections.deque()
+        for chunk in _chunks(_jsonl_items(landed), _CHUNK):
+            window.append(pool.submit(validate_chunk, chunk))
+            if len(window) >= _CHUNKS_PER_THREAD * threads:
+                yield from window.popleft().result()
         while window:
-            yield _outcome(window.popleft())
+            yield from window.popleft().result()
 
 
-_WINDOW_PER_THREAD = 16
+# Records go to the validation threads in chunks of 8: handing them over one future at
+# a time (locks and wake-ups, each taking the GIL) made 5,000 records take 1.24 s on
+# 2 threads instead of 1.07 s.
+_CHUNK = 8
+_CHUNKS_PER_THREAD = 3
 
 
-def _outcome(item: concurrent.futures.Future | Rejected) -> Outcome:
-    return item if isinstance(item, Rejected) else item.result()
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _jsonl_items(landed: LandedFile) -> Iterator[tuple[str, int, Any] | Rejected]:

@@ -173,6 +173,24 @@ def test_each_bad_line_is_rejected_with_its_reason(tmp_path):
     assert all(o.message and o.path == str(tmp_path / "bad.jsonl") for o in outcomes)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_validation_threads_give_every_outcome_in_file_order(tmp_path, threads):
+    # Good and bad lines interleaved, more than the chunks in flight, a blank line and a last partial chunk.
+    lines = []
+    for i in range(61):
+        lines.append(json.dumps({"image": {"b64": b64(image_bytes(900 + i))}, "label": f"signer_{i % 4:02d}"}))
+        if i % 5 == 0:
+            lines.append(BAD_LINES[i % len(BAD_LINES)][1])
+    write_jsonl(str(tmp_path / "mixed.jsonl"), [*lines[:30], "", *lines[30:]])
+    landed = LandedFile(path=str(tmp_path / "mixed.jsonl"), name="span-0/inbox/mixed.jsonl", order=0, folder_label=None)
+
+    one_by_one = list(read_landed_file(landed))
+    in_threads = list(read_landed_file(landed, threads=threads))
+
+    assert len(one_by_one) == len(lines) == 74
+    assert in_threads == one_by_one
+
+
 def _png_with_undecodable_pixels(width: int, height: int) -> bytes:
     """A PNG whose header is valid and whose pixel data is not zlib: only decoding it can fail."""
     def chunk(kind: bytes, body: bytes) -> bytes:
