@@ -7,7 +7,8 @@ data/generate_signatures.py, ~11 KB each, cached in bench/out/):
    image and writes the bytes to a GZIP TFRecord. No validation, no tf.Example,
    no Beam: what ingestion would cost if checking images were free.
 2. Parse + validate: components.ingest.records in a loop (JSON, lenient base64,
-   serving.images.inspect_image with its full decode, tf.Example), no Beam.
+   serving.images.inspect_image with its full decode, tf.Example), one thread, no
+   Beam, written as the executor writes its shards (deflate level 0).
 3. The executor: the real SignatureExampleGen executor on a landed span
    (Beam pipeline: read, validate, de-duplicate, split, write), with Beam's
    DirectRunner in memory, then with the pipeline's setting (multi_processing,
@@ -41,7 +42,7 @@ import tensorflow as tf  # noqa: E402
 
 from bench.results import reserve  # noqa: E402
 from components.ingest import landing  # noqa: E402
-from components.ingest.executor import run_executor  # noqa: E402
+from components.ingest.executor import SHARD_COMPRESSION, SHARD_COMPRESSION_LEVEL, run_executor  # noqa: E402
 from components.ingest.records import Accepted, LandedFile, read_landed_file, to_example  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +79,8 @@ def ceiling(jsonl: Path, work: Path) -> float:
 def parse_and_validate(jsonl: Path, work: Path) -> float:
     landed = LandedFile(path=str(jsonl), name="bench.jsonl", order=0, folder_label=None)
     started = time.perf_counter()
-    with tf.io.TFRecordWriter(str(work / "validated.gz"), options="GZIP") as writer:
+    options = tf.io.TFRecordOptions(compression_type=SHARD_COMPRESSION, compression_level=SHARD_COMPRESSION_LEVEL)
+    with tf.io.TFRecordWriter(str(work / "validated.gz"), options=options) as writer:
         for outcome in read_landed_file(landed):
             if not isinstance(outcome, Accepted):
                 raise RuntimeError(f"benchmark input refused: {outcome}")
