@@ -44,8 +44,6 @@ class SignatureExampleGen(FileBasedExampleGen):
         label_keys: Sequence[str] = DEFAULT_LABEL_KEYS,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
-        if not label_keys or any(not key or "," in key for key in label_keys):
-            raise ValueError(f"label_keys must be non-empty keys without commas, got {label_keys!r}")
         component_spec = spec.SignatureExampleGenSpec(
             input_base=paths.landing_dir,
             input_config=spec.INPUT_CONFIG,
@@ -53,15 +51,7 @@ class SignatureExampleGen(FileBasedExampleGen):
             output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
             output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
             examples=channel.Channel(type=standard_artifacts.Examples),
-            **{
-                spec.INBOX_DIR_KEY: paths.inbox_dir,
-                spec.SAMPLE_DIR_KEY: paths.sample_dir,
-                spec.STATE_DIR_KEY: paths.state_dir,
-                spec.QUARANTINE_DIR_KEY: paths.quarantine_dir,
-                spec.UNLABELLED_DIR_KEY: paths.unlabelled_dir,
-                spec.LABEL_KEYS_KEY: ",".join(label_keys),
-                spec.MAX_PIXELS_KEY: max_pixels,
-            },
+            **spec.ingest_properties(paths, label_keys, max_pixels),
         )
         # NOTE: FileBasedExampleGen.__init__ builds its own (narrower) spec, so it
         # is skipped; subclassing it still marks this as a file-based ExampleGen.

@@ -199,13 +199,7 @@ def run_executor(
         standard_component_specs.OUTPUT_DATA_FORMAT_KEY: example_gen_pb2.FORMAT_TF_EXAMPLE,
         standard_component_specs.OUTPUT_FILE_FORMAT_KEY: example_gen_pb2.FORMAT_TFRECORDS_GZIP,
         example_gen_utils.SPAN_PROPERTY_NAME: span,
-        spec.INBOX_DIR_KEY: paths.inbox_dir,
-        spec.SAMPLE_DIR_KEY: paths.sample_dir,
-        spec.STATE_DIR_KEY: paths.state_dir,
-        spec.QUARANTINE_DIR_KEY: paths.quarantine_dir,
-        spec.UNLABELLED_DIR_KEY: paths.unlabelled_dir,
-        spec.LABEL_KEYS_KEY: ",".join(label_keys),
-        spec.MAX_PIXELS_KEY: max_pixels,
+        **spec.ingest_properties(paths, label_keys, max_pixels),
     }
     examples = standard_artifacts.Examples()
     examples.uri = examples_uri

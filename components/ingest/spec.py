@@ -5,7 +5,7 @@ parameters back from `exec_properties`).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from tfx.proto import example_gen_pb2
 from tfx.types import standard_component_specs
@@ -53,6 +53,21 @@ class SignatureExampleGenSpec(ComponentSpec):
     }
     INPUTS = {}
     OUTPUTS = standard_component_specs.FileBasedExampleGenSpec.OUTPUTS
+
+
+def ingest_properties(paths: IngestPaths, label_keys: Sequence[str], max_pixels: int) -> dict[str, Any]:
+    """Ingestion's own parameters (what ingest_paths and label_keys read back), for the component and run_executor."""
+    if not label_keys or any(not key or "," in key for key in label_keys):
+        raise ValueError(f"label_keys must be non-empty keys without commas, got {label_keys!r}")
+    return {
+        INBOX_DIR_KEY: paths.inbox_dir,
+        SAMPLE_DIR_KEY: paths.sample_dir,
+        STATE_DIR_KEY: paths.state_dir,
+        QUARANTINE_DIR_KEY: paths.quarantine_dir,
+        UNLABELLED_DIR_KEY: paths.unlabelled_dir,
+        LABEL_KEYS_KEY: ",".join(label_keys),
+        MAX_PIXELS_KEY: max_pixels,
+    }
 
 
 def ingest_paths(exec_properties: Mapping[str, Any]) -> IngestPaths:

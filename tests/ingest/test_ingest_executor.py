@@ -254,3 +254,14 @@ def test_a_lost_shard_listing_fails_the_span_and_a_rerun_recovers(tmp_path, monk
     collection, summary, examples = ingest_step(paths, str(tmp_path), 1)
     assert (collection.latest_span, summary["records_read"], summary["examples"]) == (0, 4, 4)
     assert sum(len(split) for split in examples.values()) == 4
+
+
+@pytest.mark.parametrize("label_keys", [(), ("",), ("label,caption",)])
+def test_label_keys_that_cannot_be_read_back_are_refused_by_the_component_and_run_executor(tmp_path, label_keys):
+    from components.ingest.component import SignatureExampleGen
+
+    paths = make_paths(str(tmp_path))
+    with pytest.raises(ValueError, match="label_keys must be non-empty keys without commas"):
+        SignatureExampleGen(paths, label_keys=label_keys)
+    with pytest.raises(ValueError, match="label_keys must be non-empty keys without commas"):
+        executor_module.run_executor(paths, 0, str(tmp_path / "examples"), label_keys=label_keys)
