@@ -116,12 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = {"ceiling (decode + write bytes)": ceiling(jsonl, work)}
         results["parse + validate (no Beam)"] = parse_and_validate(jsonl, work)
-        seconds, summary = executor(jsonl, work, ())
-        if summary["examples"] != args.records:
-            raise RuntimeError(f"expected {args.records} examples, got {summary}")
-        results["executor, DirectRunner in memory"] = seconds
-        seconds, _ = executor(jsonl, work, MULTI_PROCESSING)
-        results["executor, DirectRunner 2 processes"] = seconds
+        for name, beam_args in (("executor, DirectRunner in memory", ()),
+                                ("executor, DirectRunner 2 processes", MULTI_PROCESSING)):
+            seconds, summary = executor(jsonl, work, beam_args)
+            if summary["examples"] != args.records:
+                raise RuntimeError(f"{name}: expected {args.records} examples, got {summary}")
+            results[name] = seconds
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
