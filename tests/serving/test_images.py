@@ -39,6 +39,26 @@ def test_strict_refuses_wrong_padding_and_junk(text):
     assert _reason(decode_b64, text, lenient=False) == "invalid_base64"
 
 
+def test_lenient_refuses_a_text_mixing_the_two_alphabets():
+    standard, url_safe = base64.b64encode(PAYLOAD).decode(), base64.urlsafe_b64encode(PAYLOAD).decode()
+    assert "+" in standard and "-" in url_safe
+    mixed = standard[:100] + url_safe[100:]
+    assert "+" in mixed[:100] and "-" in mixed[100:]
+    for lenient in (True, False):
+        assert _reason(decode_b64, mixed, lenient=lenient) == "invalid_base64"
+
+
+@pytest.mark.parametrize("lenient", [False, True])
+def test_whitespace_around_the_padding_is_ignored_and_a_wrapped_url_safe_text_decodes(lenient):
+    text = base64.b64encode(PAYLOAD).decode()
+    assert decode_b64(text[:-1] + " \n" + text[-1] + "\r\n", lenient=lenient) == PAYLOAD
+    wrapped_url_safe = "\n".join(base64.urlsafe_b64encode(PAYLOAD).decode()[i:i + 76] for i in range(0, 1028, 76))
+    if lenient:
+        assert decode_b64(wrapped_url_safe, lenient=True) == PAYLOAD
+    else:
+        assert _reason(decode_b64, wrapped_url_safe, lenient=False) == "invalid_base64"
+
+
 def test_lenient_accepts_a_browser_data_url():
     png = make_image_bytes("PNG")
     data_url = "data:image/png;base64," + base64.b64encode(png).decode()
