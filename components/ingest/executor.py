@@ -435,9 +435,12 @@ def _publish(
     ledger = sorted(_ledger_line(e["sha256"], e["label"], e["genuine"]) for e in kinds["example"])
     # Every file reports how many records it held, and every example is in a listed
     # shard: a shard or a file lost between the workers and here fails the span.
-    reported = sorted(entry["file"] for entry in kinds["read"])
-    if reported != sorted(landed.name for landed in plan.files):
-        raise RuntimeError(f"ingest span {plan.span}: {len(plan.files)} files landed but {len(reported)} reported")
+    reported = collections.Counter(entry["file"] for entry in kinds["read"])
+    landed_names = collections.Counter(landed.name for landed in plan.files)
+    if reported != landed_names:
+        raise RuntimeError(
+            f"ingest span {plan.span}: {len(plan.files)} files landed, {sum(reported.values())} reports; not reported:"
+            f" {sorted(landed_names - reported)}, reported but not landed or twice: {sorted(reported - landed_names)}")
     written = sum(records for _, _, _, records in example_shards)
     if written != len(ledger):
         raise RuntimeError(f"ingest span {plan.span}: {len(ledger)} examples decided but {written} written")

@@ -232,7 +232,10 @@ def test_zero_valid_new_records_is_not_an_error(tmp_path):
 
 @pytest.mark.parametrize(
     ("listing", "message"),
-    [("example_shard_list", "4 examples decided but 0 written"), ("side_shard_list", "2 files landed but 0 reported")],
+    [
+        ("example_shard_list", "4 examples decided but 0 written"),
+        ("side_shard_list", r"2 files landed, 0 reports; not reported: \['span-0/inbox/a.jsonl', 'span-0/inbox/b.jsonl'\]"),
+    ],
 )
 def test_a_lost_shard_listing_fails_the_span_and_a_rerun_recovers(tmp_path, monkeypatch, listing, message):
     paths = make_paths(str(tmp_path))
