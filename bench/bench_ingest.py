@@ -42,7 +42,7 @@ import tensorflow as tf  # noqa: E402
 
 from bench.results import reserve  # noqa: E402
 from components.ingest import landing  # noqa: E402
-from components.ingest.executor import SHARD_COMPRESSION, SHARD_COMPRESSION_LEVEL, run_executor  # noqa: E402
+from components.ingest.executor import SHARD_OPTIONS, run_executor  # noqa: E402
 from components.ingest.records import Accepted, LandedFile, read_landed_file, to_example  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,8 +79,7 @@ def ceiling(jsonl: Path, work: Path) -> float:
 def parse_and_validate(jsonl: Path, work: Path) -> float:
     landed = LandedFile(path=str(jsonl), name="bench.jsonl", order=0, folder_label=None)
     started = time.perf_counter()
-    options = tf.io.TFRecordOptions(compression_type=SHARD_COMPRESSION, compression_level=SHARD_COMPRESSION_LEVEL)
-    with tf.io.TFRecordWriter(str(work / "validated.gz"), options=options) as writer:
+    with tf.io.TFRecordWriter(str(work / "validated.gz"), options=SHARD_OPTIONS) as writer:
         for outcome in read_landed_file(landed):
             if not isinstance(outcome, Accepted):
                 raise RuntimeError(f"benchmark input refused: {outcome}")

@@ -69,8 +69,7 @@ VALIDATION_THREADS = 2
 # TFX's .gz TFRecords, deflate level 0 (stored blocks): the records are mostly PNG, JPEG
 # and GIF bytes, already compressed, which TensorFlow's default level shrinks by ~4% for
 # most of a span's write time (docs/benchmarks.md#ingestion). Every GZIP reader reads them.
-SHARD_COMPRESSION = "GZIP"
-SHARD_COMPRESSION_LEVEL = 0
+SHARD_OPTIONS = tf.io.TFRecordOptions(compression_type="GZIP", compression_level=0)
 # Shard kinds: the examples of one split, or side records (JSON lines).
 _EXAMPLES_SHARD = "examples"
 _SIDE_SHARD = "side"
@@ -266,8 +265,7 @@ class _ShardFile:
     """One shard being written: GZIP TFRecords (TensorFlow's own writer), or UTF-8 lines; through tf.io.gfile."""
 
     def __init__(self, path: str, tfrecord: bool):
-        options = tf.io.TFRecordOptions(compression_type=SHARD_COMPRESSION, compression_level=SHARD_COMPRESSION_LEVEL)
-        self._records = tf.io.TFRecordWriter(path, options=options) if tfrecord else None
+        self._records = tf.io.TFRecordWriter(path, options=SHARD_OPTIONS) if tfrecord else None
         self._lines = None if tfrecord else tf.io.gfile.GFile(path, "wb")
         self.records = 0
 
