@@ -81,9 +81,10 @@ class _SpanPlan:
 
     span: int
     files: list[LandedFile]
-    # sha256 -> (span, label, genuine) of the examples of earlier spans. Held in
-    # memory: ~100 bytes an image, so a million images cost ~100 MB.
-    prior: dict[str, tuple[int, str, bool]]
+    # (span, ledger file) of the processed spans before this one. The de-duplication
+    # step reads them where it runs (_Deduplicate.setup), so the pipeline graph, which a
+    # cluster runner ships to its service, does not grow with the history.
+    prior_ledgers: tuple[tuple[int, str], ...]
     staging: str
     ingested_at: int
     label_keys: tuple[str, ...]
@@ -114,15 +115,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         staging = storage.join(examples.uri, _STAGING)
         storage.rmtree(staging)  # left by an attempt that died; its shards are not listed anywhere
         storage.makedirs(staging)
-        self._plan = _SpanPlan(
-            span=span,
-            files=landing.landed_files(paths, span),
-            prior=_read_prior(paths, span),
-            staging=staging,
-            ingested_at=int(landing.read_manifest(paths, span)["collected_at"]),
-            label_keys=spec.label_keys(exec_properties),
-            max_pixels=int(exec_properties[spec.MAX_PIXELS_KEY]),
-        )
+        self._plan = _plan_span(paths, span, staging, exec_properties)
         input_config = example_gen_pb2.Input()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
         output_config = example_gen_pb2.Output()
@@ -248,7 +241,7 @@ def _IngestSpan(pipeline: beam.Pipeline, exec_properties: dict, split_pattern: s
     decided = (
         outcomes.accepted
         | "GroupBySha" >> beam.GroupByKey()
-        | "Deduplicate" >> beam.FlatMap(_deduplicate, prior=plan.prior, span=plan.span).with_outputs(_SIDE, main="examples")
+        | "Deduplicate" >> beam.ParDo(_Deduplicate(plan.prior_ledgers, plan.span)).with_outputs(_SIDE, main="examples")
     )
     _ = (
         (outcomes[_SIDE], decided[_SIDE])
@@ -354,6 +347,21 @@ def _from_wire(t: tuple) -> Accepted:
     return Accepted(source, tuple(order), image, ImageInfo(fmt, width, height, sha256), label, genuine)
 
 
+class _Deduplicate(beam.DoFn):
+    """_deduplicate against the earlier spans' ledgers, read once per instance where the step runs."""
+
+    def __init__(self, ledgers: tuple[tuple[int, str], ...], span: int):
+        self._ledgers = ledgers
+        self._span = span
+        self._prior: dict[str, tuple[int, str, bool]] = {}
+
+    def setup(self) -> None:
+        self._prior = _read_ledgers(self._ledgers)
+
+    def process(self, item: tuple[str, Iterable[tuple]]):
+        yield from _deduplicate(item, self._prior, self._span)
+
+
 def _deduplicate(item: tuple[str, Iterable[tuple]], prior: dict[str, tuple[int, str, bool]], span: int):
     """One image (sha256): keep the first labelled record of this span unless an earlier span has it."""
     sha256, records = item
@@ -406,13 +414,32 @@ def _parse_ledger_line(line: str) -> tuple[str, str, bool]:
     return sha256, label, flag == "1"
 
 
-def _read_prior(paths: landing.IngestPaths, span: int) -> dict[str, tuple[int, str, bool]]:
-    """sha256 -> (first span, label, genuine) of every example of the processed spans before `span`."""
+def _plan_span(paths: landing.IngestPaths, span: int, staging: str, exec_properties: dict[str, Any]) -> _SpanPlan:
+    return _SpanPlan(
+        span=span,
+        files=landing.landed_files(paths, span),
+        prior_ledgers=tuple((earlier, paths.seen_file(earlier)) for earlier in landing.committed_spans(paths)
+                            if earlier < span and landing.is_processed(paths, earlier)),
+        staging=staging,
+        ingested_at=int(landing.read_manifest(paths, span)["collected_at"]),
+        label_keys=spec.label_keys(exec_properties),
+        max_pixels=int(exec_properties[spec.MAX_PIXELS_KEY]),
+    )
+
+
+def _read_ledgers(ledgers: Iterable[tuple[int, str]]) -> dict[str, tuple[int, str, bool]]:
+    """sha256 -> (first span, label, genuine) of every example in the (span, ledger file) pairs, oldest first.
+
+    Held in memory where de-duplication runs: ~100 bytes an image, ~100 MB for a million.
+    A ledger that has gone since the span was planned is an error, not an empty history
+    (its images would all be examples again).
+    """
     prior: dict[str, tuple[int, str, bool]] = {}
-    for earlier in landing.committed_spans(paths):
-        if earlier >= span or not landing.is_processed(paths, earlier):
-            continue
-        for line in storage.read_lines(paths.seen_file(earlier)):
+    for earlier, path in ledgers:
+        if not storage.exists(path):
+            raise FileNotFoundError(f"the examples ledger of span {earlier} ({path}) is gone; it was there when "
+                                    "this span was planned")
+        for line in storage.read_lines(path):
             sha256, label, genuine = _parse_ledger_line(line)
             prior.setdefault(sha256, (earlier, label, genuine))
     return prior

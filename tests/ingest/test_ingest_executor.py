@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 
+import apache_beam as beam
 import pytest
 
 from components.ingest import executor as executor_module
-from components.ingest import landing
+from components.ingest import landing, spec
 from components.ingest.executor import split_assigner
 from components.ingest.spec import OUTPUT_CONFIG
+from serving.images import DEFAULT_MAX_PIXELS
 from tests.ingest.helpers import (
     b64,
     by_sha,
@@ -193,6 +196,41 @@ def test_restart_after_a_crash_gives_the_same_span(tmp_path):
     # Span 1 is processed now: the waiting file goes into span 2.
     assert landing.collect_new_files(paths).new_span == 2
     assert [f.name for f in landing.landed_files(paths, 2)] == ["span-2/inbox/c.jsonl"]
+
+
+def test_the_beam_graph_does_not_carry_the_history(tmp_path):
+    """A cluster runner ships the pipeline graph to its service (Dataflow refuses graphs over ~10 MB): the earlier
+    spans' ledgers are read where de-duplication runs, so the graph stays the same size as the history grows."""
+    paths = make_paths(str(tmp_path))
+    write_jsonl(f"{paths.inbox_dir}/a.jsonl", [{"b64": b64(image_bytes(700)), "label": "signer_01"}])
+    ingest_step(paths, str(tmp_path), 0)
+    again = image_bytes(701)
+    write_jsonl(f"{paths.inbox_dir}/b.jsonl", [{"b64": b64(again), "label": "signer_02"}])
+    assert landing.collect_new_files(paths).new_span == 1
+    properties = spec.ingest_properties(paths, ("label",), DEFAULT_MAX_PIXELS)
+
+    def graph_bytes() -> int:
+        plan = executor_module._plan_span(paths, 1, str(tmp_path / "staging"), properties)
+        pipeline = beam.Pipeline()
+        _ = pipeline | executor_module._IngestSpan({}, "", plan)
+        return len(pipeline.to_runner_api().SerializeToString())
+
+    before = graph_bytes()
+    # 20,000 more images in span 0's ledger, among them the image span 1 brings.
+    lines = [f"{hashlib.sha256(str(i).encode()).hexdigest()}\tsigner_{i % 50:02d}\t1\n" for i in range(19_999)]
+    with open(paths.seen_file(0), "a", encoding="utf-8") as f:
+        f.writelines([*lines, f"{sha256(again)}\tsigner_09\t1\n"])
+    assert graph_bytes() - before < 1_000  # ~1 MB more if the history were in it
+
+    summary = executor_module.run_executor(paths, 1, str(tmp_path / "examples-1"))
+    assert (summary["examples"], summary["duplicates"]) == (0, 1)
+    [duplicate] = read_jsonl(summary["duplicates_file"])
+    assert (duplicate["duplicate_of"], duplicate["kept_label"]) == ("span-0", "signer_09")
+
+
+def test_a_ledger_gone_after_planning_is_an_error_not_an_empty_history(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ledger of span 3"):
+        executor_module._read_ledgers([(3, str(tmp_path / "span-3.tsv"))])
 
 
 def test_split_of_an_image_is_stable_across_runs(tmp_path):
