@@ -415,6 +415,8 @@ def _parse_ledger_line(line: str) -> tuple[str, str, bool]:
 
 
 def _plan_span(paths: landing.IngestPaths, span: int, staging: str, exec_properties: dict[str, Any]) -> _SpanPlan:
+    """What the Beam pipeline of span `span` needs: its landed files, the ledgers of the processed spans before it
+    (paths only), its collection time and ingestion's rules from `exec_properties`."""
     return _SpanPlan(
         span=span,
         files=landing.landed_files(paths, span),
