@@ -32,7 +32,7 @@ import base64
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -414,7 +414,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--version", type=int, help="a specific model version (default: the latest)")
     which.add_argument("--label", help="a model version label, e.g. stable")
     parser.add_argument("--top-k", type=int, default=0, metavar="K",
-                        help="also show the K most likely signers (uses the classify signature)")
+                        help="also show the K most likely signers by probability (a second request, to the "
+                             "classify signature; the answer itself stays predict_label's)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                         help="time limit for the server's answer (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image")
@@ -455,7 +456,12 @@ def main(args: argparse.Namespace) -> int:
             client = RestClient(args.rest_url, args.model, version=args.version, label=args.label, timeout=args.timeout)
         with client:
             data = [image for _, image in named]
-            predictions = client.classify(data, args.top_k) if args.top_k else client.predict(data)
+            predictions = client.predict(data)
+            if args.top_k:
+                # The answer stays predict_label's (with the open set's "unknown"); classify, which
+                # ranks every label by the softmax alone, only adds the ranking.
+                ranked = client.classify(data, args.top_k)
+                predictions = [replace(p, top_k=r.top_k) for p, r in zip(predictions, ranked)]
     except ClientError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -361,6 +361,13 @@ def test_cli_says_an_unknown_answer_is_no_signer_and_its_score_a_similarity(tmp_
         assert result.stdout.splitlines() == [
             f"{stranger}: unknown (no enrolled signer is close enough: similarity {answers[0]['score']:.4f})",
             f"{alan}: alan_turing (score {answers[1]['score']:.4f})"]
+
+        # The ranking adds the most probable signers; the answer stays the open set's.
+        ranked = signflow(str(stranger), "--rest-url", server.rest_url, "--model", MODEL, "--top-k", "2", "--json")
+        assert ranked.returncode == 0, ranked.stderr
+        record = json.loads(ranked.stdout)
+        assert (record["label"], record["score"]) == (UNKNOWN_LABEL, answers[0]["score"])
+        assert len(record["top_k"]) == 2 and UNKNOWN_LABEL not in {entry["label"] for entry in record["top_k"]}
     finally:
         server.stop()
 
