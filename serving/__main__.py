@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m serving", description="signflow's TF Serving-compatible model server")
     cli.add_arguments(parser)
-    return cli.main(parser.parse_args(argv))
+    return cli.main(parser.parse_args(argv), prog=parser.prog)
 
 
 if __name__ == "__main__":

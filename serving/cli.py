@@ -182,12 +182,13 @@ def tensorflow_model_server_argv(settings: Settings, binary: str = TF_SERVING_BI
     return argv
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run the server with parsed flags; returns the exit code (2 for bad flags or config)."""
+def main(args: argparse.Namespace, prog: str = "signflow serve") -> int:
+    """Run the server with parsed flags; returns the exit code (2 for bad flags or config). `prog` names the
+    command in error messages, as argparse does."""
     try:
         settings = settings_from_args(args)
     except SettingsError as err:
-        print(f"signflow serve: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     if args.prefer_tensorflow_model_server:
         binary = shutil.which(TF_SERVING_BINARY)

@@ -99,7 +99,8 @@ def test_config_problems_fail_at_start(tmp_path):
     for argv, message in cases:
         result = run_serving(*argv, python_flags=("-X", "importtime"))
         assert result.returncode == 2, (argv, result.stderr)
-        assert message in result.stderr, (argv, result.stderr)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("python -m serving: error: ")]
+        assert len(errors) == 1 and message in errors[0], (argv, result.stderr)
         # Refused before TensorFlow (seconds to import) was loaded: the failure is immediate by
         # construction. tensorflow_serving's config protos are plain protobuf and may load.
         modules = imported_modules(result.stderr)
