@@ -31,7 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "collect-kubeflow": ("pipeline.runners.kubeflow_v2_runner",
                          "collect new inbox files into a span before a Kubeflow / Vertex AI run"),
     "enroll": ("pipeline.runners.enroll_runner",
-               "add a signer from a folder of reference images: a fast cycle, served in under a minute"),
+               "add a signer from a folder of reference images: a fast cycle, no backbone training"),
     "ingest": ("pipeline.runners.ingest_runner", "ingest the inbox into a new span and print the counts"),
     "versions": ("pipeline.training_server.rollback", "list served model versions and their lineage"),
     "rollback": ("pipeline.training_server.rollback",

@@ -1,4 +1,4 @@
-"""`signflow enroll --signer NAME --images DIR`: a new signer served in under a minute, without retraining the backbone.
+"""`signflow enroll --signer NAME --images DIR`: a new signer served without retraining the backbone (a fast cycle).
 
 The references are checked (at least MIN_REFERENCES images that ingestion would
 accept), copied into the inbox as `<inbox>/<NAME>/<file>` (ingestion's folder
