@@ -9,6 +9,7 @@ Layer: entry point. Imports serving.cli, and serving.ui_command for `ui`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from serving import cli
@@ -16,17 +17,24 @@ from serving import cli
 UI_COMMAND = "ui"
 
 
+def _program() -> str:
+    """The command as it was typed, for usage and error lines: `python -m serving` or the `signflow-serve` script."""
+    script = os.path.basename(sys.argv[0])
+    return "python -m serving" if script in ("__main__.py", "-m", "") else script
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    program = _program()
     if argv[:1] == [UI_COMMAND]:
         from serving import ui_command
 
         parser = argparse.ArgumentParser(
-            prog="python -m serving ui", description="signflow's web page in front of TF Serving's REST API")
+            prog=f"{program} ui", description="signflow's web page in front of TF Serving's REST API")
         ui_command.add_arguments(parser)
         return ui_command.main(parser.parse_args(argv[1:]))
     parser = argparse.ArgumentParser(
-        prog="python -m serving", description="signflow's TF Serving-compatible model server")
+        prog=program, description="signflow's TF Serving-compatible model server")
     cli.add_arguments(parser)
     return cli.main(parser.parse_args(argv), prog=parser.prog)
 

@@ -36,6 +36,14 @@ def run_serving(*argv: str, env: dict | None = None, python_flags: tuple[str, ..
                           text=True, timeout=timeout, env=env)
 
 
+def test_the_signflow_serve_script_names_itself_in_its_errors():
+    script = Path(sys.executable).with_name("signflow-serve")  # the venv's entry point for serving/__main__.py
+    result = subprocess.run([str(script), "--model_base_path=relative/m"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("signflow-serve: error: Expected model default to have an absolute path"), result.stderr
+
+
 def imported_modules(importtime_stderr: str) -> list[str]:
     """Module names from `python -X importtime`'s report ("import time: self | cumulative | name")."""
     return [line.rsplit("|", 1)[1].strip() for line in importtime_stderr.splitlines()
