@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import requests
 
 from serving import cli
 from serving.settings import Settings
+from tests.fixtures.ports import free_port
 from tests.serving.conftest import install_version
 
 pytestmark = pytest.mark.timeout(300)
@@ -154,16 +154,10 @@ def test_prefer_tensorflow_model_server_execs_it(tmp_path):
     assert recorded.read_text().splitlines() == cli.tensorflow_model_server_argv(settings, str(fake))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_signflow_serve_starts_serves_and_stops(model_store, tmp_path):
     """The real entry point (`signflow serve`, via pipeline/cli.py) in its own process."""
     install_version(model_store["half_plus_two"], tmp_path / "m", 1)
-    grpc_port, rest_port = _free_port(), _free_port()
+    grpc_port, rest_port = free_port(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "serve", f"--port={grpc_port}", "--rest_api_port", str(rest_port),
          "--model_name=m", f"--model_base_path={tmp_path / 'm'}"],

@@ -13,7 +13,6 @@ import base64
 import http.server
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ from serving.client import (
 )
 from serving.contract import UNKNOWN_LABEL
 from serving.server import ServerThread
+from tests.fixtures.ports import free_port
 from tests.fixtures.tiny_model import DEFAULT_LABELS, build_tiny_saved_model, make_image_bytes
 from tests.serving.conftest import SIGNFLOW_MODEL as MODEL
 from tests.serving.conftest import install_version, make_settings, write_model_config
@@ -254,9 +254,7 @@ def test_server_errors_carry_the_servers_own_message(signflow_server, image_file
 
 
 def test_an_unreachable_server_is_a_clear_client_error():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed_port = sock.getsockname()[1]
+    closed_port = free_port()
     with RestClient(f"http://127.0.0.1:{closed_port}", MODEL, timeout=5) as client, pytest.raises(ClientError) as err:
         client.predict([make_image_bytes()])
     assert "cannot reach the server" in str(err.value)

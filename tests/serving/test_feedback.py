@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from serving import cli, contract, feedback
 from serving.request_log import RequestLog
 from serving.server import ServerThread
 from serving.settings import SettingsError
+from tests.fixtures.ports import free_port
 from tests.fixtures.tiny_model import DEFAULT_LABELS, make_image_bytes
 from tests.serving.conftest import SIGNFLOW_MODEL, install_version, make_settings
 from tests.serving.test_hostile import assert_tf_serving_400, raw_request
@@ -354,7 +354,7 @@ def test_unwritable_inbox_is_500_and_nothing_is_lost_silently(served_model, tmp_
 
 def test_python_m_serving_mounts_feedback_with_the_token_from_the_environment(served_model, tmp_path):
     """The command-line server (not only ServerThread) has the routes; the token comes from the env."""
-    grpc_port, rest_port = _free_port(), _free_port()
+    grpc_port, rest_port = free_port(), free_port()
     env = {**os.environ, "SIGNFLOW_FEEDBACK_TOKEN": TOKEN}
     process = subprocess.Popen(
         [sys.executable, "-m", "serving", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
@@ -377,12 +377,6 @@ def test_python_m_serving_mounts_feedback_with_the_token_from_the_environment(se
         if process.poll() is None:
             process.kill()
             process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_feedback_disabled_is_404(signflow_server):

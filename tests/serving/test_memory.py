@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import weakref
@@ -36,6 +35,7 @@ from serving.registry import Registry
 from serving.repository import Scan, VersionOnDisk
 from serving.servable import Servable
 from serving.settings import ModelConfig
+from tests.fixtures.ports import free_port
 from tests.serving.conftest import HANG_GUARD, install_version, make_settings, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,12 +191,6 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

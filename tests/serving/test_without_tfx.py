@@ -10,24 +10,18 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import requests
 
+from tests.fixtures.ports import free_port
 from tests.fixtures.tiny_model import make_image_bytes
 from tests.serving.conftest import install_version
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_TFX = Path(__file__).resolve().parent / "no_tfx"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _serving_process(tmp_path: Path, *argv: str) -> tuple[subprocess.Popen, Path]:
@@ -56,7 +50,7 @@ def test_python_m_serving_predicts_over_rest_and_grpc_without_the_training_side(
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     install_version(tiny_model, tmp_path / "models" / "signflow", 1)
-    grpc_port, rest_port = _free_port(), _free_port()
+    grpc_port, rest_port = free_port(), free_port()
     process, refused = _serving_process(
         tmp_path, f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--model_name=signflow",
         f"--model_base_path={tmp_path / 'models' / 'signflow'}")

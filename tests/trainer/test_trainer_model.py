@@ -1,6 +1,5 @@
 """Backbone weights (offline fallback, local .h5), freezing, label changes, BatchNorm recalibration, AutoGraph."""
 import logging
-import socket
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ import tensorflow as tf
 from components.trainer import model as model_lib, train
 from components.trainer.config import TrainerConfig
 from components.trainer.train import recalibrate_batchnorm
+from tests.fixtures.ports import free_port
 from tests.fixtures.tiny_model import build_tiny_saved_model
 
 SIZE = (71, 71)
@@ -17,9 +17,7 @@ SIZE = (71, 71)
 @pytest.fixture()
 def unreachable_origin():
     """A URL on a local port nobody listens on: the download fails at once, as offline."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     return f"http://127.0.0.1:{port}/{model_lib.XCEPTION_NOTOP_FILE}"
 
 

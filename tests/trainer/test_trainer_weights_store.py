@@ -2,7 +2,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from components.trainer import model as model_lib, weights_store
+from tests.fixtures.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,9 +36,7 @@ def places(tmp_path):
 @pytest.fixture()
 def unreachable_origin():
     """A URL on a local port nobody listens on: the download fails at once, as offline."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     return f"http://127.0.0.1:{port}/{weights_store.XCEPTION_NOTOP_FILE}"
 
 

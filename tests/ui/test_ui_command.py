@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,23 +12,19 @@ import requests
 
 from pipeline.cli import main as signflow
 
+from tests.fixtures.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 NO_TFX = ROOT / "tests" / "serving" / "no_tfx"
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_python_m_serving_ui_serves_the_page_and_forwards_without_the_training_side(tmp_path):
     refused = tmp_path / "refused_imports.txt"
     env = {key: value for key, value in os.environ.items() if key != "TF_USE_LEGACY_KERAS"}
     env.update(PYTHONPATH=os.pathsep.join([str(NO_TFX), str(ROOT)]), SIGNFLOW_REFUSED_IMPORTS=str(refused))
-    port, nothing = _free_port(), _free_port()
+    port, nothing = free_port(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "serving", "ui", f"--api=http://127.0.0.1:{nothing}", f"--port={port}",
          "--model_name=xception"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
