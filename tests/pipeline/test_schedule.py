@@ -36,6 +36,9 @@ from pipeline.training_server.status import status_lines
 from tests.fixtures.tiny_model import make_image_bytes
 
 REPO = Path(__file__).resolve().parents[2]
+# How long a wait may take before it counts as hung. Not a speed requirement: a child that starts
+# `signflow run` imports TFX, TFMA and Beam first, which takes half a minute on a loaded 2-core machine.
+GUARD = 180
 
 
 def _config(root: Path) -> PipelineConfig:
@@ -72,14 +75,16 @@ class CollectingCycle:
         self.calls: list[float] = []
 
     def __call__(self, summary_json: Path, stop: threading.Event) -> CycleResult:
-        self.calls.append(time.time())
         result = self.results.pop(0) if self.results else "pushed"
         if result == FAILED:
+            self.calls.append(time.time())
             return CycleResult(FAILED, 1, {"result": FAILED, "error": "RuntimeError: the Trainer ran out of memory"})
         paths = _paths(self.config)
         collection = collect_new_files(paths)
         Path(paths.seen_file(collection.latest_span)).parent.mkdir(parents=True, exist_ok=True)
         Path(paths.seen_file(collection.latest_span)).write_text("")
+        # Counted once the inbox is taken, so a test that drops files after seeing a call knows they wait.
+        self.calls.append(time.time())
         version = str(1000 + len(self.calls))
         return CycleResult(result, 0, {"result": result, "run_id": f"run-{len(self.calls)}",
                                        "pushed_version": version if result == "pushed" else None})
@@ -91,7 +96,7 @@ def _run_in_thread(scheduler: Scheduler) -> threading.Thread:
     return thread
 
 
-def _wait(predicate, timeout: float = 20, what: str = "condition"):
+def _wait(predicate, timeout: float = GUARD, what: str = "condition"):
     """The predicate's first truthy value; `timeout` is a hang guard, not a speed requirement."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -102,7 +107,7 @@ def _wait(predicate, timeout: float = 20, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _status_when(config: PipelineConfig, predicate, what: str, timeout: float = 20) -> dict:
+def _status_when(config: PipelineConfig, predicate, what: str, timeout: float = GUARD) -> dict:
     """The first status file the scheduler writes that satisfies `predicate`."""
     def check():
         status = read_status(status_path(config))
@@ -252,7 +257,7 @@ def test_busy_run_lock_makes_the_cycle_busy_not_failed(tmp_path):
     with FileLock(config.run_root / "run.lock", purpose="make run-local"):
         done = subprocess.run(
             [sys.executable, "-m", "pipeline.cli", "schedule", "--once", "--config", str(config_file)],
-            cwd=REPO, capture_output=True, text=True, timeout=120,
+            cwd=REPO, capture_output=True, text=True, timeout=GUARD,
             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 75, done.stderr
     last = read_status(status_path(config))["last_cycle"]
@@ -292,13 +297,13 @@ def test_status_command_reports_waiting_records_and_the_last_cycle(tmp_path):
     config_file = _config_file(tmp_path, config)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     text = subprocess.run([sys.executable, "-m", "pipeline.cli", "status", "--config", str(config_file)],
-                          cwd=REPO, capture_output=True, text=True, timeout=60, env=env, check=True).stdout
+                          cwd=REPO, capture_output=True, text=True, timeout=GUARD, env=env, check=True).stdout
     assert "training server: not running" in text
     assert "waiting in the inbox: 3 records in 1 files" in text
     assert "last cycle: pushed" in text and "pushed version 1001" in text
     report = json.loads(subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "status", "--json", "--config", str(config_file)],
-        cwd=REPO, capture_output=True, text=True, timeout=60, env=env, check=True).stdout)
+        cwd=REPO, capture_output=True, text=True, timeout=GUARD, env=env, check=True).stdout)
     assert report["records_waiting"] == 3 and report["scheduler_alive"] is False
     assert report["status"]["last_cycle"]["trigger"] == "once"
 
@@ -389,7 +394,7 @@ def processes():
 
 def _cycle_child(config: PipelineConfig) -> int:
     """The pid of the cycle's `signflow run`, once it holds the run lock (it then loads TFX for a while)."""
-    return _wait(lambda: (holder(config.run_root / RUN_LOCK) or {}).get("pid"), timeout=60,
+    return _wait(lambda: (holder(config.run_root / RUN_LOCK) or {}).get("pid"),
                  what="the cycle's signflow run to take the run lock")
 
 
@@ -429,7 +434,7 @@ def test_a_cycle_killed_by_a_signal_is_a_failed_cycle_with_its_reason(tmp_path, 
     scheduler = processes.schedule(_config_file(tmp_path, config), "--once", log=log)
     child = processes.track(_cycle_child(config))
     os.kill(child, signal.SIGKILL)  # what the kernel's OOM killer does to a run that takes too much memory
-    assert scheduler.wait(timeout=60) == 1, log.read_text()  # --once: the cycle failed
+    assert scheduler.wait(timeout=GUARD) == 1, log.read_text()  # --once: the cycle failed
     last = read_status(status_path(config))["last_cycle"]
     assert last["result"] == FAILED and last["exit_code"] == -signal.SIGKILL
     assert last["error"] == f"signflow run was killed by SIGKILL (exit code {-signal.SIGKILL}) before writing its summary"
@@ -445,7 +450,7 @@ def test_a_cycle_that_exits_0_without_a_summary_is_a_failed_cycle(tmp_path, proc
     # A prefix that swallows its command: the "run" exits 0 and has done nothing.
     swallow = shlex.join([sys.executable, "-c", "import sys; sys.exit(0)"])
     scheduler = processes.schedule(_config_file(tmp_path, config), "--once", "--cycle-prefix", swallow, log=log)
-    assert scheduler.wait(timeout=60) == 1, log.read_text()
+    assert scheduler.wait(timeout=GUARD) == 1, log.read_text()
     status = read_status(status_path(config))
     last = status["last_cycle"]
     assert last["result"] == FAILED and last["exit_code"] == 0
@@ -465,7 +470,7 @@ def test_processes_a_cycle_leaves_behind_are_ended(tmp_path, processes):
         "helper = subprocess.Popen([sys.executable, '-c', 'import signal; signal.pause()']); "
         f"pathlib.Path({str(pid_file)!r}).write_text(str(helper.pid)); sys.exit(3)")])
     scheduler = processes.schedule(_config_file(tmp_path, config), "--once", "--cycle-prefix", leaves_a_helper, log=log)
-    assert scheduler.wait(timeout=60) == 1, log.read_text()
+    assert scheduler.wait(timeout=GUARD) == 1, log.read_text()
     helper = processes.track(int(pid_file.read_text()))
     assert not _alive(helper), "the cycle's helper outlived its cycle"
     assert "left behind in its process group" in log.read_text()
@@ -484,7 +489,7 @@ def test_a_busy_cycle_is_retried_after_retry(tmp_path, processes):
         # The poll after the first cycle: 1 record waits (>= --min-new-records), yet --retry holds it back.
         after_first = _status_when(config, lambda status: status["cycles"].get(BUSY) == 1 and status["polls"] >= 2,
                                    "the poll after the first busy cycle")
-        assert scheduler.wait(timeout=120) == 0, log.read_text()  # --max-cycles 2
+        assert scheduler.wait(timeout=GUARD) == 0, log.read_text()  # --max-cycles 2
     first, second = after_first["last_cycle"], read_status(status_path(config))["last_cycle"]
     assert second["started_at"] >= first["finished_at"] + retry
     assert first["result"] == second["result"] == BUSY and "make run-local" in second["error"]
@@ -506,7 +511,7 @@ def test_a_cycle_runs_in_the_process_started_before_it_was_due(tmp_path, process
 
         _drop(config, "a.jsonl", 1)  # the cycle is due from now on
         status = _status_when(config, lambda status: status["cycles"].get(BUSY) == 1 and status["ready_process_pid"],
-                              "the busy cycle and the process for the next", timeout=180)
+                              "the busy cycle and the process for the next")
     assert status["last_cycle"]["process"] == {"pid": first, "started_in_advance": True}, log.read_text()
     # The run's own logging is set up as in a process started for the cycle (TFX's imports came first here).
     assert " ERROR signflow.run: not running: " in log.read_text()
@@ -515,7 +520,7 @@ def test_a_cycle_runs_in_the_process_started_before_it_was_due(tmp_path, process
     assert second != first and _alive(second)
 
     scheduler.send_signal(signal.SIGTERM)
-    assert scheduler.wait(timeout=60) == 0, log.read_text()
+    assert scheduler.wait(timeout=GUARD) == 0, log.read_text()
     assert not _alive(second) and _group_members(second) == [], "the waiting process outlived the scheduler"
     assert read_status(status_path(config))["ready_process_pid"] is None
 
@@ -537,14 +542,14 @@ def test_a_process_started_in_advance_that_ended_is_noticed_at_the_next_poll_and
         assert _wait_for_polls(config, polled["polls"], 3)["ready_process_pid"] is None
         _drop(config, "a.jsonl", 1)
         status = _status_when(config, lambda status: status["cycles"].get(BUSY) == 1 and status["ready_process_pid"],
-                              "the busy cycle and, after it, a process for the next", timeout=180)
+                              "the busy cycle and, after it, a process for the next")
     last = status["last_cycle"]
     processes.track(last["process"]["pid"])
     assert last["result"] == BUSY and last["process"]["started_in_advance"] is False
     assert last["process"]["pid"] != ready
     assert _alive(processes.track(status["ready_process_pid"]))
     scheduler.send_signal(signal.SIGTERM)
-    assert scheduler.wait(timeout=60) == 0, log.read_text()
+    assert scheduler.wait(timeout=GUARD) == 0, log.read_text()
     assert (f"the cycle process started in advance (pid {ready}) ended while waiting (exit code {-signal.SIGKILL}): "
             "the next cycle starts its own") in log.read_text()
 
@@ -559,7 +564,7 @@ def test_without_start_in_advance_no_process_waits(tmp_path, processes, option):
     assert _wait_for_polls(config, 0, 3)["ready_process_pid"] is None
     assert _live_processes(1, scheduler.pid) == []  # none of the scheduler's children
     scheduler.send_signal(signal.SIGTERM)
-    assert scheduler.wait(timeout=60) == 0, log.read_text()
+    assert scheduler.wait(timeout=GUARD) == 0, log.read_text()
 
 
 def _scrape(url: str) -> dict[str, float]:
@@ -585,7 +590,7 @@ def test_metrics_port_serves_the_schedulers_gauges_over_http(tmp_path, processes
         # The first poll after the cycle: the gauges are published with each status change, not with each poll.
         status = _status_when(config, lambda status: status["cycles"].get(BUSY) == 1 and status["state"] == "idle"
                               and status["next_due_at"] and status["last_poll_at"] > status["last_cycle"]["finished_at"],
-                              "the first poll after the busy cycle", timeout=120)
+                              "the first poll after the busy cycle")
     url = status["scheduler"]["metrics_url"]
     assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics") and ":0/" not in url
     assert f"Prometheus metrics on {url}" in log.read_text()
@@ -602,11 +607,11 @@ def test_metrics_port_serves_the_schedulers_gauges_over_http(tmp_path, processes
     _drop(config, "b.jsonl", 3, seed=1)
     _wait(lambda: _scrape(url)["signflow_schedule_records_waiting"] == 8, what="the gauge to count 8 records")
     report = subprocess.run([sys.executable, "-m", "pipeline.cli", "status", "--config", str(config_file)],
-                            cwd=REPO, capture_output=True, text=True, timeout=60, check=True,
+                            cwd=REPO, capture_output=True, text=True, timeout=GUARD, check=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
     assert f"training server: running (pid {scheduler.pid})" in report and "inbox last checked: " in report
 
     scheduler.send_signal(signal.SIGTERM)
-    assert scheduler.wait(timeout=60) == 0, log.read_text()
+    assert scheduler.wait(timeout=GUARD) == 0, log.read_text()
     with pytest.raises(requests.ConnectionError):
         requests.get(url, timeout=10)
