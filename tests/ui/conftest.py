@@ -55,8 +55,10 @@ def browser():
     if path is None:
         pytest.fail("Chromium is not installed: run .ci/install-browser (make test does) or "
                     "apt-get install -y chromium; the browser tests do not skip without it", pytrace=False)
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # `expect` keeps its own limit (5 s), which the contexts' default timeout does not change.
+    expect.set_options(timeout=WAIT_MS)
     # Root cannot use Chromium's sandbox (CI runs as root).
     args = ["--no-sandbox"] if os.geteuid() == 0 else []
     with sync_playwright() as playwright:
