@@ -309,12 +309,14 @@ def test_an_empty_request_is_answered_without_waiting_for_other_traffic():
     model = Model()
 
     async def main():
-        batcher = Batcher(model, options(max_batch_size=8, batch_timeout_micros=30_000_000, allowed_batch_sizes=(4, 8)))
+        batcher = Batcher(model, options(max_batch_size=8, batch_timeout_micros=120_000_000,
+                                         allowed_batch_sizes=(4, 8)))
         result = await batcher.submit({"x": np.zeros((0, 3))})
         await batcher.close()
         return result
 
-    result = run(main(), timeout=5)
+    # Far less than the batch timeout: an empty request that waited for one would miss it.
+    result = run(main(), timeout=30)
     assert model.batch_sizes == [0]
     assert result["y"].shape == (0, 3) and result["norm"].shape == (0,)
 
