@@ -97,6 +97,22 @@ def test_training_batches_are_full_and_labels_are_vocabulary_indices(tmp_path, i
     assert max(float(tf.reduce_max(b[0])) for b in batches) <= 1.0
 
 
+def test_the_same_seed_gives_the_same_augmented_batches(tmp_path, items):
+    """Augmentation draws from stateful random ops; run in parallel, batches took their draws in whatever order
+    their threads ran, and two passes over the same data differed (every time, over 200 small batches)."""
+    write_splits(tmp_path, items)
+    files = data.expand_files(split_pattern(tmp_path, "train"))
+
+    def one_pass() -> list[np.ndarray]:
+        tf.random.set_seed(CONFIG.seed)
+        batches = data.training_dataset(files, ["signer_00", "signer_01", "signer_02"], CONFIG).take(200)
+        return [images.numpy() for images, _ in batches]
+
+    first, second = one_pass(), one_pass()
+    assert not np.array_equal(first[0], first[1])  # augmented: no two batches alike
+    assert [i for i, (a, b) in enumerate(zip(first, second)) if not np.array_equal(a, b)] == []
+
+
 def test_examples_with_labels_outside_the_vocabulary_are_skipped_by_eval(tmp_path, items):
     files = [str(write_records(tmp_path / "eval.gz", items))]
     ids = np.concatenate([ids.numpy() for _, ids in data.evaluation_dataset(files, ["signer_01"], CONFIG)])
