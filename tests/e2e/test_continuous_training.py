@@ -38,7 +38,7 @@ import pytest
 import requests
 
 from components.trainer.config import TrainerConfig
-from pipeline.training_server.schedule import read_status
+from pipeline.training_server.schedule import STOP_GRACE_SECONDS, read_status
 from serving.layout import LABELS_FILE, SAVED_MODEL_FILE, WARMUP_FILE, list_versions
 from serving.server import ServerThread
 from tests.serving.conftest import make_settings, wait_for, wait_for_polls
@@ -301,11 +301,16 @@ def _run_story(story: Story, root: Path, status_file: Path) -> None:
             bad = _signflow("schedule", "--once", "--config", str(story.config_file), *overrides,
                             log_path=root / "bad_cycle.log")
             try:
-                assert bad.wait(timeout=CYCLE_TIMEOUT) == 0, (root / "bad_cycle.log").read_text()[-5000:]
-            finally:
-                if bad.poll() is None:  # hung: stop it and its cycle, or they load the other worker's tests
-                    bad.terminate()
-                    bad.wait(timeout=60)
+                code = bad.wait(timeout=CYCLE_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                code = None  # hung: stop it and its cycle, or they load the other worker's tests
+                bad.terminate()
+                try:
+                    bad.wait(timeout=STOP_GRACE_SECONDS + 30)  # it gives its cycle the grace first
+                except subprocess.TimeoutExpired:
+                    bad.kill()
+                    bad.wait()
+            assert code == 0, (root / "bad_cycle.log").read_text()[-5000:]
             story.bad_cycle = read_status(status_file)["last_cycle"]
             story.serving_digest_after_bad_cycle = _tree_digest(story.model_base_path)
             # Had anything been pushed, the server would load it at its next look at the folder.
