@@ -171,9 +171,9 @@ def training_dataset(files: Sequence[str], labels: Sequence[str], config: Traine
     # Full batches only: a 1-example batch would give BatchNorm a degenerate variance.
     dataset = dataset.batch(config.batch_size, drop_remainder=True)
     if augment:
-        # One batch at a time: augmentation draws from stateful random ops, and parallel calls take
-        # their numbers in whatever order their threads run, so the same seed gave other batches (and
-        # another model) from run to run on a busy machine. A batch's warp costs far less than its step.
+        # One batch at a time: augmentation draws from stateful random ops, and parallel calls would
+        # take their numbers in whatever order their threads run, so the same seed would give other
+        # batches (and another model) from run to run. A batch's warp costs far less than its step.
         dataset = dataset.map(lambda images, *rest: (augment_batch(images, config), *rest))
     return dataset.prefetch(tf.data.AUTOTUNE)
 

@@ -60,7 +60,7 @@ def read_response(sock: socket.socket) -> bytes:
     return head
 
 
-# The server's timer may fire this much before its due time (the event loop's clock resolution).
+# Allowance for the server's timer firing early: well above the event loop's clock resolution.
 EARLY_S = 0.05
 
 
