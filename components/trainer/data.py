@@ -51,7 +51,7 @@ def expand_files(patterns: str | Sequence[str]) -> list[str]:
 def _without_autotuning() -> tf.data.Options:
     # tf.data's autotuning thread holds up the release of an iterator: a Keras `fit` call returned
     # 0-20 s after its last batch (measured on Xception, 2 cores), the Trainer idle meanwhile; none
-    # with it off. Options set here reach every dataset built on these records. Without it,
+    # with it off. Options set here reach every dataset built on these records. With it off,
     # AUTOTUNE parallelism is the number of cores and prefetch buffers still grow on demand.
     options = tf.data.Options()
     options.autotune.enabled = False
