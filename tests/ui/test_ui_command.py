@@ -11,7 +11,6 @@ import pytest
 import requests
 
 from pipeline.cli import main as signflow
-
 from tests.fixtures.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
